@@ -1,0 +1,80 @@
+"""Command-line parsing shared by run.py and the benchmark.
+
+Every config key is `--key=value` or `--key value`; a bare `--flag` means true. Values
+stay strings here and are typed by `Config.from_dict`, which is also what turns the
+`str()` forms that wandb's agent writes (`True`, `[512, 256]`, `1e-05`, `None`) into
+the field's type.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterable
+
+from .config import FIELDS, PRESETS, ConfigError
+
+
+class UsageError(ConfigError):
+    pass
+
+
+def parse_argv(argv: Iterable[str], extra: dict[str, str] | None = None,
+               flags: Iterable[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """Split argv into (config values, extra options). `extra` maps the names of
+    non-config options to their help; `flags` are the extra options that take no value."""
+    extra = extra or {}
+    flags = set(flags)
+    values: dict[str, str] = {}
+    options: dict[str, str] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if not tok.startswith("--") or tok == "--":
+            raise UsageError(f"unexpected argument {tok!r}: options are written --key=value")
+        name, eq, value = tok[2:].partition("=")
+        name = name.replace("-", "_")
+        if not eq:
+            if name in flags or (name in FIELDS and FIELDS[name].type in ("bool", bool)):
+                if i + 1 < len(args) and not args[i + 1].startswith("--") and name not in flags:
+                    value, i = args[i + 1], i + 1
+                else:
+                    value = "true"
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            else:
+                raise UsageError(f"option --{name} needs a value: --{name}=VALUE")
+        if name in extra or name in flags:
+            options[name] = value
+        elif name in FIELDS:
+            values[name] = value
+        else:
+            raise UsageError(f"unknown option --{name}; run with --help for the list of keys")
+        i += 1
+    return values, options
+
+
+def help_text(prog: str, summary: str, extra: dict[str, str]) -> str:
+    lines = [f"usage: {prog} [--key=value ...]", "", summary, "", "options:"]
+    for name, text in extra.items():
+        lines.append(f"  --{name:<30} {text}")
+    group = None
+    for name, f in FIELDS.items():
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            lines += ["", f"{group} keys:"]
+        default = f.default
+        if isinstance(default, tuple):
+            default = list(default)
+        lines.append(f"  --{name:<30} {f.metadata['help']} (default: {default})")
+    lines += ["", f"presets (--config): {', '.join(PRESETS)}"]
+    return "\n".join(lines)
+
+
+def guarded(main: Callable[[], int]) -> int:
+    """Run `main`; a bad input becomes one line on stderr and exit status 2."""
+    try:
+        return main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

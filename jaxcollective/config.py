@@ -1,0 +1,355 @@
+"""One config object: defaults, presets, overrides, SPEC section 1's derivation rules.
+
+Every key a user (or a wandb sweep) can set is a field of `Config`. Values arrive as
+Python objects (from YAML or wandb.config) or as strings (from the command line,
+where wandb's agent writes `str(value)`), and `Config.from_dict` turns both into the
+field's type. Anything invalid raises `ConfigError` with one line naming the key,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+MODEL_TYPES = ("collective", "shallow", "balanced", "deep", "very_deep",
+               "deep_resnet", "very_deep_resnet")
+BASELINE_TYPES = MODEL_TYPES[1:]
+COLLECTIVE_VERSIONS = ("simple_mlp", "encoder_head")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cuda", "gpu", "cpu")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    input_dim: int
+    num_classes: int
+    image_shape: tuple[int, int, int]  # H, W, C
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS = {
+    "mnist": DatasetInfo(784, 10, (28, 28, 1), (0.1307,), (0.3081,)),
+    "fashion_mnist": DatasetInfo(784, 10, (28, 28, 1), (0.2860,), (0.3530,)),
+    "cifar10": DatasetInfo(3072, 10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
+                           (0.2470, 0.2435, 0.2616)),
+    # scikit-learn's 8x8 digits (pixel values 0..16, stored scaled to 0..255).
+    "digits": DatasetInfo(64, 10, (8, 8, 1), (0.3053,), (0.3760,)),
+}
+# `synthetic` takes the shape and normalisation of `synthetic_like`.
+DATASET_NAMES = tuple(DATASETS) + ("synthetic",)
+TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message is one line meant for the user."""
+
+
+def _key(default, help, group="training", **kw):
+    return field(default=default, metadata={"help": help, "group": group}, **kw)
+
+
+def _widths(default, help, group):
+    return field(default=tuple(default), metadata={"help": help, "group": group})
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- experiment
+    model_type: str = _key("collective", f"one of {', '.join(MODEL_TYPES)}", "experiment")
+    dataset: str = _key("mnist", f"one of {', '.join(DATASET_NAMES)}", "experiment")
+    synthetic_like: str = _key("fashion_mnist", "shape of the synthetic dataset", "experiment")
+    target_params: Optional[int] = _key(
+        None, "baselines: parameter budget (default: size of the collective of this config)",
+        "experiment")
+    # --- collective
+    n_total: int = _key(8, "experts + analysts", "collective")
+    expert_ratio: float = _key(0.2, "fraction of n_total that are experts, in (0, 1)", "collective")
+    n_experts: Optional[int] = _key(None, "number of experts (overrides expert_ratio)", "collective")
+    expert_hidden: tuple = _widths([512, 256], "expert hidden widths (2 or more)", "collective")
+    expert_output: int = _key(128, "expert output width", "collective")
+    analyst_hidden: tuple = _widths([256, 128], "analyst hidden widths (2 or more)", "collective")
+    analyst_output: int = _key(64, "analyst output width", "collective")
+    c_expert: float = _key(0.25, "expert encoder compression", "collective")
+    c_collective: float = _key(1.0, "collective input compression", "collective")
+    collective_version: str = _key("simple_mlp", "head: simple_mlp or encoder_head", "collective")
+    collective_hidden_scale: float = _key(1.0, "head hidden width / head input width", "collective")
+    adaptive_collective_min_dim: int = _key(64, "lower bound of the adaptive width", "collective")
+    adaptive_collective_max_dim: int = _key(2048, "upper bound of the adaptive width", "collective")
+    vary_expert_architectures: bool = _key(False, "expert i uses width variant i % 4", "collective")
+    vary_analyst_architectures: bool = _key(False, "analyst i uses width variant i % 4", "collective")
+    use_drop_models: bool = _key(False, "model-level dropout of whole members", "collective")
+    drop_models_expert_rate: float = _key(0.1, "probability an expert is dropped", "collective")
+    drop_models_analyst_rate: float = _key(0.1, "probability an analyst is dropped", "collective")
+    use_expert_diversity: bool = _key(False, "add the expert diversity loss", "collective")
+    use_analyst_diversity: bool = _key(False, "add the analyst diversity loss", "collective")
+    diversity_lambda: float = _key(0.01, "weight of each diversity loss", "collective")
+    diversity_temperature: float = _key(1.0, "divisor of the diversity loss", "collective")
+    # --- training
+    optimizer: str = _key("adam", "adam (L2 in the gradient), adamw or sgd (momentum 0.9)")
+    learning_rate: float = _key(1e-3, "constant learning rate")
+    weight_decay: float = _key(0.0, "adam: L2 coefficient; adamw: decoupled decay; sgd: L2")
+    batch_size: int = _key(128, "global batch size (split across devices)")
+    gradient_accumulation_steps: int = _key(1, "micro-batches of batch_size per update")
+    epochs: int = _key(20, "training epochs")
+    use_augmentation: bool = _key(False, "on-device augmentation (SPEC section 5)")
+    seed: int = _key(0, "one seed: split, init, shuffling, dropout, augmentation")
+    num_seeds: int = _key(1, "replicas trained together with seeds seed, seed+1, ...")
+    dtype: str = _key("float32", "compute dtype: float32 or bfloat16 (parameters stay float32)")
+    # --- runtime
+    device: str = _key("auto", "auto, cuda (alias gpu) or cpu; a missing GPU is a warning", "runtime")
+    data_dir: Optional[str] = _key(None, "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)", "runtime")
+    manual_dir: Optional[str] = _key(None, "folder with raw dataset files downloaded elsewhere", "runtime")
+    results: str = _key("runs/results.jsonl", "results file: one JSON line per finished run", "runtime")
+    wandb_project: str = _key("jaxcollective", "wandb project", "runtime")
+    wandb_entity: Optional[str] = _key(None, "wandb entity", "runtime")
+    progress: bool = _key(True, "progress bar over epochs on stderr", "runtime")
+    # Accepted for the original's sweeps; checked against the dataset or ignored.
+    input_dim: Optional[int] = _key(None, "must match the dataset if given", "compat")
+    num_classes: Optional[int] = _key(None, "must match the dataset if given", "compat")
+    num_workers: Optional[int] = _key(None, "ignored (the data pipeline runs on the device)", "compat")
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], preset: Optional[str] = None) -> "Config":
+        """Defaults, then `preset`, then `values` (strings are parsed to the field type)."""
+        merged: dict[str, Any] = dict(PRESETS[_check_choice("config", preset, PRESETS)]) if preset else {}
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}; run `python run.py --help` "
+                              "for the list of keys")
+        for k, v in values.items():
+            merged[k] = parse_value(k, v)
+        cfg = cls(**merged)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **kw) -> "Config":
+        cfg = dataclasses.replace(self, **{k: parse_value(k, v) for k, v in kw.items()})
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def shape_key(self) -> "Config":
+        """This config with every field that does not change the model's shapes reset."""
+        return Config(**{k: getattr(self, k) for k in SHAPE_FIELDS})
+
+    # ------------------------------------------------------------- validation
+    def validate(self) -> None:
+        _check_choice("model_type", self.model_type, MODEL_TYPES)
+        _check_choice("dataset", self.dataset, DATASET_NAMES)
+        _check_choice("synthetic_like", self.synthetic_like, DATASETS)
+        _check_choice("collective_version", self.collective_version, COLLECTIVE_VERSIONS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("device", self.device, DEVICES)
+        if self.n_total < 2:
+            _fail("n_total", self.n_total, "an integer >= 2 (at least 1 expert and 1 analyst)")
+        if not 0.0 < self.expert_ratio < 1.0:
+            _fail("expert_ratio", self.expert_ratio, "a number strictly between 0 and 1")
+        if self.n_experts is not None and self.n_experts < 1:
+            _fail("n_experts", self.n_experts, "a positive integer")
+        for k in ("c_expert", "c_collective", "collective_hidden_scale", "learning_rate",
+                  "diversity_temperature"):
+            if not getattr(self, k) > 0:
+                _fail(k, getattr(self, k), "a number > 0")
+        for k in ("expert_output", "analyst_output", "adaptive_collective_min_dim",
+                  "batch_size", "gradient_accumulation_steps", "epochs", "num_seeds"):
+            if getattr(self, k) < 1:
+                _fail(k, getattr(self, k), "a positive integer")
+        if self.adaptive_collective_max_dim < self.adaptive_collective_min_dim:
+            _fail("adaptive_collective_max_dim", self.adaptive_collective_max_dim,
+                  f"an integer >= adaptive_collective_min_dim ({self.adaptive_collective_min_dim})")
+        for k in ("expert_hidden", "analyst_hidden"):
+            widths = getattr(self, k)
+            if len(widths) < 2:
+                _fail(k, widths, "a list of 2 or more hidden widths, e.g. [512, 256]")
+            if any(w < 1 for w in widths):
+                _fail(k, widths, "positive widths")
+        for k in ("drop_models_expert_rate", "drop_models_analyst_rate"):
+            if not 0.0 <= getattr(self, k) < 1.0:
+                _fail(k, getattr(self, k), "a probability in [0, 1)")
+        for k in ("weight_decay", "diversity_lambda"):
+            if getattr(self, k) < 0:
+                _fail(k, getattr(self, k), "a number >= 0")
+        if self.target_params is not None and self.target_params < 1:
+            _fail("target_params", self.target_params, "a positive parameter count")
+        info = self.dataset_info
+        for k, want in (("input_dim", info.input_dim), ("num_classes", info.num_classes)):
+            got = getattr(self, k)
+            if got is not None and got != want:
+                _fail(k, got, f"{want} for dataset {self.dataset!r} (or leave it unset)")
+
+    # ------------------------------------------------------- derived (SPEC 1)
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        return DATASETS[self.synthetic_like if self.dataset == "synthetic" else self.dataset]
+
+    @property
+    def dims(self) -> "CollectiveDims":
+        return collective_dims(self)
+
+
+@dataclass(frozen=True)
+class CollectiveDims:
+    input_dim: int
+    num_classes: int
+    n_experts: int
+    n_analysts: int
+    expert_encoder_output_dim: int
+    analyst_input_dim: int
+    adaptive_dim: int
+    collective_input_dim: int
+
+
+def collective_dims(cfg: Config) -> CollectiveDims:
+    """SPEC section 1, literally (Python's round, int() truncation)."""
+    n_total = cfg.n_total
+    if cfg.n_experts is not None:
+        n_experts = max(2, min(int(cfg.n_experts), n_total - 1))
+    else:
+        n_experts = max(2, round(n_total * cfg.expert_ratio))
+    if n_experts >= n_total:
+        n_experts = n_total - 1
+    n_analysts = n_total - n_experts
+    info = cfg.dataset_info
+    eed = int(n_experts * cfg.expert_output * cfg.c_expert)
+    if eed < 1:
+        raise ConfigError(
+            f"c_expert={cfg.c_expert} gives an expert encoder output of width 0 "
+            f"(int({n_experts} * {cfg.expert_output} * {cfg.c_expert})); use a larger c_expert")
+    adaptive = min(cfg.adaptive_collective_max_dim,
+                   max(cfg.adaptive_collective_min_dim,
+                       int(cfg.analyst_output * (1 + math.log2(max(n_analysts, 1))))))
+    cid = int(adaptive * cfg.c_collective)
+    if cid < 1:
+        raise ConfigError(f"c_collective={cfg.c_collective} gives a collective input of width 0; "
+                          "use a larger c_collective")
+    return CollectiveDims(info.input_dim, info.num_classes, n_experts, n_analysts, eed,
+                          info.input_dim + eed, adaptive, cid)
+
+
+# ------------------------------------------------------------------ presets
+PRESETS: dict[str, dict[str, Any]] = {
+    # SPEC's CONFIG_PHASE1: 2 experts, 6 analysts, 2,969,887 parameters.
+    "phase1": dict(dataset="fashion_mnist", n_total=8, expert_ratio=0.2,
+                   expert_hidden=(512, 256), expert_output=128,
+                   analyst_hidden=(256, 128), analyst_output=64, c_expert=0.25,
+                   c_collective=1.0, collective_version="simple_mlp",
+                   collective_hidden_scale=1.0),
+    # SPEC's CONFIG_DEBUG: the same rules at small widths, 567,044 parameters.
+    "debug": dict(dataset="fashion_mnist", n_total=8, expert_ratio=0.2,
+                  expert_hidden=(128, 64), expert_output=32,
+                  analyst_hidden=(64, 32), analyst_output=16, c_expert=0.25,
+                  c_collective=1.0, collective_version="simple_mlp",
+                  collective_hidden_scale=1.0),
+}
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(
+    k for k, f in FIELDS.items() if f.metadata["group"] == "collective")
+
+
+# ---------------------------------------------------------- typed parsing
+def _fail(key: str, value: Any, allowed: str) -> typing.NoReturn:
+    if isinstance(value, tuple):
+        value = list(value)
+    raise ConfigError(f"invalid {key}={value!r}: expected {allowed}")
+
+
+def _check_choice(key: str, value: Any, choices) -> Any:
+    if value not in choices:
+        _fail(key, value, "one of " + ", ".join(choices))
+    return value
+
+
+_NONE = {"none", "null", ""}
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def parse_value(key: str, value: Any) -> Any:
+    """Convert `value` (a Python object, or its `str()` as wandb's agent sends it) to the
+    type of config field `key`."""
+    if key not in FIELDS:
+        raise ConfigError(f"unknown config key {key!r}; run `python run.py --help` for the list of keys")
+    hint = _HINTS[key]
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if isinstance(value, str) and value.strip().lower() in _NONE and (optional or value == ""):
+        if optional:
+            return None
+        _fail(key, value, f"a {base.__name__} value")
+    if value is None:
+        if optional:
+            return None
+        _fail(key, value, f"a {base.__name__} value")
+    try:
+        if base is bool:
+            return _to_bool(value)
+        if base is int:
+            return _to_int(value)
+        if base is float:
+            return _to_float(value)
+        if base is tuple:
+            return _to_widths(value)
+        if base is str:
+            return str(value)
+    except (ValueError, TypeError, SyntaxError):
+        pass
+    kind = {bool: "true or false", int: "an integer", float: "a number",
+            tuple: "a list of integers such as [512, 256]", str: "a string"}[base]
+    _fail(key, value, kind)
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    s = str(v).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise ValueError(v)
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, int):
+        return v
+    f = float(v)  # accepts "6100000", "6.1e6", "6100000.0"
+    if not math.isfinite(f) or f != int(f):
+        raise ValueError(v)
+    return int(f)
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(v)
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(v)
+    return f
+
+
+def _to_widths(v: Any) -> tuple[int, ...]:
+    if isinstance(v, str):
+        s = v.strip()
+        v = ast.literal_eval(s if s.startswith(("[", "(")) else f"[{s}]")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(v)
+    return tuple(_to_int(x) for x in v)

@@ -1,0 +1,138 @@
+"""Parameter counting over `jax.eval_shape` and baseline sizing.
+
+`count_params` builds the model abstractly (shapes only, nothing allocated) and sums
+the sizes of its `nnx.Param`s: every trainable parameter, BatchNorm scale and bias
+included, running statistics excluded, as PyTorch's `parameters()` counts.
+
+Each baseline family is a one-parameter family of widths `widths(s)`; its count grows
+with `s`, so a bisection on `s` guided by the counter finds the closest count to a
+target (neighbours checked, so ties and plateaus are handled).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import jax
+from flax import nnx
+
+from .config import BASELINE_TYPES, Config, ConfigError
+from .models import BASELINE_FAMILIES, build_model
+
+MIN_TARGET, MAX_TARGET = 1, 10**10
+MAX_MISMATCH = 0.02  # closest count further off than this: the family cannot reach the target
+_MAX_WIDTH = 1 << 20
+
+
+def count_params(cfg: Config, hidden_dims: Optional[tuple[int, ...]] = None) -> int:
+    return _count(cfg.shape_key(), tuple(hidden_dims) if hidden_dims is not None else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _count(cfg: Config, hidden_dims: Optional[tuple[int, ...]]) -> int:
+    params = jax.eval_shape(
+        lambda: nnx.state(build_model(cfg, hidden_dims, rngs=nnx.Rngs(0)), nnx.Param))
+    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+
+
+def component_params(cfg: Config) -> dict[str, int]:
+    """Parameters per top-level component of the collective (experts, encoders, ...)."""
+    params = jax.eval_shape(lambda: nnx.state(build_model(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    out: dict[str, int] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name = str(getattr(path[0], "key", path[0]))
+        out[name] = out.get(name, 0) + leaf.size
+    return out
+
+
+# ----------------------------------------------------------------- search
+@dataclass(frozen=True)
+class BaselineMatch:
+    model_type: str
+    target_params: int
+    hidden_dims: tuple[int, ...]
+    model_params: int
+
+    @property
+    def rel_error(self) -> float:
+        return (self.model_params - self.target_params) / self.target_params
+
+
+def _family_count(cfg: Config, s: int) -> Optional[tuple[tuple[int, ...], int]]:
+    widths_fn, _ = BASELINE_FAMILIES[cfg.model_type]
+    widths = widths_fn(s, cfg.dataset_info.num_classes)
+    if widths is None:
+        return None
+    widths = tuple(widths)
+    return widths, count_params(cfg, widths)
+
+
+def match_baseline(cfg: Config, target: int) -> BaselineMatch:
+    """The architecture of `cfg.model_type`'s family whose count is closest to `target`."""
+    if cfg.model_type not in BASELINE_TYPES:
+        raise ValueError(f"{cfg.model_type} is not a baseline")
+    if not MIN_TARGET <= target <= MAX_TARGET:
+        raise ConfigError(f"invalid target_params={target}: expected 1 to {MAX_TARGET:,}")
+    # Smallest valid s (balanced needs 3 layers wider than 2 * classes).
+    lo = 1
+    while _family_count(cfg, lo) is None:
+        lo *= 2
+        if lo > _MAX_WIDTH:
+            raise ConfigError(f"no {cfg.model_type} architecture exists for this dataset")
+    lo = _first_valid(cfg, lo // 2 + 1 if lo > 1 else 1, lo)
+    hi = _MAX_WIDTH
+    # Largest s with count <= target (or lo if even lo is above it).
+    if _family_count(cfg, lo)[1] <= target:
+        a, b = lo, hi
+        while b - a > 1:
+            mid = (a + b) // 2
+            if _family_count(cfg, mid)[1] <= target:
+                a = mid
+            else:
+                b = mid
+        s0 = a
+    else:
+        s0 = lo
+    candidates = [r for s in range(max(lo, s0 - 2), s0 + 4) if (r := _family_count(cfg, s))]
+    widths, n = min(candidates, key=lambda r: (abs(r[1] - target), r[1]))
+    match = BaselineMatch(cfg.model_type, target, widths, n)
+    if abs(match.rel_error) > MAX_MISMATCH:
+        smallest = _family_count(cfg, lo)[1]
+        raise ConfigError(
+            f"invalid target_params={target:,}: the closest {cfg.model_type} architecture "
+            f"{list(widths)} has {n:,} parameters ({match.rel_error:+.1%}); this family "
+            f"starts at {smallest:,} parameters on {cfg.dataset}")
+    return match
+
+
+def _first_valid(cfg: Config, a: int, b: int) -> int:
+    """Smallest s in [a, b] with a valid family member (b is valid)."""
+    while a < b:
+        mid = (a + b) // 2
+        if _family_count(cfg, mid) is None:
+            a = mid + 1
+        else:
+            b = mid
+    return b
+
+
+# ---------------------------------------------------------------- resolve
+@dataclass(frozen=True)
+class Resolved:
+    """A config with its architecture fixed: what the training and the logs use."""
+    cfg: Config
+    hidden_dims: Optional[tuple[int, ...]]  # baselines only
+    target_params: Optional[int]  # baselines only
+    model_params: int
+
+
+def resolve(cfg: Config) -> Resolved:
+    if cfg.model_type == "collective":
+        return Resolved(cfg, None, None, count_params(cfg))
+    target = cfg.target_params
+    if target is None:  # as the original: the size of the collective of this config
+        target = count_params(cfg.replace(model_type="collective"))
+    m = match_baseline(cfg, target)
+    return Resolved(cfg, m.hidden_dims, target, m.model_params)
