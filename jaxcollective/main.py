@@ -1,11 +1,14 @@
-"""run.py's job: parse flags into one config, then describe (--dry_run) or train."""
+"""run.py's job: parse flags (and a sweep's wandb.config) into one config, then
+describe it (--dry_run) or train it."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .cli import guarded, help_text, parse_argv
+from .config import Config
 
 EXTRA = {
     "config": "preset applied before the other keys: debug or phase1",
@@ -23,10 +26,50 @@ def _main(argv: list[str]) -> int:
     if "help" in opts:
         print(help_text("run.py", "Train one model (or describe it with --dry_run).", EXTRA))
         return 0
-    from .api import describe
-
     preset = opts.get("config")
+    cfg = Config.from_dict(values, preset)  # bad flags fail before anything starts
+    _setup_backend(cfg)
+    from .api import describe, unused_keys
+
     if opts.get("dry_run", "false").lower() in ("true", "1", "yes"):
         print(json.dumps(describe(values, preset)))
         return 0
-    raise NotImplementedError("training arrives with issue 3")
+
+    from .experiment import StopFlag, train_and_evaluate
+    from .writers import ConsoleWriter, MultiWriter, ResultsWriter, WandbWriter
+    from . import wandb_run
+
+    run = None
+    mode = wandb_run.wandb_mode()
+    if mode:
+        run, values = wandb_run.start(values, mode)
+        cfg = Config.from_dict(values, preset)
+    writers = [ConsoleWriter(cfg.epochs, cfg.progress), ResultsWriter(cfg.results)]
+    if run is not None:
+        writers.append(WandbWriter(run))
+    try:
+        with StopFlag() as stop:
+            record = train_and_evaluate(cfg, MultiWriter(*writers),
+                                        unused=unused_keys(cfg, set(values)), stop=stop)
+    except BaseException:
+        if run is not None:
+            run.finish(exit_code=1)
+        raise
+    if record["status"] == "diverged":
+        print(f"error: the loss became NaN or infinite at epoch {record['epochs_completed'] + 1}; "
+              "recorded as diverged. Try a lower --learning_rate.", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _setup_backend(cfg: Config) -> None:
+    """Environment that must be set before JAX starts."""
+    # Several agents can share a GPU: allocate on demand, not 75% up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if cfg.device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    if cfg.device in ("cuda", "gpu") and jax.default_backend() != "gpu":
+        print(f"warning: --device={cfg.device} but no GPU is visible to JAX; running on "
+              f"{jax.default_backend()}", file=sys.stderr)

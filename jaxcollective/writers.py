@@ -1,0 +1,155 @@
+"""One small writer interface for everything a run reports.
+
+`start(info)` once, `log(row)` per epoch, `finish(record)` once (also for stopped and
+diverged runs). Console, results file and wandb are three implementations; tests and
+offline runs need no wandb account.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class Writer:
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def log(self, row: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, record: dict[str, Any]) -> None:
+        pass
+
+
+class MultiWriter(Writer):
+    def __init__(self, *writers: Writer):
+        self.writers = [w for w in writers if w is not None]
+
+    def start(self, info):
+        for w in self.writers:
+            w.start(info)
+
+    def log(self, row):
+        for w in self.writers:
+            w.log(row)
+
+    def finish(self, record):
+        # Every writer gets the record even if one of them fails.
+        errors = []
+        for w in self.writers:
+            try:
+                w.finish(record)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+class ConsoleWriter(Writer):
+    """A line per epoch on stdout, a progress bar over epochs on stderr."""
+
+    def __init__(self, epochs: int, progress: bool = True, stream=None):
+        self.epochs, self.stream = epochs, stream or sys.stdout
+        self.bar = None
+        self.progress = progress
+        self.tag = ""
+
+    def start(self, info):
+        self.tag = "[synthetic] " if info.get("synthetic") else ""
+        desc = f"{info['model_type']} {info['model_params']:,} params on {info['dataset']}"
+        if info.get("hidden_dims"):
+            desc += f" hidden_dims={info['hidden_dims']}"
+        if info.get("num_seeds", 1) > 1:
+            desc += f" x{info['num_seeds']} seeds"
+        print(f"{self.tag}{desc}", file=self.stream, flush=True)
+        if self.progress:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=self.epochs, unit="epoch", file=sys.stderr, leave=False,
+                                dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def log(self, row):
+        line = (f"{self.tag}epoch {row['epoch']:>3}/{self.epochs}  "
+                f"train loss {row['train/loss']:.4f} acc {row['train/accuracy']:6.2f}  "
+                f"val loss {row['val/loss']:.4f} acc {row['val/accuracy']:6.2f}  "
+                f"test loss {row['test/loss']:.4f} acc {row['test/accuracy']:6.2f}  "
+                f"{row['time/epoch_s']:.2f}s")
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+            self.bar.update(1)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def finish(self, record):
+        if self.bar is not None:
+            self.bar.close()
+        status = record["status"]
+        acc = record.get("final/test_accuracy")
+        acc_s = "n/a" if acc is None else f"{acc:.2f}%"
+        print(f"{self.tag}{status}: final test accuracy {acc_s} after {record['epochs_completed']} "
+              f"epochs, {record['wall_s']:.1f}s", file=self.stream, flush=True)
+
+
+class ResultsWriter(Writer):
+    """Appends one JSON line per finished (or stopped, or diverged) run."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def finish(self, record):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _jsonable(x):
+    try:
+        import numpy as np
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+    except ImportError:
+        pass
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+class WandbWriter(Writer):
+    """Logs to an already initialised wandb run (see wandb_run.py)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def start(self, info):
+        """Config with derived dims and parameter count; a name and tags from type and size."""
+        cfg = info["config"]
+        size = f"{info['model_params'] / 1e6:.2f}M"
+        if not os.environ.get("WANDB_NAME"):
+            self.run.name = f"{cfg['model_type']}-{size}-{cfg['dataset']}-s{cfg['seed']}"
+        tags = {cfg["model_type"], cfg["dataset"], f"params:{size}"}
+        if info.get("synthetic"):
+            tags.add("synthetic")
+        self.run.tags = tuple(sorted(set(self.run.tags or ()) | tags))
+        self.run.config.update(cfg, allow_val_change=True)
+        self.run.config.update({k: v for k, v in info.items() if k != "config"},
+                               allow_val_change=True)
+
+    def log(self, row):
+        self.run.log(row, step=row["epoch"])
+
+    def finish(self, record):
+        for k, v in record.items():
+            if k.startswith("final/") or k in ("status", "diverged", "epochs_completed"):
+                self.run.summary[k] = v
+        self.run.finish(exit_code=1 if record.get("diverged") else 0)
+

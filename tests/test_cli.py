@@ -1,0 +1,79 @@
+"""run.py: --dry_run for every model type, --help, bad input, the main job."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxcollective.config import FIELDS
+from jaxcollective.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TYPES = ["collective", "shallow", "balanced", "deep", "very_deep", "deep_resnet", "very_deep_resnet"]
+
+
+def run_py(*args, env=None, timeout=300):
+    e = dict(os.environ, WANDB_MODE="disabled", **(env or {}))
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_dry_run_prints_one_json_line(model_type, capsys):
+    assert main([f"--model_type={model_type}", "--target_params", "6100000", "--dry_run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    d = json.loads(out[0])
+    assert d["model_type"] == model_type and d["model_params"] > 0
+    if model_type == "collective":
+        assert d["unused_keys"] == ["target_params"] and d["model_params"] == 2_969_887
+    else:
+        assert abs(d["model_params"] - 6_100_000) / 6_100_000 < 0.01
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for key in FIELDS:
+        assert f"--{key}" in out
+    assert "(default: [512, 256])" in out and "phase1" in out
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--model_type=mlp"], "model_type"),
+    (["--n_total=1"], "n_total"),
+    (["--learning_rate=fast"], "learning_rate"),
+    (["--no_such_key=1"], "--no_such_key"),
+    (["--config=huge"], "config"),
+    (["positional"], "unexpected argument"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
+    assert main([*args, "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
+def test_main_job_on_digits_writes_results(tmp_path):
+    results = tmp_path / "results.jsonl"
+    p = run_py("--model_type=collective", "--config=phase1", "--dataset=digits", "--epochs=2",
+               f"--results={results}", "--device=cuda", "--progress=false")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "warning: --device=cuda but no GPU" in p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert sum(line.startswith("epoch") for line in lines) == 2
+    rec = json.loads(results.read_text().strip())
+    assert rec["status"] == "finished" and rec["model_type"] == "collective"
+    assert rec["config"]["dataset"] == "digits" and rec["config"]["expert_hidden"] == [512, 256]
+    assert 0 <= rec["final/test_accuracy"] <= 100 and rec["final/model_params"] == rec["model_params"]
+
+
+def test_divergence_exits_nonzero_and_is_recorded(tmp_path):
+    results = tmp_path / "r.jsonl"
+    p = run_py("--model_type=shallow", "--dataset=digits", "--epochs=3", "--optimizer=sgd",
+               "--learning_rate=1e30", "--target_params=200000", f"--results={results}")
+    assert p.returncode == 3 and "diverged" in p.stderr
+    rec = json.loads(results.read_text().strip())
+    assert rec["diverged"] is True and rec["status"] == "diverged"

@@ -1,0 +1,51 @@
+"""Data parallel on 4 forced CPU devices equals one device, up to float error."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import json, jax, numpy as np
+from jaxcollective.config import Config
+from jaxcollective.data import load_digits
+from jaxcollective.sizing import resolve
+from jaxcollective.train import Engine
+assert len(jax.devices()) == 4, jax.devices()
+# SGD: parameters are linear in the gradients, so float-level differences stay float-level
+# (Adam divides by sqrt(v) and turns them into O(lr) steps where gradients are ~0).
+cfg = Config.from_dict({"dataset": "digits", "batch_size": 64, "use_augmentation": True,
+                        "gradient_accumulation_steps": 2, "optimizer": "sgd",
+                        "learning_rate": 0.05}, preset="debug")
+ds = load_digits()
+out = {}
+for n in (1, 4):
+    eng = Engine(resolve(cfg), ds.info, devices=jax.devices()[:n])
+    data, rep = eng.put_data(ds, [0])
+    state = eng.init([0])
+    for e in range(2):
+        state, m = eng.epoch(state, data, rep, eng.epoch_keys([0], e))
+    out[n] = {"metrics": {k: float(v[0]) for k, v in jax.device_get(m).items()},
+              "params": [np.asarray(l).ravel()[:50].tolist() for l in jax.tree.leaves(state.params)],
+              "devices": len(state.params["head"]["fc1"]["kernel"].sharding.device_set)}
+print(json.dumps(out))
+"""
+
+
+def test_four_devices_equal_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    one, four = out["1"], out["4"]
+    assert (one["devices"], four["devices"]) == (1, 4)
+    for k, v in one["metrics"].items():
+        assert abs(v - four["metrics"][k]) <= 1e-3 * max(1.0, abs(v)), (k, v, four["metrics"][k])
+    for a, b in zip(one["params"], four["params"]):
+        for x, y in zip(a, b):
+            assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (x, y)
