@@ -1,0 +1,174 @@
+"""run.py as wandb's agent runs it: argv strings, sweep file, offline run read back,
+Hyperband on what we log, SIGTERM, and the sweep YAML against wandb's schema."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jaxcollective import describe
+from jaxcollective.config import Config, collective_dims
+from wandb_offline import read_offline_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+EPOCH_KEYS = {"epoch", "train/loss", "train/loss_prediction", "train/loss_diversity_expert",
+              "train/loss_diversity_analyst", "train/accuracy", "val/loss", "val/accuracy",
+              "test/loss", "test/accuracy", "lr", "model_params",
+              "param_efficiency/accuracy_per_log10_params",
+              "param_efficiency/test_accuracy_per_log10_params"}
+FINAL_KEYS = {"final/test_accuracy", "final/test_loss", "final/best_val_accuracy",
+              "final/model_params", "final/param_efficiency", "final/accuracy_per_million_params",
+              "final/accuracy_per_log10_params"}
+
+
+def agent_launch(tmp: Path, params: dict, run_id: str, *, wait=True, extra_env=None):
+    """Start run.py exactly as `wandb agent` does: `--key=str(value)` and a sweep param file."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "params.yaml").write_text(yaml.safe_dump({k: {"value": v} for k, v in params.items()}))
+    argv = [f"--{k}={v}" for k, v in params.items()]
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp), WANDB_SWEEP_ID="sweep123",
+               WANDB_RUN_ID=run_id, WANDB_SWEEP_PARAM_PATH=str(tmp / "params.yaml"),
+               WANDB_SILENT="true", **(extra_env or {}))
+    cmd = [sys.executable, str(ROOT / "run.py"), *argv, f"--results={tmp / 'results.jsonl'}"]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def agent_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("agent")
+    params = {"model_type": "shallow", "target_params": 6100000, "dataset": "digits",
+              "epochs": 3, "batch_size": 128, "learning_rate": 1e-03, "use_augmentation": True,
+              "expert_hidden": [512, 256], "n_experts": None, "collective_version": "simple_mlp",
+              "device": "cuda", "num_workers": 4, "wandb_project": "collective-architecture",
+              "num_classes": 10}
+    p = agent_launch(tmp, params, "agentrun1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return tmp, read_offline_run(tmp)
+
+
+def test_agent_launch_logs_config_history_and_finals(agent_run):
+    tmp, run = agent_run
+    assert run.run_id == "agentrun1" and run.sweep_id == "sweep123"
+    c = run.config
+    assert c["model_type"] == "shallow" and c["target_params"] == 6_100_000
+    assert c["use_augmentation"] is True and c["learning_rate"] == 1e-3
+    assert len(c["hidden_dims"]) == 2 and abs(c["model_params"] - 6_100_000) / 6_100_000 < 0.01
+    assert c["unused_keys"] == ["collective_version", "expert_hidden", "n_experts"]
+    assert run.name.startswith("shallow-6.10M-digits") and "shallow" in run.tags
+    rows = [h for h in run.history if "epoch" in h]
+    assert [h["epoch"] for h in rows] == [1, 2, 3]
+    for h in rows:
+        assert EPOCH_KEYS | FINAL_KEYS <= set(h), sorted(EPOCH_KEYS | FINAL_KEYS - set(h))
+    assert FINAL_KEYS <= set(run.summary)
+    assert run.summary["final/test_accuracy"] == pytest.approx(rows[-1]["test/accuracy"])
+    assert run.summary["final/model_params"] == c["model_params"]
+    assert run.exit_code == 0
+    rec = json.loads((tmp / "results.jsonl").read_text())
+    assert rec["final/test_accuracy"] == pytest.approx(run.summary["final/test_accuracy"])
+
+
+def test_contradicting_fixed_key_and_unknown_key_are_errors(tmp_path):
+    p = agent_launch(tmp_path / "a", {"model_type": "shallow", "dataset": "digits",
+                                      "input_dim": 784}, "bad1")
+    assert p.returncode == 2 and "input_dim=784" in p.stderr and "64" in p.stderr
+    p = agent_launch(tmp_path / "b", {"model_type": "shallow", "dataset": "digits",
+                                      "hidden_size": 7}, "bad2")
+    assert p.returncode == 2 and "hidden_size" in p.stderr
+
+
+def test_sigterm_ends_the_run_cleanly_with_its_last_epoch_as_final(tmp_path):
+    proc = agent_launch(tmp_path, {"model_type": "shallow", "dataset": "digits", "epochs": 100000,
+                                   "target_params": 200000, "progress": False}, "term1", wait=False)
+    seen = 0
+    t_end = time.time() + 240
+    while seen < 3 and time.time() < t_end:
+        line = proc.stdout.readline()
+        seen += line.startswith("epoch")
+    assert seen == 3, proc.stderr.read()[-2000:]
+    t = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert time.perf_counter() - t < 10
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    rec = json.loads((tmp_path / "results.jsonl").read_text())
+    assert rec["status"] == "stopped" and rec["epochs_completed"] >= 3
+    run = read_offline_run(tmp_path)
+    rows = [h for h in run.history if "epoch" in h]
+    assert len(rows) == rec["epochs_completed"]
+    assert run.summary["final/test_accuracy"] == pytest.approx(rows[-1]["test/accuracy"])
+    assert rec["final/test_accuracy"] == pytest.approx(rows[-1]["test/accuracy"])
+    assert run.summary["status"] == "stopped" and run.exit_code == 0
+
+
+def test_hyperband_stops_a_bad_run_at_the_first_band(tmp_path, agent_run):
+    sweeps = pytest.importorskip("sweeps")
+    from sweeps import RunState, SweepRun
+
+    cfg = yaml.safe_load((ROOT / "sweeps" / "phase1.yaml").read_text())
+    band = cfg["early_terminate"]["min_iter"]
+    histories = {}
+    for name, lr in (("good_a", 1e-3), ("good_b", 3e-3), ("bad", 1e-7)):
+        p = agent_launch(tmp_path / name, {"model_type": "shallow", "dataset": "digits",
+                                           "epochs": band, "target_params": 200000,
+                                           "learning_rate": lr}, name)
+        assert p.returncode == 0, p.stderr[-2000:]
+        histories[name] = read_offline_run(tmp_path / name).history
+    runs = [SweepRun(name=n, state=RunState.finished if n != "bad" else RunState.running,
+                     history=h) for n, h in histories.items()]
+    stopped = [r.name for r in sweeps.stop_runs(cfg, runs)]
+    assert stopped == ["bad"]
+    # The original logged its metric once, at the end: Hyperband then never has a band.
+    metric = cfg["metric"]["name"]
+    original = [SweepRun(name=r.name, state=r.state,
+                         history=[{k: v for k, v in h.items() if k != metric} for h in r.history])
+                for r in runs]
+    assert sweeps.stop_runs(cfg, original) == []
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_yaml_passes_wandbs_schema(path):
+    sweeps = pytest.importorskip("sweeps")
+    cfg = yaml.safe_load(path.read_text())
+    assert sweeps.schema_violations_from_proposed_config(cfg) == []
+    assert cfg["program"] == "run.py" and cfg["metric"]["name"] == "final/test_accuracy"
+    assert cfg["early_terminate"]["type"] == "hyperband"
+
+
+def _choices(spec):
+    if "values" in spec:
+        return spec["values"]
+    if "value" in spec:
+        return [spec["value"]]
+    return [spec["min"], spec["max"]]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_sweep_value_is_a_valid_config(path):
+    params = yaml.safe_load(path.read_text())["parameters"]
+    base = {k: _choices(v)[0] for k, v in params.items()}
+    for key, spec in params.items():  # each value of each key, as the agent sends it: str()
+        for v in _choices(spec):
+            Config.from_dict({k: str(x) for k, x in {**base, key: v}.items()})
+    shape_keys = [k for k in ("n_total", "expert_ratio", "expert_output", "c_expert",
+                              "c_collective", "analyst_output") if k in params]
+    for combo in itertools.product(*(_choices(params[k]) for k in shape_keys)):
+        collective_dims(Config.from_dict({**base, **dict(zip(shape_keys, combo))}))
+
+
+def test_phase1_sizes_every_baseline_at_every_target():
+    params = yaml.safe_load((ROOT / "sweeps" / "phase1.yaml").read_text())["parameters"]
+    for mt in params["model_type"]["values"][1:]:
+        for target in params["target_params"]["values"]:
+            d = describe({"model_type": mt, "target_params": str(target), "dataset": "mnist"})
+            assert abs(d["model_params"] - target) / target < 0.01
