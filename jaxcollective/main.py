@@ -62,6 +62,17 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+def enable_compilation_cache() -> None:
+    """Persistent XLA cache: repeated sweep runs of one architecture skip compiling.
+    JAXCOLLECTIVE_CACHE_DIR sets the folder; an empty value turns it off."""
+    import jax
+
+    path = os.environ.get("JAXCOLLECTIVE_CACHE_DIR", "~/.cache/jaxcollective/xla")
+    if path:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _setup_backend(cfg: Config) -> None:
     """Environment that must be set before JAX starts."""
     # Several agents can share a GPU: allocate on demand, not 75% up front.
@@ -69,6 +80,8 @@ def _setup_backend(cfg: Config) -> None:
     if cfg.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
+
+    enable_compilation_cache()
 
     if cfg.device in ("cuda", "gpu") and jax.default_backend() != "gpu":
         print(f"warning: --device={cfg.device} but no GPU is visible to JAX; running on "

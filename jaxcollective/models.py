@@ -42,10 +42,12 @@ class MemberStack(nnx.Module):
     then a Linear projection. Input x_BxD (shared) -> output h_NxBxO."""
 
     def __init__(self, n: int, din: int, hidden: Sequence[int], dout: int, *,
-                 rate: float, rngs: nnx.Rngs):
+                 rate: float, rngs: nnx.Rngs, in_parts: Optional[tuple[int, ...]] = None):
         stack = (n,)
         dims = [din, *hidden]
-        self.dense = nnx.List([Dense(a, b, stack=stack, rngs=rngs) for a, b in zip(dims, dims[1:])])
+        self.dense = nnx.List([
+            Dense(a, b, stack=stack, shared_input=(i == 0), in_parts=in_parts if i == 0 else None,
+                  rngs=rngs) for i, (a, b) in enumerate(zip(dims, dims[1:]))])
         self.norm = nnx.List([BatchNorm(b, stack=stack) for b in hidden])
         self.proj = Dense(dims[-1], dout, stack=stack, rngs=rngs)
         self.rate = rate
@@ -65,11 +67,12 @@ class MemberGroups(nnx.Module):
     group one MemberStack; outputs returned in member order as h_NxBxO."""
 
     def __init__(self, n: int, din: int, hidden: Sequence[int], dout: int, *, vary: bool,
-                 rate: float, rngs: nnx.Rngs):
+                 rate: float, rngs: nnx.Rngs, in_parts: Optional[tuple[int, ...]] = None):
         variants = [i % 4 if (vary and n >= 2) else 0 for i in range(n)]
         kinds = sorted(set(variants))
         self.stacks = nnx.List([
-            MemberStack(variants.count(v), din, member_widths(hidden, v), dout, rate=rate, rngs=rngs)
+            MemberStack(variants.count(v), din, member_widths(hidden, v), dout, rate=rate,
+                        rngs=rngs, in_parts=in_parts)
             for v in kinds])
         order = [i for v in kinds for i in range(n) if variants[i] == v]
         # Static permutation from grouped order back to member order (identity if one group).
@@ -134,7 +137,8 @@ class Collective(nnx.Module):
                                       rate=0.1, rngs=rngs)
         self.analysts = MemberGroups(d.n_analysts, d.analyst_input_dim, cfg.analyst_hidden,
                                      cfg.analyst_output, vary=cfg.vary_analyst_architectures,
-                                     rate=0.2, rngs=rngs)
+                                     rate=0.2, rngs=rngs,
+                                     in_parts=(d.input_dim, d.expert_encoder_output_dim))
         self.analyst_encoder = Encoder(d.n_analysts * cfg.analyst_output, d.collective_input_dim,
                                        rate=0.1, rngs=rngs)
         if cfg.collective_version == "simple_mlp":
@@ -152,8 +156,9 @@ class Collective(nnx.Module):
         if train and self.drop_rates:
             experts_NxBxO = drop_members(experts_NxBxO, self.drop_rates[0], keys())
         encoded_BxE = self.expert_encoder(flatten_members(experts_NxBxO), train, keys)
-        analyst_in_BxA = jnp.concatenate([x_BxD, encoded_BxE.astype(x_BxD.dtype)], axis=-1)
-        analysts_NxBxO = self.analysts(analyst_in_BxA, train, keys)
+        # The analysts read concat[x, encoded]; passed as parts, so the first layer
+        # computes no gradient for x (data).
+        analysts_NxBxO = self.analysts((x_BxD, encoded_BxE.astype(x_BxD.dtype)), train, keys)
         if train and self.drop_rates:
             analysts_NxBxO = drop_members(analysts_NxBxO, self.drop_rates[1], keys())
         collective_BxC = self.analyst_encoder(flatten_members(analysts_NxBxO), train, keys)

@@ -40,13 +40,16 @@ def stream_keys(seed: int) -> dict[str, jax.Array]:
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """SPEC section 5's optimizers (a zero weight decay adds no pass over the parameters)."""
     lr, wd = cfg.learning_rate, cfg.weight_decay
+    decay = [optax.add_decayed_weights(wd)] if wd else []
     if cfg.optimizer == "adam":  # torch.optim.Adam: weight decay is L2 added to the gradient
-        return optax.chain(optax.add_decayed_weights(wd), optax.scale_by_adam(),
-                           optax.scale_by_learning_rate(lr))
-    if cfg.optimizer == "adamw":  # decoupled, as torch.optim.AdamW
-        return optax.adamw(lr, weight_decay=wd)
-    return optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9))
+        tx = optax.chain(*decay, optax.scale_by_adam(), optax.scale_by_learning_rate(lr))
+    elif cfg.optimizer == "adamw":  # decoupled, as torch.optim.AdamW
+        tx = optax.adamw(lr, weight_decay=wd)
+    else:  # torch.optim.SGD(momentum=0.9): L2 in the gradient, then momentum
+        tx = optax.chain(*decay, optax.sgd(lr, momentum=0.9))
+    return tx
 
 
 def diversity(h_NxBxD: jax.Array, temperature: float) -> jax.Array:

@@ -62,7 +62,7 @@ def test_stacked_members_equal_separate_members():
     for i in range(3):
         single = MLP(784, [64, 32], 16, rngs=nnx.Rngs(1))
         for layer_s, layer_1 in zip([*stack.dense, stack.proj], [*single.dense, single.out]):
-            layer_1.kernel[...] = layer_s.kernel[...][i]
+            layer_1.kernels[0][...] = layer_s.member_kernel(i)
             layer_1.bias[...] = layer_s.bias[...][i]
         np.testing.assert_allclose(single(X)[0], out_NxBxO[i], rtol=1e-4, atol=1e-4)
 
@@ -72,10 +72,11 @@ def test_vary_members_keep_member_order():
     model, cfg = make(n_total=9, expert_ratio=0.5, vary_analyst_architectures=True)
     groups = model.analysts
     # 5 analysts use variants 0, 1, 2, 3, 0: four stacks, the first holding analysts 0 and 4
-    assert [int(s.proj.kernel[...].shape[0]) for s in groups.stacks] == [2, 1, 1, 1]
-    assert [s.dense[0].kernel[...].shape[-1] for s in groups.stacks] == [64, 80, 64, 51]
+    assert [int(s.proj.kernels[0][...].shape[0]) for s in groups.stacks] == [2, 1, 1, 1]
+    assert [s.dense[0].member_kernel(0).shape[-1] for s in groups.stacks] == [64, 80, 64, 51]
     assert len(groups.stacks[2].dense) == 3
-    x = jax.random.normal(jax.random.key(1), (16, 784 + cfg.dims.expert_encoder_output_dim))
+    x = (jax.random.normal(jax.random.key(1), (16, 784)),
+         jax.random.normal(jax.random.key(2), (16, cfg.dims.expert_encoder_output_dim)))
     out = groups(x, False, KeySeq(None))
     per_group = [s(x, False, KeySeq(None)) for s in groups.stacks]
     expected = [per_group[0][0], per_group[1][0], per_group[2][0], per_group[3][0], per_group[0][1]]
@@ -85,10 +86,11 @@ def test_vary_members_keep_member_order():
 
 def test_kaiming_init_scale():
     model, _ = make()
-    k = np.asarray(model.experts.stacks[0].dense[0].kernel[...])  # (2, 784, 128), fan_in 784
+    k = np.asarray(model.experts.stacks[0].dense[0].kernels[0][...])  # (784, 2, 128), fan_in 784
+    assert k.shape == (784, 2, 128)
     assert abs(k.std() - np.sqrt(2 / 784)) / np.sqrt(2 / 784) < 0.02
     b, _ = make("deep")
-    kb = np.asarray(b.dense[1].kernel[...])  # fan_out = width
+    kb = np.asarray(b.dense[1].kernels[0][...])  # fan_out = width
     assert abs(kb.std() - np.sqrt(2 / kb.shape[1])) / np.sqrt(2 / kb.shape[1]) < 0.05
 
 

@@ -26,11 +26,12 @@ for n in (1, 4):
     eng = Engine(resolve(cfg), ds.info, devices=jax.devices()[:n])
     data, rep = eng.put_data(ds, [0])
     state = eng.init([0])
-    for e in range(2):
-        state, m = eng.epoch(state, data, rep, eng.epoch_keys([0], e))
+    # One epoch: float-level differences (reduction order across devices) stay
+    # float-level; longer training amplifies them (a ReLU or mask boundary flips).
+    state, m = eng.epoch(state, data, rep, eng.epoch_keys([0], 0))
     out[n] = {"metrics": {k: float(v[0]) for k, v in jax.device_get(m).items()},
               "params": [np.asarray(l).ravel()[:50].tolist() for l in jax.tree.leaves(state.params)],
-              "devices": len(state.params["head"]["fc1"]["kernel"].sharding.device_set)}
+              "devices": len(state.params["head"]["fc1"]["kernels"][0].sharding.device_set)}
 print(json.dumps(out))
 """
 

@@ -1,0 +1,162 @@
+"""Benchmark: `python -m jaxcollective.bench --model_type=collective --config=phase1`.
+
+Synthetic data shaped like a real dataset (Fashion-MNIST by default: 54,000 training,
+6,000 validation, 10,000 test examples), so it runs where only jax, flax and optax
+are installed. Progress goes to stderr; the last stdout line is one JSON object:
+
+  compile_s            first call of the training step (tracing + XLA compilation)
+  train_samples_per_s  steady state: batch (x seeds) / median time of one update, timed
+                       as training runs it (a compiled scan of 10 updates per call)
+  epoch_s              one full epoch through the real engine: 54,000 training
+                       examples, then evaluation of 6,000 + 10,000 (after compiling)
+  flops_per_step       XLA's cost analysis of one update; tflops = achieved rate
+  peak_fraction        tflops / the GPU's dense peak for the compute dtype (GPU only)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+from .cli import guarded, help_text, parse_argv
+from .config import Config
+
+EXTRA = {
+    "config": "preset applied first: debug or phase1",
+    "steps": "timed updates, in calls of 10, for the steady-state median (default 100)",
+    "epochs": "full epochs to time after the first (default 1); 0 skips epoch_s",
+    "torch": "also time the PyTorch reference (needs torch): true/false (default false)",
+    "help": "show this message",
+}
+
+UPDATES_PER_CALL = 10
+# Dense peak TFLOP/s by device kind: (bf16, fp32 without TF32).
+GPU_PEAKS = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5),
+             "L4": (121.0, 30.3)}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def peak_tflops(device, dtype: str):
+    kind = getattr(device, "device_kind", "")
+    for name, (bf16, fp32) in GPU_PEAKS.items():
+        if name in kind:
+            return bf16 if dtype == "bfloat16" else fp32
+    return None
+
+
+def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from .data import make_synthetic
+    from .sizing import resolve
+    from .train import Engine
+
+    like = cfg.synthetic_like if cfg.dataset == "synthetic" else cfg.dataset
+    if like not in ("mnist", "fashion_mnist", "cifar10"):
+        like = "fashion_mnist"
+    cfg = cfg.replace(dataset="synthetic", synthetic_like=like)
+    resolved = resolve(cfg)
+    seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
+    log(f"[synthetic] {cfg.model_type}: {resolved.model_params:,} params, batch {cfg.batch_size}"
+        f" x{cfg.num_seeds} seeds, {cfg.dtype}, augmentation {cfg.use_augmentation}, "
+        f"{jax.devices()[0].device_kind} x{len(jax.devices())}")
+    ds = make_synthetic(like, seed=cfg.seed)
+    engine = Engine(resolved, ds.info)
+    data, rep = engine.put_data(ds, seeds)
+    state = engine.init(seeds)
+
+    # What an epoch runs: a compiled scan of updates over shuffled batches (no Python per
+    # update), vmapped over replicas. Timed per call of UPDATES_PER_CALL updates.
+    b, k = cfg.batch_size, cfg.gradient_accumulation_steps
+
+    def updates(state, idx_SxKxB, keys):
+        def body(st, inp):
+            idx, s = inp
+            step_keys = {n: jax.random.fold_in(keys[n], s) for n in keys}
+            return engine._update(st, idx, step_keys, data)
+        return jax.lax.scan(body, state, (idx_SxKxB, jnp.arange(idx_SxKxB.shape[0])))
+
+    run_updates = jax.jit(jax.vmap(updates, in_axes=(0, None, 0)), donate_argnums=(0,))
+    n_train = len(ds.y_train)
+    perm = jax.random.permutation(jax.random.key(0), n_train)[: UPDATES_PER_CALL * k * b]
+    idx = perm.reshape(UPDATES_PER_CALL, k, b).astype(jnp.int32)
+    keys = {n: v for n, v in engine.epoch_keys(seeds, 0).items() if n != "shuffle"}
+    t = time.perf_counter()
+    compiled = run_updates.lower(state, idx, keys).compile()
+    state, m = compiled(state, idx, keys)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", 0.0))  # XLA counts a loop body once
+    log(f"compiled in {compile_s:.2f}s; {flops / 1e9:.2f} GFLOP per update")
+
+    times = []
+    for i in range(max(1, steps // UPDATES_PER_CALL)):
+        t = time.perf_counter()
+        state, m = compiled(state, idx, keys)
+        jax.block_until_ready(m)
+        times.append((time.perf_counter() - t) / UPDATES_PER_CALL)
+    step_s = statistics.median(times)
+    samples = b * k * cfg.num_seeds / step_s
+    log(f"steady state: {samples:,.0f} samples/s ({step_s * 1e3:.2f} ms per update)")
+
+    out = {"model_type": cfg.model_type, "model_params": resolved.model_params,
+           "batch_size": b, "num_seeds": cfg.num_seeds, "dtype": cfg.dtype,
+           "use_augmentation": cfg.use_augmentation, "synthetic": True, "dataset_shape": like,
+           "device": jax.devices()[0].device_kind, "n_devices": len(jax.devices()),
+           "compile_s": round(compile_s, 3), "train_samples_per_s": round(samples, 1),
+           "step_ms": round(step_s * 1e3, 3), "flops_per_step": flops,
+           "tflops": round(flops / step_s / 1e12, 4)}
+    peak = peak_tflops(jax.devices()[0], cfg.dtype)
+    if jax.default_backend() == "gpu" and peak:
+        out["peak_fraction"] = round(out["tflops"] / peak, 4)
+
+    if epochs > 0:
+        t = time.perf_counter()
+        state = engine.init(seeds)
+        state, mm = engine.epoch(state, data, rep, engine.epoch_keys(seeds, 1))
+        jax.block_until_ready(mm)
+        out["epoch_compile_s"] = round(time.perf_counter() - t, 3)
+        ep = []
+        for e in range(epochs):
+            t = time.perf_counter()
+            state, mm = engine.epoch(state, data, rep, engine.epoch_keys(seeds, e + 2))
+            jax.device_get(mm)
+            ep.append(time.perf_counter() - t)
+        out["epoch_s"] = round(statistics.median(ep), 3)
+        log(f"epoch (54,000 train + 6,000 val + 10,000 test): {out['epoch_s']:.3f}s")
+    if torch_ref:
+        from .torch_reference import time_torch
+        out["torch_samples_per_s"] = round(time_torch(cfg, steps), 1)
+        out["speedup_vs_torch"] = round(out["train_samples_per_s"] / out["torch_samples_per_s"], 2)
+        log(f"PyTorch reference: {out['torch_samples_per_s']:,.0f} samples/s; "
+            f"speed-up {out['speedup_vs_torch']}x")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    def _main():
+        values, opts = parse_argv(argv, EXTRA, flags=("help",))
+        if "help" in opts:
+            print(help_text("python -m jaxcollective.bench", __doc__.strip().splitlines()[0], EXTRA))
+            return 0
+        values.setdefault("batch_size", "256")
+        values.setdefault("dataset", "fashion_mnist")
+        cfg = Config.from_dict(values, opts.get("config"))
+        steps = int(opts.get("steps", 100))
+        epochs = int(opts.get("epochs", 1))
+        torch_ref = opts.get("torch", "false").lower() in ("1", "true", "yes")
+        print(json.dumps(run(cfg, steps, epochs, torch_ref)), flush=True)
+        return 0
+    return guarded(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
