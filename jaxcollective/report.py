@@ -1,0 +1,453 @@
+"""Parameter-efficiency report from finished runs: `python -m jaxcollective.report`.
+
+Reads run records from a results file (what run.py appends, `runs/results.jsonl` by
+default) or from a wandb sweep or project (`--wandb=entity/project[/sweep_id]`), and
+writes to `--out` (default `report/`):
+
+  accuracy_vs_params.png   final test accuracy against parameters, a line per model type
+  efficiency_by_type.png   final/param_efficiency and final/accuracy_per_log10_params
+  scaling.png              per model type, accuracy against size with a fitted trend
+  summary.md               tables: per type and size, best config per type, and the
+                           collective against each baseline at matched size
+
+Runs that diverged or were stopped early are counted and listed, never averaged in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .cli import guarded
+from .config import BASELINE_TYPES, FIELDS, MODEL_TYPES, ConfigError
+
+MATCH_TOLERANCE = 0.05  # a baseline within 5% of the collective's size is "matched"
+COLORS = {"collective": "#d62728", "shallow": "#1f77b4", "balanced": "#2ca02c",
+          "deep": "#9467bd", "very_deep": "#8c564b", "deep_resnet": "#e377c2",
+          "very_deep_resnet": "#17becf"}
+MARKERS = {"collective": "*", "shallow": "o", "balanced": "s", "deep": "^", "very_deep": "v",
+           "deep_resnet": "D", "very_deep_resnet": "P"}
+
+
+@dataclass
+class Run:
+    name: str
+    model_type: str
+    params: int
+    test_accuracy: Optional[float]
+    status: str
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def size_key(self) -> int:
+        """Parameter count to 3 significant digits: runs of one size share a group."""
+        return int(float(f"{self.params:.3g}"))
+
+
+# ------------------------------------------------------------------ loading
+def load_results(path: Path) -> list[Run]:
+    if not path.exists():
+        raise ConfigError(f"no results file at {path}: run `python run.py ...` first, or pass "
+                          "--results=PATH or --wandb=ENTITY/PROJECT[/SWEEP_ID]")
+    runs = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}:{i + 1} is not a JSON line; is this a results file?") from None
+        runs.extend(record_to_runs(rec, name=f"{path.name}:{i + 1}"))
+    return runs
+
+
+def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
+    """One results record as runs: a record of K seeds (`replicas`) is K runs."""
+    status = rec.get("status", "finished")
+    if rec.get("diverged"):
+        status = "diverged"
+    params = int(rec.get("model_params") or rec.get("final/model_params"))
+    config = rec.get("config", {})
+    replicas = rec.get("replicas") or []
+    if len(replicas) > 1:
+        runs = []
+        for r in replicas:
+            acc = r["test_accuracy"]
+            metrics = {"final/test_accuracy": acc, "final/test_loss": r["test_loss"],
+                       "final/best_val_accuracy": r["best_val_accuracy"],
+                       "final/model_params": params,
+                       "final/param_efficiency": acc / (params / 1e5),
+                       "final/accuracy_per_million_params": acc / (params / 1e6),
+                       "final/accuracy_per_log10_params": acc / math.log10(params + 1)}
+            runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
+                            dict(config, seed=r["seed"]), metrics))
+        return runs
+    metrics = {k: v for k, v in rec.items() if k.startswith("final/") and not k.endswith("_std")}
+    return [Run(name=rec.get("name", name), model_type=rec["model_type"], params=params,
+                test_accuracy=rec.get("final/test_accuracy"), status=status, config=config,
+                metrics=metrics)]
+
+
+def load_wandb(path: str) -> list[Run]:
+    """Runs of a wandb project, or of one sweep (entity/project/sweep_id)."""
+    import wandb
+
+    parts = path.strip("/").split("/")
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"invalid --wandb={path!r}: expected ENTITY/PROJECT or ENTITY/PROJECT/SWEEP_ID")
+    api = wandb.Api()
+    if len(parts) == 3:
+        source = api.sweep("/".join(parts)).runs
+    else:
+        source = api.runs("/".join(parts))
+    runs = []
+    for r in source:
+        run = wandb_to_run(r)
+        if run is not None:
+            runs.append(run)
+    return runs
+
+
+def wandb_to_run(r) -> Optional[Run]:
+    """One wandb run (public API object) as a Run; None for runs of other programs."""
+    config, summary = dict(r.config), dict(r.summary)
+    if "model_type" not in config:
+        return None
+    params = summary.get("final/model_params") or config.get("model_params")
+    if params is None:  # crashed before the model was built
+        return Run(r.name, config["model_type"], 0, None, "failed", config)
+    status = summary.get("status")
+    if status is None:  # no final record: the process died
+        status = {"finished": "finished", "running": "running"}.get(r.state, r.state)
+    if summary.get("diverged"):
+        status = "diverged"
+    metrics = {k: v for k, v in summary.items() if k.startswith("final/")}
+    return Run(r.name, config["model_type"], int(params), summary.get("final/test_accuracy"),
+               status, config, metrics)
+
+
+# -------------------------------------------------------------- aggregation
+@dataclass
+class Group:
+    model_type: str
+    size: int
+    runs: list[Run]
+
+    def values(self, key: str = "final/test_accuracy") -> list[float]:
+        return [float(r.metrics[key]) for r in self.runs if r.metrics.get(key) is not None]
+
+    @property
+    def params(self) -> float:
+        return sum(r.params for r in self.runs) / len(self.runs)
+
+    def mean(self, key: str = "final/test_accuracy") -> float:
+        v = self.values(key)
+        return sum(v) / len(v)
+
+    def std(self, key: str = "final/test_accuracy") -> Optional[float]:
+        v = self.values(key)
+        if len(v) < 2:
+            return None
+        m = sum(v) / len(v)
+        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def split_runs(runs: Iterable[Run]) -> tuple[list[Run], list[Run]]:
+    """(finished runs with a test accuracy, the rest: diverged, stopped, failed, ...)."""
+    good, excluded = [], []
+    for r in runs:
+        (good if r.status == "finished" and r.test_accuracy is not None else excluded).append(r)
+    return good, excluded
+
+
+def group_runs(runs: Iterable[Run]) -> list[Group]:
+    groups: dict[tuple[str, int], list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[(r.model_type, r.size_key)].append(r)
+    order = {t: i for i, t in enumerate(MODEL_TYPES)}
+    return [Group(t, s, rs) for (t, s), rs in
+            sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1]))]
+
+
+def t_quantile_975(df: float) -> float:
+    """Student's t 97.5% quantile (scipy if present, else a close approximation)."""
+    try:
+        from scipy.stats import t
+        return float(t.ppf(0.975, df))
+    except ImportError:  # Cornish-Fisher expansion around the normal quantile
+        z = 1.959963984540054
+        return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def welch_interval(a: list[float], b: list[float]) -> Optional[tuple[float, float]]:
+    """95% interval of mean(a) - mean(b) (Welch); None with fewer than 2 runs a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return (ma - mb, ma - mb)
+    df = (va + vb) ** 2 / ((va**2 / (len(a) - 1)) + (vb**2 / (len(b) - 1)))
+    h = t_quantile_975(df) * se
+    return (ma - mb - h, ma - mb + h)
+
+
+def matched_comparisons(groups: list[Group]) -> list[dict[str, Any]]:
+    rows = []
+    for c in (g for g in groups if g.model_type == "collective"):
+        for g in groups:
+            if g.model_type in BASELINE_TYPES and abs(g.params - c.params) / c.params <= MATCH_TOLERANCE:
+                diff = c.mean() - g.mean()
+                ci = welch_interval(c.values(), g.values())
+                if ci is None:
+                    verdict = "too few runs for an interval"
+                elif ci[0] > 0:
+                    verdict = "collective better"
+                elif ci[1] < 0:
+                    verdict = "baseline better"
+                else:
+                    verdict = "no clear difference"
+                rows.append({"collective": c, "baseline": g, "diff": diff, "ci": ci,
+                             "verdict": verdict})
+    return rows
+
+
+# ------------------------------------------------------------------- output
+def fmt_params(p: float) -> str:
+    return f"{p / 1e6:.2f}M" if p >= 1e6 else f"{p / 1e3:.0f}K"
+
+
+def _std(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def write_summary(groups: list[Group], excluded: list[Run], source: str, out: Path) -> str:
+    lines = ["# Parameter-efficiency report", "", f"Source: `{source}`. "
+             f"{sum(len(g.runs) for g in groups)} finished runs in the tables below; "
+             f"{len(excluded)} excluded (diverged, stopped early or failed), listed at the end.",
+             "", "## Test accuracy per model type and size", "",
+             "| model type | size | runs | test acc. mean (%) | std | params (mean) "
+             "| param_efficiency (acc./100K) | acc. per log10 params |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for g in groups:
+        lines.append(f"| {g.model_type} | {fmt_params(g.size)} | {len(g.runs)} | {g.mean():.2f} | "
+                     f"{_std(g.std())} | {g.params:,.0f} | {g.mean('final/param_efficiency'):.3f} | "
+                     f"{g.mean('final/accuracy_per_log10_params'):.3f} |")
+    lines += ["", "## Best configuration per model type", "",
+              "| model type | test acc. (%) | params | run | settings that differ from the defaults |",
+              "| --- | ---: | ---: | --- | --- |"]
+    by_type: dict[str, list[Run]] = defaultdict(list)
+    for g in groups:
+        by_type[g.model_type] += g.runs
+    for t, rs in by_type.items():
+        best = max(rs, key=lambda r: r.test_accuracy)
+        lines.append(f"| {t} | {best.test_accuracy:.2f} | {best.params:,} | {best.name} | "
+                     f"{_non_defaults(best.config, t)} |")
+    lines += ["", "## The collective against each baseline at matched size", "",
+              f"Matched: baseline within {MATCH_TOLERANCE:.0%} of the collective's parameters. "
+              "Difference = collective minus baseline, test accuracy in points, with a 95% "
+              "Welch interval where both sides have 2 or more runs.", ""]
+    comps = matched_comparisons(groups)
+    if comps:
+        lines += ["| collective size | baseline | baseline size | runs (c / b) | difference | 95% interval | verdict |",
+                  "| --- | --- | --- | --- | ---: | --- | --- |"]
+        for c in comps:
+            ci = "–" if c["ci"] is None else f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
+            lines.append(f"| {fmt_params(c['collective'].params)} | {c['baseline'].model_type} | "
+                         f"{fmt_params(c['baseline'].params)} | {len(c['collective'].runs)} / "
+                         f"{len(c['baseline'].runs)} | {c['diff']:+.2f} | {ci} | {c['verdict']} |")
+    else:
+        lines.append("No baseline run matches a collective run's size.")
+    lines += ["", f"## Excluded runs ({len(excluded)})", ""]
+    if excluded:
+        counts = defaultdict(int)
+        for r in excluded:
+            counts[r.status] += 1
+        lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
+        lines += ["", "| run | model type | params | status |", "| --- | --- | ---: | --- |"]
+        lines += [f"| {r.name} | {r.model_type} | {r.params:,} | {r.status} |" for r in excluded]
+    else:
+        lines.append("None.")
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    return text
+
+
+def _non_defaults(config: dict, model_type: str) -> str:
+    from .api import COLLECTIVE_ONLY
+
+    skip = {"model_type", "results", "progress", "wandb_project", "wandb_entity", "data_dir",
+            "manual_dir", "device", "num_workers", "input_dim", "num_classes"}
+    if model_type != "collective":
+        skip |= COLLECTIVE_ONLY
+    out = []
+    for k, v in config.items():
+        if k in skip or k not in FIELDS:
+            continue
+        default = FIELDS[k].default
+        default = list(default) if isinstance(default, tuple) else default
+        if v != default:
+            out.append(f"{k}={v}")
+    return ", ".join(out) or "defaults"
+
+
+def plot_all(groups: list[Group], good: list[Run], out: Path, title_suffix: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = [t for t in MODEL_TYPES if any(g.model_type == t for g in groups)]
+
+    # 1. accuracy vs parameters
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    for t in types:
+        gs = [g for g in groups if g.model_type == t]
+        xs, ys = [g.params for g in gs], [g.mean() for g in gs]
+        err = [g.std() or 0.0 for g in gs]
+        ax.errorbar(xs, ys, yerr=err if any(err) else None, color=COLORS[t], marker=MARKERS[t],
+                    markersize=9 if t == "collective" else 6, capsize=3, label=t, linewidth=1.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title("Test accuracy against model size" + title_suffix)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="model type", fontsize=8, loc="lower right")
+    fig.savefig(out / "accuracy_vs_params.png", dpi=130)
+    plt.close(fig)
+
+    # 2. efficiency by type: a bar per (type, size) with its runs on top; sizes are kept
+    # apart because per-parameter efficiency falls ~10x per 10x size.
+    sizes = sorted({g.size for g in groups})
+    shades = plt.get_cmap("Greys")([0.35 + 0.5 * k / max(1, len(sizes) - 1) for k in range(len(sizes))])
+    width = 0.8 / len(sizes)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
+    for ax, key, label, log in (
+            (axes[0], "final/param_efficiency", "test accuracy (%) per 100K parameters", True),
+            (axes[1], "final/accuracy_per_log10_params", "test accuracy (%) / log10(params + 1)", False)):
+        for i, t in enumerate(types):
+            for k, size in enumerate(sizes):
+                g = next((g for g in groups if g.model_type == t and g.size == size), None)
+                if g is None:
+                    continue
+                x = i - 0.4 + width * (k + 0.5)
+                vals = g.values(key)
+                ax.bar(x, sum(vals) / len(vals), width * 0.9, color=shades[k], edgecolor="black",
+                       linewidth=0.5, label=f"~{fmt_params(size)} params" if i == 0 else None)
+                ax.scatter([x] * len(vals), vals, color=COLORS[t], marker=MARKERS[t], s=22, zorder=3)
+        ax.set_xticks(range(len(types)), types, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.set_title(key)
+        if log:
+            ax.set_yscale("log")
+        else:
+            lo = min(min(g.values(key)) for g in groups)
+            hi = max(max(g.values(key)) for g in groups)
+            ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+        ax.grid(True, axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="size (bars: mean, dots: runs)", fontsize=8,
+               loc="outside lower center", ncol=max(1, len(sizes)))
+    fig.suptitle("Parameter efficiency by model type and size" + title_suffix)
+    fig.savefig(out / "efficiency_by_type.png", dpi=130)
+    plt.close(fig)
+
+    # 3. scaling: per type, accuracy against log size with a least-squares trend
+    n = len(types)
+    cols = min(4, max(1, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax, t in zip(axes.flat, types):
+        rs = [r for r in good if r.model_type == t]
+        xs = [math.log10(r.params) for r in rs]
+        ys = [r.test_accuracy for r in rs]
+        ax.scatter([r.params for r in rs], ys, color=COLORS[t], marker=MARKERS[t], s=24)
+        fit = linear_fit(xs, ys)
+        if fit is not None:
+            a, b = fit
+            lo, hi = min(xs), max(xs)
+            ax.plot([10**lo, 10**hi], [a + b * lo, a + b * hi], color="black", linewidth=1)
+            trend = f"{b:+.2f} points per 10x params"
+        else:
+            trend = "one size: no trend"
+        ax.set_xscale("log")
+        ax.set_title(f"{t}\n{trend}", fontsize=10)
+        ax.set_xlabel("parameters (log)")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle("Scaling with size, per model type (line: least-squares trend in log size)"
+                 + title_suffix)
+    fig.savefig(out / "scaling.png", dpi=130)
+    plt.close(fig)
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> Optional[tuple[float, float]]:
+    """y = a + b x by least squares; None without two distinct x."""
+    if len(set(xs)) < 2:
+        return None
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
+def make_report(runs: list[Run], out: Path, source: str) -> dict[str, Any]:
+    good, excluded = split_runs(runs)
+    if not good:
+        raise ConfigError(f"no finished runs in {source} ({len(excluded)} excluded: diverged, "
+                          "stopped or failed); nothing to report")
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(good)
+    datasets = sorted({str(r.config.get("dataset")) for r in good if r.config.get("dataset")})
+    suffix = f" ({', '.join(datasets)})" if datasets else ""
+    plot_all(groups, good, out, suffix)
+    text = write_summary(groups, excluded, source, out)
+    return {"groups": groups, "excluded": excluded, "summary": text}
+
+
+USAGE = """usage: python -m jaxcollective.report [--results=PATH | --wandb=ENTITY/PROJECT[/SWEEP_ID]] [--out=DIR]
+
+Figures and tables of parameter efficiency from finished runs.
+  --results=PATH   results file written by run.py (default runs/results.jsonl)
+  --wandb=PATH     read runs through wandb's public API instead (needs `wandb login`)
+  --out=DIR        output folder (default report/)"""
+
+
+def main(argv: list[str]) -> int:
+    def _main():
+        opts = {}
+        for tok in argv:
+            if tok in ("-h", "--help"):
+                print(USAGE)
+                return 0
+            name, eq, value = tok.lstrip("-").partition("=")
+            if not tok.startswith("--") or not eq or name not in ("results", "wandb", "out"):
+                raise ConfigError(f"unexpected argument {tok!r}; see --help")
+            opts[name] = value
+        out = Path(opts.get("out", "report"))
+        if "wandb" in opts:
+            runs, source = load_wandb(opts["wandb"]), f"wandb:{opts['wandb']}"
+        else:
+            path = Path(opts.get("results", "runs/results.jsonl"))
+            runs, source = load_results(path), str(path)
+        rep = make_report(runs, out, source)
+        print(f"{sum(len(g.runs) for g in rep['groups'])} runs in {len(rep['groups'])} groups, "
+              f"{len(rep['excluded'])} excluded; wrote {out}/accuracy_vs_params.png, "
+              f"efficiency_by_type.png, scaling.png, summary.md")
+        return 0
+    return guarded(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
