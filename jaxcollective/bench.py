@@ -98,7 +98,7 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
     log(f"compiled in {compile_s:.2f}s; {flops / 1e9:.2f} GFLOP per update")
 
     times = []
-    for i in range(max(1, steps // UPDATES_PER_CALL)):
+    for _ in range(max(1, steps // UPDATES_PER_CALL)):
         t = time.perf_counter()
         state, m = compiled(state, idx, keys)
         jax.block_until_ready(m)

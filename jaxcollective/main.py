@@ -75,12 +75,15 @@ def enable_compilation_cache() -> None:
 
 def _setup_backend(cfg: Config) -> None:
     """Environment that must be set before JAX starts."""
-    # Several agents can share a GPU: allocate on demand, not 75% up front.
+    # Several agents can share a GPU: allocate on demand, not 75% up front (read when
+    # the backend starts, which is later).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    if cfg.device == "cpu":
-        os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
+    if cfg.device == "cpu":
+        # jax reads JAX_PLATFORMS at import (the package imports it); this still works
+        # because no backend has started yet.
+        jax.config.update("jax_platforms", "cpu")
     enable_compilation_cache()
 
     if cfg.device in ("cuda", "gpu") and jax.default_backend() != "gpu":

@@ -15,18 +15,12 @@ import yaml
 
 from jaxcollective import describe
 from jaxcollective.config import Config, collective_dims
+from spec_metrics import EPOCH_KEYS, FINAL_KEYS
 from wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
-EPOCH_KEYS = {"epoch", "train/loss", "train/loss_prediction", "train/loss_diversity_expert",
-              "train/loss_diversity_analyst", "train/accuracy", "val/loss", "val/accuracy",
-              "test/loss", "test/accuracy", "lr", "model_params",
-              "param_efficiency/accuracy_per_log10_params",
-              "param_efficiency/test_accuracy_per_log10_params"}
-FINAL_KEYS = {"final/test_accuracy", "final/test_loss", "final/best_val_accuracy",
-              "final/model_params", "final/param_efficiency", "final/accuracy_per_million_params",
-              "final/accuracy_per_log10_params"}
+
 
 
 def agent_launch(tmp: Path, params: dict, run_id: str, *, wait=True, extra_env=None):

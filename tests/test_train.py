@@ -12,6 +12,7 @@ from jaxcollective.experiment import train_and_evaluate
 from jaxcollective.sizing import resolve
 from jaxcollective.train import DeviceData, Engine, diversity, stream_keys
 from jaxcollective.writers import Writer
+from spec_metrics import EPOCH_KEYS, FINAL_KEYS
 
 
 class Recorder(Writer):
@@ -133,15 +134,7 @@ def test_same_metric_set_for_every_model_type():
         train_and_evaluate(cfg, rec)
         keys.append((set(rec.rows[0]), {k for k in rec.record if k.startswith("final/")}))
     assert keys[0] == keys[1]
-    spec = {"epoch", "train/loss", "train/loss_prediction", "train/loss_diversity_expert",
-            "train/loss_diversity_analyst", "train/accuracy", "val/loss", "val/accuracy",
-            "test/loss", "test/accuracy", "lr", "model_params",
-            "param_efficiency/accuracy_per_log10_params",
-            "param_efficiency/test_accuracy_per_log10_params"}
-    finals = {"final/test_accuracy", "final/test_loss", "final/best_val_accuracy",
-              "final/model_params", "final/param_efficiency", "final/accuracy_per_million_params",
-              "final/accuracy_per_log10_params"}
-    assert spec <= keys[0][0] and finals <= keys[0][0] and finals == keys[0][1]
+    assert EPOCH_KEYS <= keys[0][0] and FINAL_KEYS <= keys[0][0] and FINAL_KEYS == keys[0][1]
 
 
 def test_divergence_is_recorded_not_reported_as_a_result():
