@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import TFDS_DATASETS, Config, ConfigError, DatasetInfo
+from .config import DATASETS, TFDS_DATASETS, Config, ConfigError, DatasetInfo
 
 VAL_FRACTION = 0.1
 
@@ -71,7 +71,6 @@ def load_digits() -> Dataset:
     perm = np.random.default_rng(DIGITS_TEST_SEED).permutation(len(y))
     n_test = int(round(len(y) * DIGITS_TEST_FRACTION))
     test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-    from .config import DATASETS
     return Dataset("digits", DATASETS["digits"], x[train], y[train], x[test], y[test])
 
 
@@ -81,7 +80,6 @@ SYNTHETIC_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000),
 
 
 def make_synthetic(like: str, seed: int = 0, sizes: Optional[tuple[int, int]] = None) -> Dataset:
-    from .config import DATASETS
     info = DATASETS[like]
     n_train, n_test = sizes or SYNTHETIC_SIZES[like]
     rng = np.random.default_rng(seed)
@@ -130,7 +128,6 @@ def _online(host: str = "storage.googleapis.com", port: int = 443, timeout: floa
 
 def load_tfds(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None) -> Dataset:
     assert name in TFDS_DATASETS, name
-    from .config import DATASETS
 
     root = _data_dir(data_dir)
     cache = root / "jaxcollective" / f"{name}.npz"

@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .augment import AUGMENTATIONS, AugSpec, augment
-from .config import Config, DatasetInfo
+from .config import Config, ConfigError, DatasetInfo
 from .models import build_model
 from .sizing import Resolved
 
@@ -106,7 +106,6 @@ class Engine:
         self.mesh = Mesh(np.array(self.devices), ("data",))
         nd = len(self.devices)
         if cfg.batch_size % nd:
-            from .config import ConfigError
             raise ConfigError(f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
                               f"{nd} devices it is split across")
         self.eval_batch = math.ceil(EVAL_BATCH / nd) * nd
@@ -220,7 +219,6 @@ class Engine:
         n = train_idx_N.shape[0]
         updates = n // (b * k)
         if updates < 1:
-            from .config import ConfigError
             raise ConfigError(f"{n} training examples are fewer than one update of "
                              f"batch_size * gradient_accumulation_steps = {b * k}")
         perm = jax.random.permutation(keys["shuffle"], train_idx_N)
