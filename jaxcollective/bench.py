@@ -76,11 +76,7 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
     b, k = cfg.batch_size, cfg.gradient_accumulation_steps
 
     def updates(state, idx_SxKxB, keys):
-        def body(st, inp):
-            idx, s = inp
-            step_keys = {n: jax.random.fold_in(keys[n], s) for n in keys}
-            return engine._update(st, idx, step_keys, data)
-        return jax.lax.scan(body, state, (idx_SxKxB, jnp.arange(idx_SxKxB.shape[0])))
+        return engine.scan_updates(state, idx_SxKxB, keys, data)
 
     run_updates = jax.jit(jax.vmap(updates, in_axes=(0, None, 0)), donate_argnums=(0,))
     n_train = len(ds.y_train)

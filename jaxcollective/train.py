@@ -96,7 +96,6 @@ def _pad_batches(idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
 
 class Engine:
     def __init__(self, resolved: Resolved, info: DatasetInfo, *, devices=None,
-                 augment_spec: Optional[AugSpec] = None, dataset: Optional[str] = None,
                  build: Optional[Callable[[jax.Array], nnx.Module]] = None):
         """`build(key)` replaces the registry's model (for tests of the engine itself)."""
         self.resolved, self.cfg, self.info = resolved, resolved.cfg, info
@@ -110,10 +109,9 @@ class Engine:
                               f"{nd} devices it is split across")
         self.eval_batch = math.ceil(EVAL_BATCH / nd) * nd
         self.dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-        if augment_spec is None and cfg.use_augmentation:
-            name = cfg.synthetic_like if cfg.dataset == "synthetic" else cfg.dataset
-            augment_spec = AUGMENTATIONS[dataset or name]
-        self.aug = augment_spec
+        self.aug: Optional[AugSpec] = None
+        if cfg.use_augmentation:
+            self.aug = AUGMENTATIONS[cfg.synthetic_like if cfg.dataset == "synthetic" else cfg.dataset]
         self.tx = make_optimizer(cfg)
         abstract = nnx.eval_shape(lambda: self._build(jax.random.key(0)))
         self.graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
@@ -213,6 +211,16 @@ class Engine:
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, stats, opt_state), m
 
+    def scan_updates(self, state: TrainState, idx_UxKxB, keys, data: DeviceData):
+        """U optimizer updates over the batches idx_UxKxB as one lax.scan (no Python per
+        update); per-update keys are folded from this epoch's dropout and augment keys."""
+        def body(state, inp):
+            idx_KxB, u = inp
+            step_keys = {n: jax.random.fold_in(keys[n], u) for n in ("dropout", "augment")}
+            return self._update(state, idx_KxB, step_keys, data)
+
+        return jax.lax.scan(body, state, (idx_UxKxB, jnp.arange(idx_UxKxB.shape[0])))
+
     def _train_one(self, state, data: DeviceData, train_idx_N, keys):
         cfg = self.cfg
         b, k = cfg.batch_size, cfg.gradient_accumulation_steps
@@ -220,16 +228,10 @@ class Engine:
         updates = n // (b * k)
         if updates < 1:
             raise ConfigError(f"{n} training examples are fewer than one update of "
-                             f"batch_size * gradient_accumulation_steps = {b * k}")
+                              f"batch_size * gradient_accumulation_steps = {b * k}")
         perm = jax.random.permutation(keys["shuffle"], train_idx_N)
         idx_UxKxB = perm[: updates * k * b].reshape(updates, k, b)
-
-        def body(state, inp):
-            idx_KxB, u = inp
-            step_keys = {n: jax.random.fold_in(keys[n], u) for n in ("dropout", "augment")}
-            return self._update(state, idx_KxB, step_keys, data)
-
-        state, m_U = jax.lax.scan(body, state, (idx_UxKxB, jnp.arange(updates)))
+        state, m_U = self.scan_updates(state, idx_UxKxB, keys, data)
         examples = updates * k * b
         m = {name: v.sum() / (updates * k) for name, v in m_U.items() if name != "correct"}
         m["accuracy"] = 100.0 * m_U["correct"].sum() / examples
