@@ -51,19 +51,28 @@ class StopFlag:
             signal.signal(s, h)
 
 
+def efficiency_metrics(acc, params: int) -> dict[str, Any]:
+    """SPEC section 6's final efficiency metrics of a test accuracy (a float or an array)."""
+    return {"final/param_efficiency": acc / (params / 1e5),
+            "final/accuracy_per_million_params": acc / (params / 1e6),
+            "final/accuracy_per_log10_params": acc / math.log10(params + 1)}
+
+
+def best_val_accuracy(history: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Per replica, the best validation accuracy over the epochs so far."""
+    return np.max(np.stack([h["val/accuracy"] for h in history]), axis=0)
+
+
 def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str, Any]:
     """SPEC section 6's final/* metrics from the per-replica history (mean over replicas,
     plus std and per-replica values when there are several)."""
     last = history[-1]
     acc_K = np.asarray(last["test/accuracy"], np.float64)
-    best_val_K = np.max(np.stack([h["val/accuracy"] for h in history]), axis=0)
     per = {
         "final/test_accuracy": acc_K,
         "final/test_loss": np.asarray(last["test/loss"], np.float64),
-        "final/best_val_accuracy": best_val_K,
-        "final/param_efficiency": acc_K / (params / 1e5),
-        "final/accuracy_per_million_params": acc_K / (params / 1e6),
-        "final/accuracy_per_log10_params": acc_K / math.log10(params + 1),
+        "final/best_val_accuracy": best_val_accuracy(history),
+        **efficiency_metrics(acc_K, params),
     }
     out: dict[str, Any] = {k: float(v.mean()) for k, v in per.items()}
     out["final/model_params"] = params
@@ -75,7 +84,7 @@ def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str
 
 def replica_finals(history: list[dict[str, np.ndarray]], seeds: list[int]) -> list[dict[str, float]]:
     last = history[-1]
-    best_val = np.max(np.stack([h["val/accuracy"] for h in history]), axis=0)
+    best_val = best_val_accuracy(history)
     return [{"seed": s, "test_accuracy": float(last["test/accuracy"][i]),
              "test_loss": float(last["test/loss"][i]), "best_val_accuracy": float(best_val[i])}
             for i, s in enumerate(seeds)]

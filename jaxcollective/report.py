@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional
 
 from .cli import guarded
 from .config import BASELINE_TYPES, FIELDS, MODEL_TYPES, ConfigError
+from .experiment import efficiency_metrics
 
 MATCH_TOLERANCE = 0.05  # a baseline within 5% of the collective's size is "matched"
 COLORS = {"collective": "#d62728", "shallow": "#1f77b4", "balanced": "#2ca02c",
@@ -81,10 +82,7 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
             acc = r["test_accuracy"]
             metrics = {"final/test_accuracy": acc, "final/test_loss": r["test_loss"],
                        "final/best_val_accuracy": r["best_val_accuracy"],
-                       "final/model_params": params,
-                       "final/param_efficiency": acc / (params / 1e5),
-                       "final/accuracy_per_million_params": acc / (params / 1e6),
-                       "final/accuracy_per_log10_params": acc / math.log10(params + 1)}
+                       "final/model_params": params, **efficiency_metrics(acc, params)}
             runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
                             dict(config, seed=r["seed"]), metrics))
         return runs
