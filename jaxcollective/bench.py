@@ -10,7 +10,9 @@ are installed. Progress goes to stderr; the last stdout line is one JSON object:
   epoch_s              one full epoch through the real engine: 54,000 training
                        examples, then evaluation of 6,000 + 10,000 (after compiling)
   flops_per_step       XLA's cost analysis of one update; tflops = achieved rate
-  peak_fraction        tflops / the GPU's dense peak for the compute dtype (GPU only)
+  peak_fraction        tflops / the GPU's dense peak for the matmul precision in use
+                       (GPU only; float32 matmuls run as TF32 unless
+                       JAX_DEFAULT_MATMUL_PRECISION=highest, see matmul_precision)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import statistics
 import sys
 import time
 
-from .cli import guarded, help_text, parse_argv
+from .cli import UsageError, guarded, help_text, parse_argv
 from .config import Config
 
 EXTRA = {
@@ -32,21 +34,45 @@ EXTRA = {
 }
 
 UPDATES_PER_CALL = 10
-# Dense peak TFLOP/s by device kind: (bf16, fp32 without TF32).
-GPU_PEAKS = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5),
-             "L4": (121.0, 30.3)}
+# Dense peak TFLOP/s by device kind (SXM parts): bf16, TF32 and true-fp32 tensor rates.
+GPU_PEAKS = {"H200": {"bfloat16": 989.0, "tensorfloat32": 494.7, "float32": 67.0},
+             "H100": {"bfloat16": 989.0, "tensorfloat32": 494.7, "float32": 67.0},
+             "A100": {"bfloat16": 312.0, "tensorfloat32": 156.0, "float32": 19.5},
+             "L4": {"bfloat16": 121.0, "tensorfloat32": 60.0, "float32": 30.3}}
+# `jax_default_matmul_precision` values that keep float32 matmuls in true float32; any
+# other value (the default None included) lets XLA use TF32 tensor cores on Ampere+.
+FULL_FP32 = ("highest", "float32", "F32_F32_F32")
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def peak_tflops(device, dtype: str):
+def matmul_precision(dtype: str, precision) -> str:
+    """What a GPU's tensor cores compute a matmul of `dtype` inputs in, given the
+    `jax_default_matmul_precision` setting: float32 inputs run as TF32 by default."""
+    if dtype == "bfloat16":
+        return "bfloat16"
+    return "float32" if str(precision) in FULL_FP32 else "tensorfloat32"
+
+
+def peak_tflops(device, mode: str):
     kind = getattr(device, "device_kind", "")
-    for name, (bf16, fp32) in GPU_PEAKS.items():
+    for name, peaks in GPU_PEAKS.items():
         if name in kind:
-            return bf16 if dtype == "bfloat16" else fp32
+            return peaks[mode]
     return None
+
+
+def _count(opts: dict[str, str], name: str, default: int, minimum: int) -> int:
+    text = opts.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise UsageError(f"--{name} must be an integer >= {minimum}, got {text!r}")
+    return value
 
 
 def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False) -> dict:
@@ -110,9 +136,12 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
            "compile_s": round(compile_s, 3), "train_samples_per_s": round(samples, 1),
            "step_ms": round(step_s * 1e3, 3), "flops_per_step": flops,
            "tflops": round(flops / step_s / 1e12, 4)}
-    peak = peak_tflops(jax.devices()[0], cfg.dtype)
-    if jax.default_backend() == "gpu" and peak:
-        out["peak_fraction"] = round(out["tflops"] / peak, 4)
+    if jax.default_backend() == "gpu":
+        mode = matmul_precision(cfg.dtype, jax.config.jax_default_matmul_precision)
+        out["matmul_precision"] = mode
+        peak = peak_tflops(jax.devices()[0], mode)
+        if peak:
+            out["peak_fraction"] = round(out["tflops"] / peak, 4)
 
     if epochs > 0:
         t = time.perf_counter()
@@ -146,9 +175,12 @@ def main(argv: list[str]) -> int:
         values.setdefault("batch_size", "256")
         values.setdefault("dataset", "fashion_mnist")
         cfg = Config.from_dict(values, opts.get("config"))
-        steps = int(opts.get("steps", 100))
-        epochs = int(opts.get("epochs", 1))
-        torch_ref = opts.get("torch", "false").lower() in ("1", "true", "yes")
+        steps = _count(opts, "steps", 100, 1)
+        epochs = _count(opts, "epochs", 1, 0)
+        torch_ref = opts.get("torch", "false").lower()
+        if torch_ref not in ("true", "false", "1", "0", "yes", "no"):
+            raise UsageError(f"--torch must be true or false, got {opts['torch']!r}")
+        torch_ref = torch_ref in ("true", "1", "yes")
         print(json.dumps(run(cfg, steps, epochs, torch_ref)), flush=True)
         return 0
     return guarded(_main)

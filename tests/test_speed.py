@@ -96,3 +96,47 @@ def test_second_run_reads_the_compilation_cache(tmp_path):
     assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == entries  # hit, not rewritten
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert rows[0]["final/test_accuracy"] == rows[1]["final/test_accuracy"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--steps=abc"], "--steps must be an integer >= 1"),
+    (["--epochs=-1"], "--epochs must be an integer >= 0"),
+    (["--torch=maybe"], "--torch must be true or false"),
+    (["--model_type=transformer"], "model_type"),
+])
+def test_benchmark_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
+    from jaxcollective.bench import main
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+
+
+def test_peak_fraction_uses_the_precision_the_gpu_computes_in():
+    from jaxcollective.bench import matmul_precision, peak_tflops
+
+    class H200:
+        device_kind = "NVIDIA H200"
+
+    # JAX's default lets float32 matmuls run as TF32 on Ampere and later GPUs.
+    assert matmul_precision("float32", None) == "tensorfloat32"
+    assert matmul_precision("float32", "highest") == "float32"
+    assert matmul_precision("bfloat16", "highest") == "bfloat16"
+    assert peak_tflops(H200(), "tensorfloat32") > peak_tflops(H200(), "float32")
+    assert peak_tflops(H200(), "bfloat16") > peak_tflops(H200(), "tensorfloat32")
+    assert peak_tflops(jax.devices("cpu")[0], "float32") is None
+
+
+def test_gpu_bench_script_writes_every_figure_of_the_table(tmp_path):
+    # The script a GPU session runs for README's table; here at debug size on the CPU.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CONFIG="debug", EPOCHS="1", STEPS="10",
+               BENCH_EPOCHS="0", SEEDS="2")
+    subprocess.run(["bash", "docs/gpu_bench.sh", str(tmp_path)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=600)
+    rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert [r.get("model_type") for r in rows] == ["collective"] * 4 + ["shallow", "deep_resnet",
+                                                                         None]
+    assert [r["num_seeds"] for r in rows[:4]] == [1, 2, 1, 1]
+    assert rows[2]["dtype"] == "bfloat16" and rows[0]["use_augmentation"] is True
+    assert all(r["train_samples_per_s"] > 0 for r in rows[:6])
+    assert rows[-1]["status"] == "finished" and rows[-1]["epochs"] == 1
+    assert rows[-1]["trial_wall_s"] > 0 and "--use_augmentation=true" in rows[-1]["trial"]
