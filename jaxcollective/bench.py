@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-from .cli import UsageError, guarded, help_text, parse_argv
+from .cli import bool_option, guarded, help_text, int_option, parse_argv
 from .config import Config
 
 EXTRA = {
@@ -62,17 +62,6 @@ def peak_tflops(device, mode: str):
         if name in kind:
             return peaks[mode]
     return None
-
-
-def _count(opts: dict[str, str], name: str, default: int, minimum: int) -> int:
-    text = opts.get(name, str(default))
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise UsageError(f"--{name} must be an integer >= {minimum}, got {text!r}")
-    return value
 
 
 def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False) -> dict:
@@ -175,12 +164,9 @@ def main(argv: list[str]) -> int:
         values.setdefault("batch_size", "256")
         values.setdefault("dataset", "fashion_mnist")
         cfg = Config.from_dict(values, opts.get("config"))
-        steps = _count(opts, "steps", 100, 1)
-        epochs = _count(opts, "epochs", 1, 0)
-        torch_ref = opts.get("torch", "false").lower()
-        if torch_ref not in ("true", "false", "1", "0", "yes", "no"):
-            raise UsageError(f"--torch must be true or false, got {opts['torch']!r}")
-        torch_ref = torch_ref in ("true", "1", "yes")
+        steps = int_option(opts, "steps", 100, minimum=1)
+        epochs = int_option(opts, "epochs", 1, minimum=0)
+        torch_ref = bool_option(opts, "torch")
         print(json.dumps(run(cfg, steps, epochs, torch_ref)), flush=True)
         return 0
     return guarded(_main)

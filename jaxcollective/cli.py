@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Iterable
 
-from .config import FIELDS, PRESETS, ConfigError
+from .config import FIELDS, PRESETS, ConfigError, _to_bool, _to_int
 
 
 class UsageError(ConfigError):
@@ -52,6 +52,29 @@ def parse_argv(argv: Iterable[str], extra: dict[str, str] | None = None,
             raise UsageError(f"unknown option --{name}; run with --help for the list of keys")
         i += 1
     return values, options
+
+
+def bool_option(opts: dict[str, str], name: str, default: bool = False) -> bool:
+    """An extra option read as a boolean, with the config keys' spellings."""
+    if name not in opts:
+        return default
+    try:
+        return _to_bool(opts[name])
+    except ValueError:
+        raise UsageError(f"--{name} must be true or false, got {opts[name]!r}") from None
+
+
+def int_option(opts: dict[str, str], name: str, default: int, minimum: int) -> int:
+    """An extra option read as an integer >= minimum."""
+    if name not in opts:
+        return default
+    try:
+        value = _to_int(opts[name])
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise UsageError(f"--{name} must be an integer >= {minimum}, got {opts[name]!r}")
+    return value
 
 
 def help_text(prog: str, summary: str, extra: dict[str, str]) -> str:

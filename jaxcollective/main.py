@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .cli import guarded, help_text, parse_argv
+from .cli import bool_option, guarded, help_text, parse_argv
 from .config import Config
 
 EXTRA = {
@@ -31,7 +31,7 @@ def _main(argv: list[str]) -> int:
     _setup_backend(cfg)
     from .api import describe, unused_keys
 
-    if opts.get("dry_run", "false").lower() in ("true", "1", "yes"):
+    if bool_option(opts, "dry_run"):
         print(json.dumps(describe(values, preset)))
         return 0
 

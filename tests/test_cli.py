@@ -56,6 +56,12 @@ def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
 
 
+def test_a_misspelt_dry_run_value_is_an_error_not_a_training_run(capsys):
+    assert main(["--model_type=shallow", "--dry_run=maybe"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --dry_run must be true or false, got 'maybe'"]
+
+
 def test_main_job_on_digits_writes_results(tmp_path):
     results = tmp_path / "results.jsonl"
     p = run_py("--model_type=collective", "--config=phase1", "--dataset=digits", "--epochs=2",
