@@ -90,9 +90,12 @@ class BatchNorm(nnx.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if train:
             xf = x.astype(jnp.float32)
-            # One pass, E[x^2] - E[x]^2 (as Flax's use_fast_variance): both reductions fuse.
+            # Two passes, mean((x - mean)^2), as PyTorch. The one-pass E[x^2] - E[x]^2
+            # cancels catastrophically for a feature whose spread is small against its
+            # mean; its rounding then differs between programs (vmapped or not, another
+            # CPU's vector width) and rsqrt(var + eps) amplifies it ~400x in one update.
             mean = xf.mean(axis=-2)
-            var = jnp.maximum(jnp.mean(jnp.square(xf), axis=-2) - jnp.square(mean), 0.0)
+            var = jnp.mean(jnp.square(xf - mean[..., None, :]), axis=-2)
             n = x.shape[-2]
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * mean

@@ -1,7 +1,6 @@
 """Parameter counts: eval_shape counter vs independent closed forms, baseline sizing."""
 
 import math
-import time
 
 import pytest
 
@@ -149,12 +148,11 @@ def test_baseline_match_is_the_closest_in_the_family(family):
             assert abs(closed(784, widths, 10) - target) >= abs(m.model_params - target)
 
 
-def test_sizing_is_fast():
+def test_cifar10_inputs_are_sized_too():
     for family in FAMILIES:
         cfg = Config.from_dict({"model_type": family, "dataset": "cifar10"})
-        t = time.perf_counter()
-        match_baseline(cfg, 4_321_000)
-        assert time.perf_counter() - t < 2.0, family
+        m = match_baseline(cfg, 4_321_000)
+        assert abs(m.model_params - 4_321_000) / 4_321_000 < 0.01, family
 
 
 def test_baseline_without_target_matches_the_collective_of_the_same_config():
