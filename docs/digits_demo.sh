@@ -4,11 +4,14 @@
 #   bash docs/digits_demo.sh && python -m jaxcollective.report --results=runs/digits_demo.jsonl
 set -e
 R=${1:-runs/digits_demo.jsonl}
+# the debug preset's architecture, without its training keys (the original's CONFIG_DEBUG
+# also sets 4 accumulation steps, augmentation and bf16): the runs the README shows
+DEBUG="--config=debug --gradient_accumulation_steps=1 --use_augmentation=false --use_mixed_precision=false"
 for seed in 0 1 2; do
-  python run.py --model_type=collective --config=debug --dataset=digits --epochs=20 --seed=$seed --results=$R --progress=false > /dev/null
+  python run.py --model_type=collective $DEBUG --dataset=digits --epochs=20 --seed=$seed --results=$R --progress=false > /dev/null
   python run.py --model_type=collective --dataset=digits --epochs=20 --seed=$seed --results=$R --progress=false > /dev/null
   for mt in shallow balanced deep deep_resnet; do
-    python run.py --model_type=$mt --config=debug --dataset=digits --epochs=20 --seed=$seed --results=$R --progress=false > /dev/null
+    python run.py --model_type=$mt $DEBUG --dataset=digits --epochs=20 --seed=$seed --results=$R --progress=false > /dev/null
     python run.py --model_type=$mt --dataset=digits --epochs=20 --seed=$seed --results=$R --progress=false > /dev/null
   done
 done

@@ -6,6 +6,9 @@
 # is the wall time of one whole run.py trial (interpreter start, compile with an empty
 # cache, EPOCHS epochs of training + validation + test), Fashion-MNIST-sized synthetic data.
 # CONFIG, EPOCHS, STEPS, BENCH_EPOCHS and SEEDS override the defaults (for a quick check).
+# The phase1 preset is the original's whole CONFIG_PHASE1 (batch 128 with 4 accumulation
+# steps, weight decay 1e-4, augmentation on); the timings override its training keys to
+# batch 256, no accumulation, no weight decay (TIMING below), and set augmentation per line.
 set -euo pipefail
 OUT=${1:-runs/bench}
 CONFIG=${CONFIG:-phase1}
@@ -13,23 +16,24 @@ EPOCHS=${EPOCHS:-200}
 STEPS=${STEPS:-200}
 BENCH_EPOCHS=${BENCH_EPOCHS:-3}
 SEEDS=${SEEDS:-8}
+TIMING="--batch_size=256 --gradient_accumulation_steps=1 --weight_decay=0"
 mkdir -p "$OUT"
 J="$OUT/bench.jsonl"
 : > "$J"
 bench() {
-  python -m jaxcollective.bench --config="$CONFIG" --steps="$STEPS" --epochs="$BENCH_EPOCHS" "$@" | tail -n 1 >> "$J"
+  python -m jaxcollective.bench --config="$CONFIG" $TIMING --steps="$STEPS" --epochs="$BENCH_EPOCHS" "$@" | tail -n 1 >> "$J"
 }
 bench --model_type=collective --use_augmentation=true
 bench --model_type=collective --use_augmentation=true --num_seeds="$SEEDS"
 bench --model_type=collective --use_augmentation=true --dtype=bfloat16
 JAX_DEFAULT_MATMUL_PRECISION=highest bench --model_type=collective --use_augmentation=true
-bench --model_type=shallow
-bench --model_type=deep_resnet
+bench --model_type=shallow --use_augmentation=false
+bench --model_type=deep_resnet --use_augmentation=false
 
-python - "$J" "$OUT" "$CONFIG" "$EPOCHS" <<'EOF'
+python - "$J" "$OUT" "$CONFIG" "$EPOCHS" $TIMING <<'EOF'
 import json, os, subprocess, sys, time
-out_file, out_dir, config, epochs = sys.argv[1:]
-cmd = [sys.executable, "run.py", "--model_type=collective", f"--config={config}",
+out_file, out_dir, config, epochs, *timing = sys.argv[1:]
+cmd = [sys.executable, "run.py", "--model_type=collective", f"--config={config}", *timing,
        "--dataset=synthetic", "--synthetic_like=fashion_mnist", "--use_augmentation=true",
        f"--epochs={epochs}", "--progress=false", f"--results={out_dir}/trial.jsonl"]
 env = dict(os.environ, JAXCOLLECTIVE_CACHE_DIR="", WANDB_MODE="disabled")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .config import Config, collective_dims
+from .config import NO_EFFECT, Config, collective_dims
 from .sizing import Resolved, component_params, resolve
 
 # Keys read only by the collective, and only by baselines.
@@ -13,11 +13,18 @@ COLLECTIVE_ONLY = frozenset(k for k, f in Config.__dataclass_fields__.items()
 BASELINE_ONLY = frozenset({"target_params"})
 
 
-def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> list[str]:
-    """Keys in `given` that the model type does not read (the seed's sweep sends
-    collective keys to baselines and target_params to the collective)."""
-    ignored = BASELINE_ONLY if cfg.model_type == "collective" else COLLECTIVE_ONLY
-    return sorted(ignored & set(given or ()))
+def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> dict[str, str]:
+    """Keys in `given` that this run does not read, each with a one-word reason: the
+    seed's sweep sends collective keys to baselines and target_params to the collective,
+    and the original's configs carry keys that have no effect here."""
+    given = set(given or ())
+    ignored, why = ((BASELINE_ONLY, "baseline-only") if cfg.model_type == "collective"
+                    else (COLLECTIVE_ONLY, "collective-only"))
+    out = {k: why for k in ignored & given}
+    out.update({k: NO_EFFECT[k] for k in given if k in NO_EFFECT})
+    if "use_gpu" in given and cfg.use_gpu is not False:
+        out["use_gpu"] = "see-device"  # true is the default (auto); false means --device=cpu
+    return dict(sorted(out.items()))
 
 
 def describe_resolved(r: Resolved, given: Optional[set[str]] = None) -> dict[str, Any]:

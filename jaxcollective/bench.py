@@ -23,7 +23,7 @@ import sys
 import time
 
 from .cli import bool_option, guarded, help_text, int_option, parse_argv
-from .config import Config
+from .config import Config, ConfigError
 
 EXTRA = {
     "config": "preset applied first: debug or phase1",
@@ -73,8 +73,6 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
     from .train import Engine
 
     like = cfg.synthetic_like if cfg.dataset == "synthetic" else cfg.dataset
-    if like not in ("mnist", "fashion_mnist", "cifar10"):
-        like = "fashion_mnist"
     cfg = cfg.replace(dataset="synthetic", synthetic_like=like)
     resolved = resolve(cfg)
     seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
@@ -95,7 +93,9 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
 
     run_updates = jax.jit(jax.vmap(updates, in_axes=(0, None, 0)), donate_argnums=(0,))
     n_train = len(ds.y_train)
-    perm = jax.random.permutation(jax.random.key(0), n_train)[: UPDATES_PER_CALL * k * b]
+    need = UPDATES_PER_CALL * k * b
+    perm = jax.random.permutation(jax.random.key(0), n_train)
+    perm = jnp.tile(perm, -(-need // n_train))[:need]  # a small dataset repeats its examples
     idx = perm.reshape(UPDATES_PER_CALL, k, b).astype(jnp.int32)
     keys = {n: v for n, v in engine.epoch_keys(seeds, 0).items() if n != "shuffle"}
     t = time.perf_counter()
@@ -145,7 +145,8 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
             jax.device_get(mm)
             ep.append(time.perf_counter() - t)
         out["epoch_s"] = round(statistics.median(ep), 3)
-        log(f"epoch (54,000 train + 6,000 val + 10,000 test): {out['epoch_s']:.3f}s")
+        log(f"epoch ({len(rep.train_idx_KxN[0]):,} train + {len(ds.y_train) - len(rep.train_idx_KxN[0]):,}"
+            f" val + {len(ds.y_test):,} test): {out['epoch_s']:.3f}s")
     if torch_ref:
         from .torch_reference import time_torch
         out["torch_samples_per_s"] = round(time_torch(cfg, steps), 1)
@@ -167,6 +168,12 @@ def main(argv: list[str]) -> int:
         steps = int_option(opts, "steps", 100, minimum=1)
         epochs = int_option(opts, "epochs", 1, minimum=0)
         torch_ref = bool_option(opts, "torch")
+        if torch_ref:
+            import importlib.util
+            if importlib.util.find_spec("torch") is None:
+                raise ConfigError("--torch=true times the PyTorch reference and needs PyTorch: "
+                                  "`pip install torch --index-url https://download.pytorch.org/whl/cpu`"
+                                  " (or leave --torch out)")
         print(json.dumps(run(cfg, steps, epochs, torch_ref)), flush=True)
         return 0
     return guarded(_main)

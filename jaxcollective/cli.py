@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Iterable
 
-from .config import FIELDS, PRESETS, ConfigError, _to_bool, _to_int
+from .config import ALIASES, FIELDS, PRESETS, ConfigError, _to_bool, _to_int
 
 
 class UsageError(ConfigError):
@@ -33,7 +33,7 @@ def parse_argv(argv: Iterable[str], extra: dict[str, str] | None = None,
         if not tok.startswith("--") or tok == "--":
             raise UsageError(f"unexpected argument {tok!r}: options are written --key=value")
         name, eq, value = tok[2:].partition("=")
-        name = name.replace("-", "_")
+        name = ALIASES.get(name.replace("-", "_"), name.replace("-", "_"))
         if not eq:
             if name in flags or (name in FIELDS and FIELDS[name].type in ("bool", bool)):
                 if i + 1 < len(args) and not args[i + 1].startswith("--") and name not in flags:
@@ -44,6 +44,10 @@ def parse_argv(argv: Iterable[str], extra: dict[str, str] | None = None,
                 value, i = args[i + 1], i + 1
             else:
                 raise UsageError(f"option --{name} needs a value: --{name}=VALUE")
+        target = options if (name in extra or name in flags) else values
+        if name in target and target[name] != value:
+            print(f"warning: --{name} is given twice ({target[name]!r}, then {value!r}); "
+                  f"using {value!r}", file=sys.stderr)
         if name in extra or name in flags:
             options[name] = value
         elif name in FIELDS:
@@ -89,7 +93,10 @@ def help_text(prog: str, summary: str, extra: dict[str, str]) -> str:
         default = f.default
         if isinstance(default, tuple):
             default = list(default)
-        lines.append(f"  --{name:<30} {f.metadata['help']} (default: {default})")
+        text = f.metadata["help"]
+        if "default" not in text:  # some keys say what their default means themselves
+            text += f" (default: {default})"
+        lines.append(f"  --{name:<30} {text}")
     lines += ["", f"presets (--config): {', '.join(PRESETS)}"]
     return "\n".join(lines)
 

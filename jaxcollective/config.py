@@ -47,6 +47,10 @@ DATASET_NAMES = tuple(DATASETS) + ("synthetic",)
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
+# The original's command line: `train.py --config phase1 --model shallow --device cuda`.
+ALIASES = {"model": "model_type"}
+
+
 class ConfigError(ValueError):
     """A config value is invalid; the message is one line meant for the user."""
 
@@ -96,41 +100,77 @@ class Config:
     learning_rate: float = _key(1e-3, "constant learning rate")
     weight_decay: float = _key(0.0, "adam: L2 coefficient; adamw: decoupled decay; sgd: L2")
     batch_size: int = _key(128, "global batch size (split across devices)")
+    eval_batch_size: int = _key(1000, "validation/test batch size (padded and masked: the "
+                                "metrics do not depend on it)")
+    val_split: float = _key(0.1, "fraction of the training split held out for validation, in (0, 1)")
     gradient_accumulation_steps: int = _key(1, "micro-batches of batch_size per update")
     epochs: int = _key(20, "training epochs")
     use_augmentation: bool = _key(False, "on-device augmentation (SPEC section 5)")
     seed: int = _key(0, "one seed: split, init, shuffling, dropout, augmentation")
     num_seeds: int = _key(1, "replicas trained together with seeds seed, seed+1, ...")
     dtype: str = _key("float32", "compute dtype: float32 or bfloat16 (parameters stay float32)")
+    use_mixed_precision: Optional[bool] = _key(
+        None, "the original's key: true = dtype bfloat16 (float32 parameters; bf16 has float32's "
+        "exponent range, so no loss scaling is needed), false = float32; a value given wins "
+        "over a preset's; contradicting an explicit dtype is an error")
+    topk: tuple = _key((1,), "accuracies to log, e.g. (1, 5): top-k for each k > 1 as "
+                       "*/accuracy_topK (top-1 stays */accuracy)")
     # --- runtime
     device: str = _key("auto", "auto, cuda (alias gpu) or cpu; a missing GPU is a warning", "runtime")
-    data_dir: Optional[str] = _key(None, "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)", "runtime")
-    manual_dir: Optional[str] = _key(None, "folder with raw dataset files downloaded elsewhere", "runtime")
+    data_dir: Optional[str] = _key(
+        None, "folder with the raw dataset files (itself, DIR/<dataset>, torchvision's "
+        "DIR/MNIST/raw, DIR/downloads/manual) or a prepared TFDS data dir; then "
+        "$JAXCOLLECTIVE_DATA_DIR, $TFDS_DATA_DIR, /usr/share/datasets are searched", "runtime")
+    manual_dir: Optional[str] = _key(None, "another folder searched like data_dir (TFDS's name)",
+                                     "runtime")
     results: str = _key("runs/results.jsonl", "results file: one JSON line per finished run", "runtime")
     wandb_project: str = _key("jaxcollective", "wandb project", "runtime")
+    wandb_name: Optional[str] = _key(None, "wandb run name (default: type-size-dataset-seed)", "runtime")
     wandb_entity: Optional[str] = _key(None, "wandb entity", "runtime")
     progress: bool = _key(True, "progress bar over epochs on stderr", "runtime")
     # Accepted for the original's sweeps; checked against the dataset or ignored.
     input_dim: Optional[int] = _key(None, "must match the dataset if given", "compat")
     num_classes: Optional[int] = _key(None, "must match the dataset if given", "compat")
-    num_workers: Optional[int] = _key(None, "ignored (the data pipeline runs on the device)", "compat")
+    num_workers: Optional[int] = _key(None, "no effect: the data pipeline runs on the device", "compat")
+    use_gpu: Optional[bool] = _key(None, "the original's key: false runs on the CPU (as --device=cpu)",
+                                   "compat")
+    use_torch_compile: Optional[bool] = _key(None, "no effect: every step is compiled (jit)", "compat")
+    log_interval: Optional[int] = _key(None, "no effect: metrics are logged once per epoch", "compat")
+    training_strategy: Optional[str] = _key(None, "no effect: one training strategy here", "compat")
 
     # ---------------------------------------------------------------- building
     @classmethod
     def from_dict(cls, values: dict[str, Any], preset: Optional[str] = None) -> "Config":
         """Defaults, then `preset`, then `values` (strings are parsed to the field type)."""
-        merged: dict[str, Any] = dict(PRESETS[_check_choice("config", preset, PRESETS)]) if preset else {}
+        base: dict[str, Any] = dict(PRESETS[_check_choice("config", preset, PRESETS)]) if preset else {}
         unknown = sorted(set(values) - set(FIELDS))
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r}; run `python run.py --help` "
                               "for the list of keys")
-        for k, v in values.items():
-            merged[k] = parse_value(k, v)
+        given = {k: parse_value(k, v) for k, v in values.items()}
+        merged = {**base, **given}
+        merged["dtype"] = _resolve_dtype(given, base)
+        merged["use_mixed_precision"] = merged["dtype"] == "bfloat16"
+        if given.get("use_gpu") is False and "device" not in given:
+            merged["device"] = "cpu"
         cfg = cls(**merged)
         cfg.validate()
         return cfg
 
+    @classmethod
+    def from_values(cls, values: dict[str, Any], preset: Optional[str] = None) -> "Config":
+        """`from_dict` for what a user or a sweep sends: the original's `model` alias of
+        `model_type`, and `config` (the preset, as a sweep parameter) among the values."""
+        values = dict(values)
+        preset = values.pop("config", None) or preset
+        for alias, key in ALIASES.items():
+            if alias in values:
+                values[key] = values.pop(alias)
+        return cls.from_dict(values, None if preset in (None, "None", "") else str(preset))
+
     def replace(self, **kw) -> "Config":
+        if "use_mixed_precision" in kw or "dtype" in kw:
+            return Config.from_dict({**self.to_dict(), "use_mixed_precision": None, **kw})
         cfg = dataclasses.replace(self, **{k: parse_value(k, v) for k, v in kw.items()})
         cfg.validate()
         return cfg
@@ -161,8 +201,16 @@ class Config:
                   "diversity_temperature"):
             if not getattr(self, k) > 0:
                 _fail(k, getattr(self, k), "a number > 0")
+        if not 0.0 < self.val_split < 1.0:
+            _fail("val_split", self.val_split, "a fraction strictly between 0 and 1, e.g. 0.1")
+        classes = self.dataset_info.num_classes
+        if not self.topk or any(not 1 <= k <= classes for k in self.topk):
+            _fail("topk", self.topk, f"k values between 1 and {classes}, e.g. (1,) or (1, 5)")
+        if self.seed < 0:
+            _fail("seed", self.seed, "a non-negative integer")
         for k in ("expert_output", "analyst_output", "adaptive_collective_min_dim",
-                  "batch_size", "gradient_accumulation_steps", "epochs", "num_seeds"):
+                  "batch_size", "eval_batch_size", "gradient_accumulation_steps", "epochs",
+                  "num_seeds"):
             if getattr(self, k) < 1:
                 _fail(k, getattr(self, k), "a positive integer")
         if self.adaptive_collective_max_dim < self.adaptive_collective_min_dim:
@@ -196,6 +244,27 @@ class Config:
     @property
     def dims(self) -> "CollectiveDims":
         return collective_dims(self)
+
+    @property
+    def extra_topk(self) -> tuple[int, ...]:
+        """The k > 1 of `topk`, sorted, each logged as */accuracy_topK."""
+        return tuple(sorted({k for k in self.topk if k > 1}))
+
+
+def _resolve_dtype(given: dict[str, Any], preset: dict[str, Any]) -> str:
+    """dtype from `dtype` and the original's `use_mixed_precision`: what the user gave
+    wins over the preset; both given and contradicting is an error."""
+    mp, dt = given.get("use_mixed_precision"), given.get("dtype")
+    if mp is not None and dt is not None and mp != (dt == "bfloat16"):
+        raise ConfigError(f"use_mixed_precision={mp} contradicts dtype={dt}; give one of them "
+                          "(use_mixed_precision=true means dtype=bfloat16)")
+    if dt is not None:
+        return dt
+    if mp is not None:
+        return "bfloat16" if mp else "float32"
+    if preset.get("use_mixed_precision") is not None:
+        return "bfloat16" if preset["use_mixed_precision"] else "float32"
+    return preset.get("dtype", FIELDS["dtype"].default)
 
 
 @dataclass(frozen=True)
@@ -244,14 +313,23 @@ PRESETS: dict[str, dict[str, Any]] = {
                    expert_hidden=(512, 256), expert_output=128,
                    analyst_hidden=(256, 128), analyst_output=64, c_expert=0.25,
                    c_collective=1.0, collective_version="simple_mlp",
-                   collective_hidden_scale=1.0),
+                   collective_hidden_scale=1.0, batch_size=128, gradient_accumulation_steps=4,
+                   eval_batch_size=1024, learning_rate=1e-3, epochs=100, optimizer="adam",
+                   weight_decay=1e-4, use_augmentation=True, use_mixed_precision=False,
+                   topk=(1,), val_split=0.1, seed=42),
     # SPEC's CONFIG_DEBUG: the same rules at small widths, 567,044 parameters.
     "debug": dict(dataset="fashion_mnist", n_total=8, expert_ratio=0.2,
                   expert_hidden=(128, 64), expert_output=32,
                   analyst_hidden=(64, 32), analyst_output=16, c_expert=0.25,
                   c_collective=1.0, collective_version="simple_mlp",
-                  collective_hidden_scale=1.0),
+                  collective_hidden_scale=1.0, batch_size=128, gradient_accumulation_steps=4,
+                  eval_batch_size=512, learning_rate=1e-3, epochs=5, optimizer="adam",
+                  weight_decay=0.0, use_augmentation=True, use_mixed_precision=True,
+                  topk=(1,), val_split=0.1, seed=42),
 }
+# Keys that change nothing here, with the one-word reason a run records for each.
+NO_EFFECT = {"use_torch_compile": "always-compiled", "log_interval": "per-epoch-logging",
+             "num_workers": "on-device-data", "training_strategy": "single-strategy"}
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)

@@ -9,46 +9,18 @@ and a sweep's early-termination sees its metric in every history row.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from typing import Any, Optional
 
 import numpy as np
 
 from .config import Config
+from .signals import StopFlag
 from .writers import Writer
 
 EPOCH_METRICS = ("train/loss", "train/loss_prediction", "train/loss_diversity_expert",
                  "train/loss_diversity_analyst", "train/accuracy", "val/loss", "val/accuracy",
                  "test/loss", "test/accuracy")
-
-
-class StopFlag:
-    """Set by SIGTERM / SIGINT; the loop stops after the epoch in flight."""
-
-    def __init__(self):
-        self.signal: Optional[int] = None
-        self._old = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: leave now
-        self.signal = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def efficiency_metrics(acc, params: int) -> dict[str, Any]:
@@ -65,20 +37,35 @@ def best_val_accuracy(history: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str, Any]:
     """SPEC section 6's final/* metrics from the per-replica history (mean over replicas,
-    plus std and per-replica values when there are several)."""
+    plus std and per-replica values when there are several), and the original's names
+    for the same quantities (SPEC section 8), for every model type alike."""
     last = history[-1]
+    log_p = math.log10(params + 1)
     acc_K = np.asarray(last["test/accuracy"], np.float64)
+    loss_K = np.asarray(last["test/loss"], np.float64)
+    val_R = np.stack([h["val/accuracy"] for h in history])  # epochs x replicas
     per = {
         "final/test_accuracy": acc_K,
-        "final/test_loss": np.asarray(last["test/loss"], np.float64),
-        "final/best_val_accuracy": best_val_accuracy(history),
+        "final/test_loss": loss_K,
+        "final/best_val_accuracy": val_R.max(axis=0),
         **efficiency_metrics(acc_K, params),
+        **{f"final/test_{k.split('/')[1]}": np.asarray(last[k], np.float64)
+           for k in last if k.startswith("test/accuracy_top")},
+        # the original's names
+        "final/param_efficiency/test_accuracy_per_log10_params": acc_K / log_p,
+        "final/loss_efficiency_per_log10_params": loss_K / log_p,
     }
     out: dict[str, Any] = {k: float(v.mean()) for k, v in per.items()}
     out["final/model_params"] = params
     if len(acc_K) > 1:
         for k, v in per.items():
             out[f"{k}_std"] = float(v.std(ddof=1))
+    # the original's run summary: best epoch (1-based) of the mean validation accuracy
+    out.update(best_val_accuracy=out["final/best_val_accuracy"],
+               best_epoch=int(np.argmax(val_R.mean(axis=1))) + 1,
+               **{f"final_{split}_{m}": float(np.mean(last[f"{split}/{m}"]))
+                  for split in ("train", "val", "test") for m in ("accuracy", "loss")},
+               model_params=params)
     return out
 
 
@@ -93,18 +80,21 @@ def replica_finals(history: list[dict[str, np.ndarray]], seeds: list[int]) -> li
 def epoch_row(epoch: int, m: dict[str, np.ndarray], cfg: Config, params: int) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch}
     row.update({k: float(np.mean(m[k])) for k in EPOCH_METRICS})
+    row.update({k: float(np.mean(v)) for k, v in m.items() if "/accuracy_top" in k})
     row["lr"] = cfg.learning_rate
     row["model_params"] = params
     log_p = math.log10(params + 1)
     row["param_efficiency/accuracy_per_log10_params"] = row["val/accuracy"] / log_p
     row["param_efficiency/test_accuracy_per_log10_params"] = row["test/accuracy"] / log_p
+    row["param_efficiency/loss_per_log10_params"] = row["val/loss"] / log_p
+    row["param_efficiency/test_loss_per_log10_params"] = row["test/loss"] / log_p
     if len(m["test/accuracy"]) > 1:
         row["test/accuracy_std"] = float(np.std(m["test/accuracy"], ddof=1))
         row["val/accuracy_std"] = float(np.std(m["val/accuracy"], ddof=1))
     return row
 
 
-def run_info(resolved, ds, seeds: list[int], unused: list[str]) -> dict[str, Any]:
+def run_info(resolved, ds, seeds: list[int], unused: dict[str, str]) -> dict[str, Any]:
     from .api import describe_resolved
     info = describe_resolved(resolved)
     info.update(dataset=ds.name, synthetic=ds.synthetic, num_seeds=len(seeds), seeds=seeds,
@@ -112,10 +102,12 @@ def run_info(resolved, ds, seeds: list[int], unused: list[str]) -> dict[str, Any
     return info
 
 
-def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[list[str]] = None,
-                       stop: Optional[StopFlag] = None) -> dict[str, Any]:
+def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str, str]] = None,
+                       stop: Optional[StopFlag] = None, dataset=None,
+                       resolved=None) -> dict[str, Any]:
     """Train `cfg` (cfg.num_seeds replicas at once) and report through `writer`.
-    Returns the results record (also given to `writer.finish`)."""
+    `dataset` and `resolved` are the already loaded data and sized architecture (else
+    made from cfg). Returns the results record (also given to `writer.finish`)."""
     import jax
 
     from .data import load
@@ -123,20 +115,35 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[list[str
     from .train import Engine
 
     t0 = time.perf_counter()
-    resolved = resolve(cfg)
-    ds = load(cfg)
+    resolved = resolved if resolved is not None else resolve(cfg)
+    ds = dataset if dataset is not None else load(cfg)
     seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
     engine = Engine(resolved, ds.info)
     data, rep = engine.put_data(ds, seeds)
     state = engine.init(seeds)
-    info = run_info(resolved, ds, seeds, unused or [])
+    info = run_info(resolved, ds, seeds, unused or {})
     writer.start(info)
 
     history: list[dict[str, np.ndarray]] = []
-    status, row = "finished", None
+    status = "finished"
     params = resolved.model_params
+
+    def record_of(status: str) -> dict[str, Any]:
+        record: dict[str, Any] = dict(info)
+        record.update(status=status, diverged=status == "diverged",
+                      epochs_completed=len(history), wall_s=time.perf_counter() - t0)
+        if history:
+            record.update(final_metrics(history, params))
+            record["replicas"] = replica_finals(history, seeds)
+        return record
+
+    if stop is not None:  # a second signal writes what was measured, then exits at once
+        stop.on_force = lambda: writer.finish(record_of("stopped"))
     try:
         for epoch in range(1, cfg.epochs + 1):
+            if stop is not None and stop.requested:
+                status = "stopped"
+                break
             te = time.perf_counter()
             state, m = engine.epoch(state, data, rep, engine.epoch_keys(seeds, epoch))
             m = jax.device_get(m)  # the one host round-trip per epoch
@@ -148,17 +155,12 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[list[str
             row.update(final_metrics(history, params))
             row["time/epoch_s"] = time.perf_counter() - te
             writer.log(row)
-            if stop is not None and stop.requested:
-                status = "stopped"
-                break
     except KeyboardInterrupt:
         status = "stopped"
+    finally:
+        if stop is not None:
+            stop.on_force = None
 
-    record: dict[str, Any] = {k: v for k, v in info.items()}
-    record.update(status=status, diverged=status == "diverged", epochs_completed=len(history),
-                  wall_s=time.perf_counter() - t0)
-    if history:
-        record.update(final_metrics(history, params))
-        record["replicas"] = replica_finals(history, seeds)
+    record = record_of(status)
     writer.finish(record)
     return record

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .cli import guarded
+from .cli import bool_option, guarded
 from .config import BASELINE_TYPES, FIELDS, MODEL_TYPES, ConfigError
 from .experiment import efficiency_metrics
 
@@ -44,6 +44,8 @@ class Run:
     status: str
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    dataset: str = "unknown"
+    synthetic: bool = False
 
     @property
     def size_key(self) -> int:
@@ -53,18 +55,30 @@ class Run:
 
 # ------------------------------------------------------------------ loading
 def load_results(path: Path) -> list[Run]:
+    """Runs of a results file. A damaged line (a run killed mid-write, a line that is not
+    a run record) is skipped with a warning naming file and line."""
+    if path.is_dir():
+        raise ConfigError(f"--results={path} is a folder; pass the results file "
+                          "(e.g. runs/results.jsonl)")
     if not path.exists():
         raise ConfigError(f"no results file at {path}: run `python run.py ...` first, or pass "
                           "--results=PATH or --wandb=ENTITY/PROJECT[/SWEEP_ID]")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        raise ConfigError(f"cannot read --results={path}: {err.strerror}") from None
     runs = []
-    for i, line in enumerate(path.read_text().splitlines()):
+    for i, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
+        where = f"{path}:{i + 1}"
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise ConfigError(f"{path}:{i + 1} is not a JSON line; is this a results file?") from None
-        runs.extend(record_to_runs(rec, name=f"{path.name}:{i + 1}"))
+            runs.extend(record_to_runs(rec, name=f"{path.name}:{i + 1}"))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            why = "not a complete JSON line" if isinstance(err, json.JSONDecodeError) else \
+                "not a run record"
+            print(f"warning: skipping {where}: {why}", file=sys.stderr)
     return runs
 
 
@@ -75,6 +89,8 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
         status = "diverged"
     params = int(rec.get("model_params") or rec.get("final/model_params"))
     config = rec.get("config", {})
+    where = dict(dataset=dataset_of(config, rec), synthetic=bool(rec.get("synthetic")) or
+                 config.get("dataset") == "synthetic")
     replicas = rec.get("replicas") or []
     if len(replicas) > 1:
         runs = []
@@ -84,31 +100,39 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
                        "final/best_val_accuracy": r["best_val_accuracy"],
                        "final/model_params": params, **efficiency_metrics(acc, params)}
             runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
-                            dict(config, seed=r["seed"]), metrics))
+                            dict(config, seed=r["seed"]), metrics, **where))
         return runs
     metrics = {k: v for k, v in rec.items() if k.startswith("final/") and not k.endswith("_std")}
     return [Run(name=rec.get("name", name), model_type=rec["model_type"], params=params,
                 test_accuracy=rec.get("final/test_accuracy"), status=status, config=config,
-                metrics=metrics)]
+                metrics=metrics, **where)]
+
+
+def dataset_of(config: dict, rec: Optional[dict] = None) -> str:
+    """The dataset a run trained on; a synthetic run's name says what it imitates."""
+    name = str(config.get("dataset") or (rec or {}).get("dataset") or "unknown")
+    if name == "synthetic":
+        name = f"synthetic[{config.get('synthetic_like', 'fashion_mnist')}]"
+    return name
 
 
 def load_wandb(path: str) -> list[Run]:
     """Runs of a wandb project, or of one sweep (entity/project/sweep_id)."""
-    import wandb
-
     parts = path.strip("/").split("/")
-    if len(parts) not in (2, 3):
+    if len(parts) not in (2, 3) or not all(parts):
         raise ConfigError(f"invalid --wandb={path!r}: expected ENTITY/PROJECT or ENTITY/PROJECT/SWEEP_ID")
-    api = wandb.Api()
-    if len(parts) == 3:
-        source = api.sweep("/".join(parts)).runs
-    else:
-        source = api.runs("/".join(parts))
-    runs = []
-    for r in source:
-        run = wandb_to_run(r)
-        if run is not None:
-            runs.append(run)
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("--wandb needs the wandb package: `pip install wandb`") from None
+    try:
+        api = wandb.Api(timeout=20)
+        source = api.sweep("/".join(parts)).runs if len(parts) == 3 else api.runs("/".join(parts))
+        runs = [run for run in map(wandb_to_run, source) if run is not None]
+    except Exception as err:  # noqa: BLE001 - wandb raises many kinds (auth, network, 404)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"cannot read {path!r} from W&B ({type(err).__name__}: {first}); "
+                          "check `wandb login`, the network and the path, or use --results") from None
     return runs
 
 
@@ -119,7 +143,8 @@ def wandb_to_run(r) -> Optional[Run]:
         return None
     params = summary.get("final/model_params") or config.get("model_params")
     if params is None:  # crashed before the model was built
-        return Run(r.name, config["model_type"], 0, None, "failed", config)
+        return Run(r.name, config["model_type"], 0, None, "failed", config,
+                   dataset=dataset_of(config))
     status = summary.get("status")
     if status is None:  # no final record: the process died
         status = {"finished": "finished", "running": "running"}.get(r.state, r.state)
@@ -127,7 +152,8 @@ def wandb_to_run(r) -> Optional[Run]:
         status = "diverged"
     metrics = {k: v for k, v in summary.items() if k.startswith("final/")}
     return Run(r.name, config["model_type"], int(params), summary.get("final/test_accuracy"),
-               status, config, metrics)
+               status, config, metrics, dataset=dataset_of(config),
+               synthetic=bool(config.get("synthetic")) or config.get("dataset") == "synthetic")
 
 
 # -------------------------------------------------------------- aggregation
@@ -219,7 +245,10 @@ def matched_comparisons(groups: list[Group]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------- output
-def fmt_params(p: float) -> str:
+def fmt_params(p: float, precise: bool = False) -> str:
+    """2.97M / 850K; `precise` keeps the digits that tell close sizes apart (2.9699M)."""
+    if precise:
+        return f"{p / 1e6:.4f}M" if p >= 1e6 else f"{p / 1e3:.1f}K"
     return f"{p / 1e6:.2f}M" if p >= 1e6 else f"{p / 1e3:.0f}K"
 
 
@@ -227,29 +256,62 @@ def _std(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
-def write_summary(groups: list[Group], excluded: list[Run], source: str, out: Path) -> str:
-    lines = ["# Parameter-efficiency report", "", f"Source: `{source}`. "
-             f"{sum(len(g.runs) for g in groups)} finished runs in the tables below; "
-             f"{len(excluded)} excluded (diverged, stopped early or failed), listed at the end.",
-             "", "## Test accuracy per model type and size", "",
-             "| model type | size | runs | test acc. mean (%) | std | params (mean) "
-             "| param_efficiency (acc./100K) | acc. per log10 params |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+TRAINING_SETTINGS = ("epochs", "use_augmentation", "gradient_accumulation_steps", "dtype")
+
+
+def mixed_settings(runs: Iterable[Run]) -> dict[str, list]:
+    """Training settings that differ between the runs of one comparison."""
+    out = {}
+    for k in TRAINING_SETTINGS:
+        vals = {json.dumps(r.config.get(k, FIELDS[k].default)) for r in runs}
+        if len(vals) > 1:
+            out[k] = sorted(json.loads(v) for v in vals)
+    return out
+
+
+def select_best(runs: list[Run]) -> Run:
+    """The run a user would pick without looking at the test set: the highest best
+    validation accuracy (final/best_val_accuracy); ties go to the earlier run."""
+    return max(runs, key=lambda r: r.metrics.get("final/best_val_accuracy", float("-inf")))
+
+
+def write_summary(groups: list[Group], excluded: list[Run], dataset: str) -> list[str]:
+    """The markdown section of one dataset."""
+    good = [r for g in groups for r in g.runs]
+    lines = [f"## Dataset: {dataset}", "",
+             f"{len(good)} finished runs in the tables below; {len(excluded)} excluded "
+             "(diverged, stopped early or failed), listed at the end. Figures: "
+             f"`{dataset}/accuracy_vs_params.png`, `{dataset}/efficiency_by_type.png`, "
+             f"`{dataset}/scaling.png`.", ""]
+    mixed = mixed_settings(good)
+    if mixed:
+        lines += ["**Warning: these runs mix training settings** (" + "; ".join(
+            f"{k}: {', '.join(map(str, v))}" for k, v in mixed.items()) + "); a difference "
+            "between model types may come from them. Filter the results file or pass "
+            "--results of one study.", ""]
+    lines += ["### Test accuracy per model type and size", "",
+              "| model type | size | runs | test acc. mean (%) | std | params (mean) "
+              "| param_efficiency (acc./100K) | acc. per log10 params |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for g in groups:
         lines.append(f"| {g.model_type} | {fmt_params(g.size)} | {len(g.runs)} | {g.mean():.2f} | "
                      f"{_std(g.std())} | {g.params:,.0f} | {g.mean('final/param_efficiency'):.3f} | "
                      f"{g.mean('final/accuracy_per_log10_params'):.3f} |")
-    lines += ["", "## Best configuration per model type", "",
-              "| model type | test acc. (%) | params | run | settings that differ from the defaults |",
-              "| --- | ---: | ---: | --- | --- |"]
+    lines += ["", "### Best configuration per model type", "",
+              "Selected by validation (`final/best_val_accuracy`, the best validation accuracy "
+              "over the run's epochs), never by test accuracy; the test accuracy is that run's.", "",
+              "| model type | best val. acc. (%) | its test acc. (%) | params | run | settings that "
+              "differ from the defaults |",
+              "| --- | ---: | ---: | ---: | --- | --- |"]
     by_type: dict[str, list[Run]] = defaultdict(list)
     for g in groups:
         by_type[g.model_type] += g.runs
     for t, rs in by_type.items():
-        best = max(rs, key=lambda r: r.test_accuracy)
-        lines.append(f"| {t} | {best.test_accuracy:.2f} | {best.params:,} | {best.name} | "
-                     f"{_non_defaults(best.config, t)} |")
-    lines += ["", "## The collective against each baseline at matched size", "",
+        best = select_best(rs)
+        val = best.metrics.get("final/best_val_accuracy")
+        lines.append(f"| {t} | {'–' if val is None else f'{val:.2f}'} | {best.test_accuracy:.2f} | "
+                     f"{best.params:,} | {best.name} | {_non_defaults(best.config, t)} |")
+    lines += ["", "### The collective against each baseline at matched size", "",
               f"Matched: baseline within {MATCH_TOLERANCE:.0%} of the collective's parameters. "
               "Difference = collective minus baseline, test accuracy in points, with a 95% "
               "Welch interval where both sides have 2 or more runs.", ""]
@@ -264,7 +326,7 @@ def write_summary(groups: list[Group], excluded: list[Run], source: str, out: Pa
                          f"{len(c['baseline'].runs)} | {c['diff']:+.2f} | {ci} | {c['verdict']} |")
     else:
         lines.append("No baseline run matches a collective run's size.")
-    lines += ["", f"## Excluded runs ({len(excluded)})", ""]
+    lines += ["", f"### Excluded runs ({len(excluded)})", ""]
     if excluded:
         counts = defaultdict(int)
         for r in excluded:
@@ -274,9 +336,7 @@ def write_summary(groups: list[Group], excluded: list[Run], source: str, out: Pa
         lines += [f"| {r.name} | {r.model_type} | {r.params:,} | {r.status} |" for r in excluded]
     else:
         lines.append("None.")
-    text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
-    return text
+    return lines + [""]
 
 
 def _non_defaults(config: dict, model_type: str) -> str:
@@ -297,32 +357,66 @@ def _non_defaults(config: dict, model_type: str) -> str:
     return ", ".join(out) or "defaults"
 
 
-def plot_all(groups: list[Group], good: list[Run], out: Path, title_suffix: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
+NARROW = 1.5  # sizes spanning less than this factor are drawn on a linear axis
+
+
+def _size_axis(ax, params: list[float]) -> None:
+    """A readable parameter axis whatever the spread: log for a wide range, linear with
+    few ticks for sizes within a few percent; labels as 2.97M / 850K."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+    lo, hi = min(params), max(params)
+    fmt = FuncFormatter(lambda x, _: fmt_params(x, precise=hi / lo < NARROW))
+    if hi / lo >= NARROW:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("parameters (log scale)")
+    else:
+        pad = max((hi - lo) * 0.15, hi * 0.002)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(fmt)
+        ax.set_xlabel("parameters")
+
+
+def plot_accuracy_vs_params(groups: list[Group], types: list[str], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    types = [t for t in MODEL_TYPES if any(g.model_type == t for g in groups)]
-
-    # 1. accuracy vs parameters
-    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
-    for t in types:
+    params = [g.params for g in groups]
+    narrow = max(params) / min(params) < NARROW
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
+    for i, t in enumerate(types):
         gs = [g for g in groups if g.model_type == t]
-        xs, ys = [g.params for g in gs], [g.mean() for g in gs]
-        err = [g.std() or 0.0 for g in gs]
+        ys, err = [g.mean() for g in gs], [g.std() or 0.0 for g in gs]
+        if narrow:  # one size (or nearly): a column per model type, its size in the label
+            xs = [i + 0.08 * (k - (len(gs) - 1) / 2) for k in range(len(gs))]
+            label = f"{t} ({', '.join(fmt_params(g.params, precise=True) for g in gs)})"
+        else:  # types side by side around each size, so error bars do not hide each other
+            xs = [g.params * 10 ** (0.006 * (i - (len(types) - 1) / 2)) for g in gs]
+            label = t
         ax.errorbar(xs, ys, yerr=err if any(err) else None, color=COLORS[t], marker=MARKERS[t],
-                    markersize=9 if t == "collective" else 6, capsize=3, label=t, linewidth=1.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title("Test accuracy against model size" + title_suffix)
+                    markersize=10 if t == "collective" else 7, capsize=4, label=label,
+                    linewidth=0 if narrow else 1.5, elinewidth=1.5)
+    if narrow:
+        ax.set_xticks(range(len(types)), types, rotation=20, ha="right")
+        ax.set_xlim(-0.6, len(types) - 0.4)
+        ax.set_xlabel(f"model type (all within {NARROW:g}x of one size)")
+    else:
+        _size_axis(ax, params)
+    ax.set_ylabel("final test accuracy (%), mean ± std over runs")
+    ax.set_title("Test accuracy against model size" + title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="model type", fontsize=8, loc="lower right")
+    ax.legend(title="model type", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(out / "accuracy_vs_params.png", dpi=130)
     plt.close(fig)
 
-    # 2. efficiency by type: a bar per (type, size) with its runs on top; sizes are kept
-    # apart because per-parameter efficiency falls ~10x per 10x size.
+
+def plot_efficiency(groups: list[Group], types: list[str], out: Path, title: str) -> None:
+    """A bar per (type, size) with its runs on top; sizes are kept apart because
+    per-parameter efficiency falls ~10x per 10x size."""
+    import matplotlib.pyplot as plt
+
     sizes = sorted({g.size for g in groups})
     shades = plt.get_cmap("Greys")([0.35 + 0.5 * k / max(1, len(sizes) - 1) for k in range(len(sizes))])
     width = 0.8 / len(sizes)
@@ -353,11 +447,15 @@ def plot_all(groups: list[Group], good: list[Run], out: Path, title_suffix: str 
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, title="size (bars: mean, dots: runs)", fontsize=8,
                loc="outside lower center", ncol=max(1, len(sizes)))
-    fig.suptitle("Parameter efficiency by model type and size" + title_suffix)
+    fig.suptitle("Parameter efficiency by model type and size" + title)
     fig.savefig(out / "efficiency_by_type.png", dpi=130)
     plt.close(fig)
 
-    # 3. scaling: per type, accuracy against log size with a least-squares trend
+
+def plot_scaling(good: list[Run], types: list[str], out: Path, title: str) -> None:
+    """Per type, accuracy against log size with a least-squares trend."""
+    import matplotlib.pyplot as plt
+
     n = len(types)
     cols = min(4, max(1, n))
     rows = math.ceil(n / cols)
@@ -368,7 +466,7 @@ def plot_all(groups: list[Group], good: list[Run], out: Path, title_suffix: str 
         xs = [math.log10(r.params) for r in rs]
         ys = [r.test_accuracy for r in rs]
         ax.scatter([r.params for r in rs], ys, color=COLORS[t], marker=MARKERS[t], s=24)
-        fit = linear_fit(xs, ys)
+        fit = linear_fit(xs, ys) if max(xs) - min(xs) >= math.log10(NARROW) else None
         if fit is not None:
             a, b = fit
             lo, hi = min(xs), max(xs)
@@ -376,18 +474,26 @@ def plot_all(groups: list[Group], good: list[Run], out: Path, title_suffix: str 
             trend = f"{b:+.2f} points per 10x params"
         else:
             trend = "one size: no trend"
-        ax.set_xscale("log")
+        _size_axis(ax, [r.params for r in rs])
         ax.set_title(f"{t}\n{trend}", fontsize=10)
-        ax.set_xlabel("parameters (log)")
         ax.grid(True, which="both", alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.suptitle("Scaling with size, per model type (line: least-squares trend in log size)"
-                 + title_suffix)
+    fig.suptitle("Scaling with size, per model type (line: least-squares trend in log size)" + title)
     fig.savefig(out / "scaling.png", dpi=130)
     plt.close(fig)
+
+
+def plot_all(groups: list[Group], good: list[Run], out: Path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+
+    types = [t for t in MODEL_TYPES if any(g.model_type == t for g in groups)]
+    plot_accuracy_vs_params(groups, types, out, title)
+    plot_efficiency(groups, types, out, title)
+    plot_scaling(good, types, out, title)
 
 
 def linear_fit(xs: list[float], ys: list[float]) -> Optional[tuple[float, float]]:
@@ -400,26 +506,57 @@ def linear_fit(xs: list[float], ys: list[float]) -> Optional[tuple[float, float]
     return my - b * mx, b
 
 
-def make_report(runs: list[Run], out: Path, source: str) -> dict[str, Any]:
-    good, excluded = split_runs(runs)
-    if not good:
-        raise ConfigError(f"no finished runs in {source} ({len(excluded)} excluded: diverged, "
-                          "stopped or failed); nothing to report")
-    out.mkdir(parents=True, exist_ok=True)
-    groups = group_runs(good)
-    datasets = sorted({str(r.config.get("dataset")) for r in good if r.config.get("dataset")})
-    suffix = f" ({', '.join(datasets)})" if datasets else ""
-    plot_all(groups, good, out, suffix)
-    text = write_summary(groups, excluded, source, out)
-    return {"groups": groups, "excluded": excluded, "summary": text}
+def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] = None,
+                include_synthetic: bool = False) -> dict[str, Any]:
+    """summary.md with a section per dataset, and each dataset's figures in out/<dataset>/.
+    Synthetic runs are left out unless asked for; `dataset` keeps one dataset only."""
+    skipped_synthetic = 0 if include_synthetic else sum(r.synthetic for r in runs)
+    runs = [r for r in runs if include_synthetic or not r.synthetic]
+    if dataset is not None:
+        present = sorted({r.dataset for r in runs})
+        if dataset not in present:
+            raise ConfigError(f"no runs on dataset {dataset!r} in {source}; it has: "
+                              f"{', '.join(present) or 'none'}")
+        runs = [r for r in runs if r.dataset == dataset]
+    by_dataset: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        by_dataset[r.dataset].append(r)
+    sections, per_dataset = [], {}
+    for name in sorted(by_dataset):
+        good, excluded = split_runs(by_dataset[name])
+        groups = group_runs(good)
+        per_dataset[name] = {"groups": groups, "excluded": excluded}
+        sections += write_summary(groups, excluded, name)
+        if good:
+            folder = out / name
+            folder.mkdir(parents=True, exist_ok=True)
+            plot_all(groups, good, folder, f" ({name})")
+    if not any(d["groups"] for d in per_dataset.values()):
+        excluded = sum(len(d["excluded"]) for d in per_dataset.values())
+        raise ConfigError(f"no finished runs in {source} ({excluded} excluded: diverged, "
+                          f"stopped or failed; {skipped_synthetic} synthetic left out, "
+                          "--include_synthetic keeps them); nothing to report")
+    head = ["# Parameter-efficiency report", "", f"Source: `{source}`. One section per dataset "
+            f"({', '.join(sorted(by_dataset))}); runs of different datasets are never compared."]
+    if skipped_synthetic:
+        head.append(f"{skipped_synthetic} runs on synthetic data left out (--include_synthetic "
+                    "keeps them).")
+    text = "\n".join(head + [""] + sections)
+    (out / "summary.md").write_text(text)
+    return {"datasets": per_dataset, "summary": text,
+            "groups": [g for d in per_dataset.values() for g in d["groups"]],
+            "excluded": [r for d in per_dataset.values() for r in d["excluded"]]}
 
 
 USAGE = """usage: python -m jaxcollective.report [--results=PATH | --wandb=ENTITY/PROJECT[/SWEEP_ID]] [--out=DIR]
+                                     [--dataset=NAME] [--include_synthetic]
 
-Figures and tables of parameter efficiency from finished runs.
-  --results=PATH   results file written by run.py (default runs/results.jsonl)
-  --wandb=PATH     read runs through wandb's public API instead (needs `wandb login`)
-  --out=DIR        output folder (default report/)"""
+Figures and tables of parameter efficiency from finished runs, per dataset.
+  --results=PATH        results file written by run.py (default runs/results.jsonl)
+  --wandb=PATH          read runs through wandb's public API instead (needs `wandb login`)
+  --out=DIR             output folder (default report/): summary.md, DIR/<dataset>/*.png
+  --dataset=NAME        report this dataset only (default: every dataset, a section each)
+  --include_synthetic   keep runs on synthetic data (left out by default)"""
 
 
 def main(argv: list[str]) -> int:
@@ -429,20 +566,31 @@ def main(argv: list[str]) -> int:
             if tok in ("-h", "--help"):
                 print(USAGE)
                 return 0
+            if tok == "--include_synthetic":
+                tok = "--include_synthetic=true"
             name, eq, value = tok.lstrip("-").partition("=")
-            if not tok.startswith("--") or not eq or name not in ("results", "wandb", "out"):
+            if not tok.startswith("--") or not eq or name not in (
+                    "results", "wandb", "out", "dataset", "include_synthetic"):
                 raise ConfigError(f"unexpected argument {tok!r}; see --help")
             opts[name] = value
         out = Path(opts.get("out", "report"))
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out={out} is a file; pass a folder for the report")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create --out={out}: {err.strerror}") from None
         if "wandb" in opts:
             runs, source = load_wandb(opts["wandb"]), f"wandb:{opts['wandb']}"
         else:
             path = Path(opts.get("results", "runs/results.jsonl"))
             runs, source = load_results(path), str(path)
-        rep = make_report(runs, out, source)
-        print(f"{sum(len(g.runs) for g in rep['groups'])} runs in {len(rep['groups'])} groups, "
-              f"{len(rep['excluded'])} excluded; wrote {out}/accuracy_vs_params.png, "
-              f"efficiency_by_type.png, scaling.png, summary.md")
+        synth = bool_option(opts, "include_synthetic")
+        rep = make_report(runs, out, source, opts.get("dataset"), synth)
+        for name, d in rep["datasets"].items():
+            print(f"{name}: {sum(len(g.runs) for g in d['groups'])} runs in {len(d['groups'])} "
+                  f"groups, {len(d['excluded'])} excluded")
+        print(f"wrote {out}/summary.md and the figures in {out}/<dataset>/")
         return 0
     return guarded(_main)
 

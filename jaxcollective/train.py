@@ -30,7 +30,6 @@ from .models import build_model
 from .sizing import Resolved
 
 STREAMS = ("params", "dropout", "augment", "shuffle")
-EVAL_BATCH = 1000
 
 
 def stream_keys(seed: int) -> dict[str, jax.Array]:
@@ -107,7 +106,8 @@ class Engine:
         if cfg.batch_size % nd:
             raise ConfigError(f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
                               f"{nd} devices it is split across")
-        self.eval_batch = math.ceil(EVAL_BATCH / nd) * nd
+        self.eval_batch = math.ceil(cfg.eval_batch_size / nd) * nd
+        self.topk = cfg.extra_topk
         self.dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
         self.aug: Optional[AugSpec] = None
         if cfg.use_augmentation:
@@ -139,7 +139,7 @@ class Engine:
     def put_data(self, ds, seeds: list[int]) -> tuple[DeviceData, ReplicaData]:
         from .data import split_indices
 
-        splits = [split_indices(len(ds.y_train), s) for s in seeds]
+        splits = [split_indices(len(ds.y_train), s, self.cfg.val_split) for s in seeds]
         vals = [_pad_batches(v, self.eval_batch) for _, v in splits]
         test_idx, test_mask = _pad_batches(np.arange(len(ds.y_test), dtype=np.int32), self.eval_batch)
         rep = NamedSharding(self.mesh, P())
@@ -178,10 +178,21 @@ class Engine:
             if cfg.use_analyst_diversity and aux["analysts"].shape[0] >= 2:
                 div_a = cfg.diversity_lambda * diversity(aux["analysts"], cfg.diversity_temperature)
         loss = ce + div_e + div_a
-        correct = jnp.sum(jnp.argmax(logits, -1) == y_B)
         metrics = {"loss": loss, "loss_prediction": ce, "loss_diversity_expert": div_e,
-                   "loss_diversity_analyst": div_a, "correct": correct.astype(jnp.float32)}
+                   "loss_diversity_analyst": div_a,
+                   **{n: jnp.sum(c).astype(jnp.float32)
+                      for n, c in self.correct(logits, y_B).items()}}
         return loss, (nnx.state(model, nnx.BatchStat), metrics)
+
+    def correct(self, logits_BxC, y_B) -> dict[str, jax.Array]:
+        """Per example: top-1 correct (`correct`) and, for each extra k, in the top k
+        (`correct_topK`: fewer than k classes score strictly higher than the label)."""
+        out = {"correct": jnp.argmax(logits_BxC, -1) == y_B}
+        if self.topk:
+            true = jnp.take_along_axis(logits_BxC, y_B[:, None], axis=-1)
+            rank = jnp.sum(logits_BxC > true, axis=-1)
+            out.update({f"correct_top{k}": rank < k for k in self.topk})
+        return out
 
     # ------------------------------------------------------------- training
     def _update(self, state: TrainState, idx_KxB, keys, data: DeviceData):
@@ -201,7 +212,8 @@ class Engine:
 
         zeros_g = jax.tree.map(jnp.zeros_like, state.params)
         zeros_m = {n: jnp.zeros((), jnp.float32) for n in
-                   ("loss", "loss_prediction", "loss_diversity_expert", "loss_diversity_analyst", "correct")}
+                   ("loss", "loss_prediction", "loss_diversity_expert", "loss_diversity_analyst",
+                    "correct", *(f"correct_top{k}" for k in self.topk))}
         carry = (state.stats, zeros_g, zeros_m)
         if k == 1:
             (stats, grads, m), _ = micro(carry, 0)
@@ -233,8 +245,11 @@ class Engine:
         idx_UxKxB = perm[: updates * k * b].reshape(updates, k, b)
         state, m_U = self.scan_updates(state, idx_UxKxB, keys, data)
         examples = updates * k * b
-        m = {name: v.sum() / (updates * k) for name, v in m_U.items() if name != "correct"}
-        m["accuracy"] = 100.0 * m_U["correct"].sum() / examples
+        m = {name: v.sum() / (updates * k) for name, v in m_U.items()
+             if not name.startswith("correct")}
+        for name, v in m_U.items():
+            if name.startswith("correct"):
+                m[name.replace("correct", "accuracy")] = 100.0 * v.sum() / examples
         return state, m
 
     def _evaluate_one(self, params, stats, x_all, y_all, idx_MxE, mask_MxE):
@@ -246,23 +261,25 @@ class Engine:
             logits = logits.astype(jnp.float32)
             y = y_all[idx]
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            correct = jnp.argmax(logits, -1) == y
-            return (acc[0] + jnp.sum(jnp.where(mask, ce, 0.0)),
-                    acc[1] + jnp.sum(jnp.where(mask, correct, False))), None
+            sums = {"loss": jnp.sum(jnp.where(mask, ce, 0.0))}
+            sums.update({n.replace("correct", "accuracy"): jnp.sum(c & mask).astype(jnp.float32)
+                         for n, c in self.correct(logits, y).items()})
+            return jax.tree.map(jnp.add, acc, sums), None
 
-        (loss_sum, correct), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros((), jnp.int32)),
-                                              (idx_MxE, mask_MxE))
+        names = ("loss", "accuracy", *(f"accuracy_top{k}" for k in self.topk))
+        sums, _ = jax.lax.scan(body, {n: jnp.zeros(()) for n in names}, (idx_MxE, mask_MxE))
         count = jnp.maximum(mask_MxE.sum(), 1)
-        return loss_sum / count, 100.0 * correct / count
+        return {n: (v if n == "loss" else 100.0 * v) / count for n, v in sums.items()}
 
     def _epoch_one(self, state, data: DeviceData, rep: ReplicaData, keys):
         state, m = self._train_one(state, data, rep.train_idx_KxN, keys)
         out = {f"train/{n}": v for n, v in m.items()}
-        out["val/loss"], out["val/accuracy"] = self._evaluate_one(
-            state.params, state.stats, data.x_train, data.y_train, rep.val_idx_KxMxE,
-            rep.val_mask_KxMxE)
-        out["test/loss"], out["test/accuracy"] = self._evaluate_one(
-            state.params, state.stats, data.x_test, data.y_test, data.test_idx_MxE, data.test_mask_MxE)
+        val = self._evaluate_one(state.params, state.stats, data.x_train, data.y_train,
+                                 rep.val_idx_KxMxE, rep.val_mask_KxMxE)
+        test = self._evaluate_one(state.params, state.stats, data.x_test, data.y_test,
+                                  data.test_idx_MxE, data.test_mask_MxE)
+        out.update({f"val/{n}": v for n, v in val.items()})
+        out.update({f"test/{n}": v for n, v in test.items()})
         return state, out
 
     @staticmethod

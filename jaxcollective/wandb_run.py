@@ -44,15 +44,50 @@ def _logged_in() -> bool:
         return False
 
 
-def start(values: dict[str, Any], mode: str):
-    """wandb.init, then the sweep's values (if any) merged over the command line's."""
+# An unreachable W&B server costs at most these (checking the key, then starting the
+# run), then the run logs offline: it never waits ~100 s on wandb's default retries.
+LOGIN_TIMEOUT_S, INIT_TIMEOUT_S = 3, 9
+
+
+def _server_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connection to the W&B server opens within `timeout` s (DNS included)."""
+    from urllib.parse import urlsplit
+
+    from .data import reachable
+
+    url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return reachable(url.hostname or "api.wandb.ai", port, timeout)
+
+
+def start(values: dict[str, Any], mode: str, cfg=None):
+    """wandb.init, then the sweep's values (if any) merged over the command line's.
+    Online, a server that does not answer within INIT_TIMEOUT_S seconds (or refuses)
+    makes the run log offline instead, saying so in one line."""
     import wandb
 
-    project = values.get("wandb_project") or FIELDS["wandb_project"].default
-    entity = values.get("wandb_entity")
+    project = (cfg.wandb_project if cfg is not None else values.get("wandb_project")) \
+        or FIELDS["wandb_project"].default
+    entity = cfg.wandb_entity if cfg is not None else values.get("wandb_entity")
     if entity in ("None", ""):
         entity = None
-    run = wandb.init(project=str(project), entity=entity, mode=mode, reinit="finish_previous")
+    kw = dict(project=str(project), entity=entity, reinit="finish_previous")
+    if mode == "online" and not _server_reachable():
+        url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        print(f"wandb: {url} cannot be reached; logging offline to ./wandb instead, upload "
+              "later with `wandb sync`", file=sys.stderr, flush=True)
+        mode = "offline"
+    try:
+        run = wandb.init(mode=mode, settings=wandb.Settings(
+            init_timeout=INIT_TIMEOUT_S, login_timeout=LOGIN_TIMEOUT_S), **kw)
+    except Exception as err:  # noqa: BLE001 - CommError, UsageError, timeouts, auth
+        if mode != "online":
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        print(f"wandb: the W&B server did not answer in time ({first}); "
+              "logging offline to ./wandb instead, upload later with `wandb sync`",
+              file=sys.stderr, flush=True)
+        run = wandb.init(mode="offline", **kw)
     merged = dict(values)
     for k, v in dict(run.config).items():
         if not k.startswith("_"):

@@ -92,8 +92,9 @@ class ConsoleWriter(Writer):
         status = record["status"]
         acc = record.get("final/test_accuracy")
         acc_s = "n/a" if acc is None else f"{acc:.2f}%"
-        print(f"{self.tag}{status}: final test accuracy {acc_s} after {record['epochs_completed']} "
-              f"epochs, {record['wall_s']:.1f}s", file=self.stream, flush=True)
+        n = record["epochs_completed"]
+        print(f"{self.tag}{status}: final test accuracy {acc_s} after {n} "
+              f"epoch{'' if n == 1 else 's'}, {record['wall_s']:.1f}s", file=self.stream, flush=True)
 
 
 class ResultsWriter(Writer):
@@ -134,7 +135,9 @@ class WandbWriter(Writer):
         """Config with derived dims and parameter count; a name and tags from type and size."""
         cfg = info["config"]
         size = f"{info['model_params'] / 1e6:.2f}M"
-        if not os.environ.get("WANDB_NAME"):
+        if cfg.get("wandb_name"):
+            self.run.name = cfg["wandb_name"]
+        elif not os.environ.get("WANDB_NAME"):
             self.run.name = f"{cfg['model_type']}-{size}-{cfg['dataset']}-s{cfg['seed']}"
         tags = {cfg["model_type"], cfg["dataset"], f"params:{size}"}
         if info.get("synthetic"):
@@ -149,7 +152,8 @@ class WandbWriter(Writer):
 
     def finish(self, record):
         for k, v in record.items():
-            if k.startswith("final/") or k in ("status", "diverged", "epochs_completed"):
+            if k.startswith(("final/", "final_", "best_")) or k in (
+                    "status", "diverged", "epochs_completed", "model_params"):
                 self.run.summary[k] = v
         self.run.finish(exit_code=1 if record.get("diverged") else 0)
 

@@ -29,7 +29,8 @@ def test_dry_run_prints_one_json_line(model_type, capsys):
     d = json.loads(out[0])
     assert d["model_type"] == model_type and d["model_params"] > 0
     if model_type == "collective":
-        assert d["unused_keys"] == ["target_params"] and d["model_params"] == 2_969_887
+        assert d["unused_keys"] == {"target_params": "baseline-only"}
+        assert d["model_params"] == 2_969_887
     else:
         assert abs(d["model_params"] - 6_100_000) / 6_100_000 < 0.01
 

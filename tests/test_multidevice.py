@@ -9,17 +9,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
-import json, jax, numpy as np
+import json, sys, jax, numpy as np
 from jaxcollective.config import Config
+sys.path.insert(0, "tests")
+from presets import debug_config
 from jaxcollective.data import load_digits
 from jaxcollective.sizing import resolve
 from jaxcollective.train import Engine
 assert len(jax.devices()) == 4, jax.devices()
 # SGD: parameters are linear in the gradients, so float-level differences stay float-level
 # (Adam divides by sqrt(v) and turns them into O(lr) steps where gradients are ~0).
-cfg = Config.from_dict({"dataset": "digits", "batch_size": 64, "use_augmentation": True,
+cfg = debug_config({"dataset": "digits", "batch_size": 64, "use_augmentation": True,
                         "gradient_accumulation_steps": 2, "optimizer": "sgd",
-                        "learning_rate": 0.05}, preset="debug")
+                        "learning_rate": 0.05})
 ds = load_digits()
 out = {}
 for n in (1, 4):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from jaxcollective.config import Config
+from presets import debug_config
 from jaxcollective.experiment import StopFlag, train_and_evaluate
 from jaxcollective.report import main, make_report, load_results, wandb_to_run, welch_interval
 from jaxcollective.writers import ResultsWriter
@@ -19,8 +19,7 @@ def results(tmp_path_factory):
     w = ResultsWriter(str(path))
 
     def run(stop=None, **kw):
-        cfg = Config.from_dict({"dataset": "digits", "epochs": 2, "batch_size": 64, **kw},
-                               preset="debug")
+        cfg = debug_config({"dataset": "digits", "epochs": 2, "batch_size": 64, **kw})
         train_and_evaluate(cfg, w, stop=stop)
 
     run(model_type="collective", seed=0)
@@ -36,7 +35,7 @@ def results(tmp_path_factory):
 
 
 def table_rows(text, header):
-    section = text.split(header, 1)[1].split("\n## ", 1)[0]
+    section = text.split(header, 1)[1].split("\n#", 1)[0]
     return [[c.strip() for c in line.strip("|").split("|")]
             for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
 
@@ -47,7 +46,7 @@ def test_report_files_and_table_equal_the_inputs_aggregates(results, tmp_path):
     assert [r["status"] for r in recs].count("stopped") == 1
     rep = make_report(load_results(results), tmp_path, str(results))
     for name in ("accuracy_vs_params.png", "efficiency_by_type.png", "scaling.png"):
-        data = (tmp_path / name).read_bytes()
+        data = (tmp_path / "digits" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
     text = (tmp_path / "summary.md").read_text()
 
@@ -59,7 +58,7 @@ def test_report_files_and_table_equal_the_inputs_aggregates(results, tmp_path):
         accs = ([x["test_accuracy"] for x in r["replicas"]] if len(r["replicas"]) > 1
                 else [r["final/test_accuracy"]])
         expect.setdefault(r["model_type"], []).extend(accs)
-    rows = table_rows(text, "## Test accuracy per model type and size")
+    rows = table_rows(text, "### Test accuracy per model type and size")
     assert {row[0] for row in rows} == set(expect)
     for row in rows:
         accs = expect[row[0]]
@@ -72,13 +71,13 @@ def test_report_files_and_table_equal_the_inputs_aggregates(results, tmp_path):
     assert dict((r[0], int(r[2])) for r in rows) == {"collective": 2, "shallow": 3, "deep": 1}
 
     # diverged and stopped runs are listed, not averaged in
-    excluded = table_rows(text, "## Excluded runs")
+    excluded = table_rows(text, "### Excluded runs")
     assert sorted((r[1], r[3]) for r in excluded) == [("deep", "stopped"), ("shallow", "diverged")]
     assert "1 diverged, 1 stopped." in text
     assert len(rep["excluded"]) == 2
 
     # the collective is compared with the baselines of its size
-    comp = table_rows(text, "## The collective against each baseline at matched size")
+    comp = table_rows(text, "### The collective against each baseline at matched size")
     assert {r[1] for r in comp} == {"shallow", "deep"}
     shallow = next(r for r in comp if r[1] == "shallow")
     diff = sum(expect["collective"]) / 2 - sum(expect["shallow"]) / 3
@@ -89,7 +88,7 @@ def test_report_files_and_table_equal_the_inputs_aggregates(results, tmp_path):
 
 def test_report_command(results, tmp_path, capsys):
     assert main([f"--results={results}", f"--out={tmp_path / 'out'}"]) == 0
-    assert "6 runs in 3 groups, 2 excluded" in capsys.readouterr().out
+    assert "digits: 6 runs in 3 groups, 2 excluded" in capsys.readouterr().out
     assert main([f"--results={tmp_path / 'missing.jsonl'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no results file" in err[0]
@@ -115,3 +114,87 @@ def test_wandb_runs_are_read_like_results():
                               summary={})
     assert wandb_to_run(crashed).status == "crashed"
     assert wandb_to_run(SimpleNamespace(name="c", state="finished", config={}, summary={})) is None
+
+
+def rec(model_type, acc, val, params=1_000_000, dataset="mnist", **cfg):
+    return {"model_type": model_type, "model_params": params, "status": "finished",
+            "final/test_accuracy": acc, "final/best_val_accuracy": val, "final/model_params": params,
+            "final/param_efficiency": acc / (params / 1e5),
+            "final/accuracy_per_log10_params": acc / math.log10(params + 1),
+            "dataset": dataset, "synthetic": dataset == "synthetic",
+            "config": {"model_type": model_type, "dataset": dataset, **cfg}}
+
+
+def write_lines(path, records, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return path
+
+
+def test_datasets_are_reported_apart_and_synthetic_left_out(tmp_path, capsys):
+    recs = [rec("collective", 90.0, 91.0, dataset="mnist"), rec("shallow", 89.0, 90.0, dataset="mnist"),
+            rec("collective", 80.0, 81.0, dataset="fashion_mnist"),
+            rec("shallow", 10.0, 11.0, dataset="synthetic")]
+    path = write_lines(tmp_path / "r.jsonl", recs)
+    rep = make_report(load_results(path), tmp_path / "out", str(path))
+    assert set(rep["datasets"]) == {"mnist", "fashion_mnist"}
+    text = rep["summary"]
+    mnist = text.split("## Dataset: mnist", 1)[1]
+    assert [r[3] for r in table_rows(mnist, "### Test accuracy")] == ["90.00", "89.00"]
+    fashion = text.split("## Dataset: fashion_mnist", 1)[1].split("## Dataset:", 1)[0]
+    assert [r[0] for r in table_rows(fashion, "### Test accuracy")] == ["collective"]
+    assert "1 runs on synthetic data left out" in text
+    assert (tmp_path / "out" / "mnist" / "accuracy_vs_params.png").exists()
+    assert not (tmp_path / "out" / "synthetic[fashion_mnist]").exists()
+    rep = make_report(load_results(path), tmp_path / "o2", str(path), include_synthetic=True)
+    assert "synthetic[fashion_mnist]" in rep["datasets"]
+    assert main([f"--results={path}", f"--out={tmp_path / 'o3'}", "--dataset=cifar10"]) == 2
+    assert "no runs on dataset 'cifar10'" in capsys.readouterr().err
+
+
+def test_best_configuration_is_chosen_on_validation_not_test(tmp_path):
+    recs = [rec("shallow", 95.0, 80.0, learning_rate=0.1),   # best test, poor validation
+            rec("shallow", 90.0, 92.0, learning_rate=0.002)]
+    path = write_lines(tmp_path / "r.jsonl", recs)
+    text = make_report(load_results(path), tmp_path / "out", str(path))["summary"]
+    (row,) = table_rows(text, "### Best configuration per model type")
+    assert row[1:3] == ["92.00", "90.00"] and "learning_rate=0.002" in row[5]
+
+
+def test_mixed_training_settings_are_called_out(tmp_path):
+    recs = [rec("collective", 90.0, 91.0, epochs=20), rec("shallow", 89.0, 90.0, epochs=200,
+                                                            use_augmentation=True)]
+    path = write_lines(tmp_path / "r.jsonl", recs)
+    text = make_report(load_results(path), tmp_path / "out", str(path))["summary"]
+    assert "mix training settings** (epochs: 20, 200; use_augmentation: False, True)" in text
+    same = write_lines(tmp_path / "s.jsonl", [rec("collective", 90.0, 91.0, epochs=20)])
+    assert "mix training" not in make_report(load_results(same), tmp_path / "o", str(same))["summary"]
+
+
+@pytest.mark.parametrize("params", [[2_970_000, 2_970_500, 2_971_200], [2_970_000, 29_700_000]])
+def test_size_axis_is_readable_for_close_and_wide_sizes(params):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxcollective.report import _size_axis
+    fig, ax = plt.subplots()
+    ax.plot(params, [1] * len(params))
+    _size_axis(ax, params)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert ax.get_xscale() == ("log" if max(params) / min(params) > 2 else "linear")
+    assert 2 <= len(labels) <= 8 and len(set(labels)) == len(labels), labels
+    plt.close(fig)
+
+
+def test_damaged_input_is_skipped_or_one_line(tmp_path, capsys):
+    good = [rec("collective", 90.0, 91.0), rec("shallow", 89.0, 90.0)]
+    path = write_lines(tmp_path / "r.jsonl", good, tail='{}\n[]\n{"model_type": "deep", "model_par')
+    runs = load_results(path)
+    assert [r.model_type for r in runs] == ["collective", "shallow"]
+    err = capsys.readouterr().err
+    assert f"{path}:3: not a run record" in err and f"{path}:5: not a complete JSON line" in err
+    assert main([f"--results={path}", f"--out={path}"]) == 2          # --out is a file
+    assert "is a file" in capsys.readouterr().err
+    assert main([f"--results={tmp_path}", f"--out={tmp_path / 'o'}"]) == 2   # a folder
+    assert "is a folder" in capsys.readouterr().err

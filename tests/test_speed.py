@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcollective.config import Config
+from presets import debug_config
 from jaxcollective.experiment import train_and_evaluate
 from jaxcollective.layers import dropout, mask_bits
 from jaxcollective.writers import Writer
@@ -26,12 +26,10 @@ def test_replica_i_equals_a_single_run_with_its_seed():
     base = {"model_type": "collective", "dataset": "digits", "epochs": 1, "batch_size": 64,
             "use_augmentation": True, "use_drop_models": True, "optimizer": "sgd",
             "learning_rate": 0.05}
-    multi = train_and_evaluate(Config.from_dict({**base, "seed": 5, "num_seeds": 3},
-                                                preset="debug"), Writer())
+    multi = train_and_evaluate(debug_config({**base, "seed": 5, "num_seeds": 3}), Writer())
     assert [r["seed"] for r in multi["replicas"]] == [5, 6, 7]
     for rep in multi["replicas"]:
-        single = train_and_evaluate(Config.from_dict({**base, "seed": rep["seed"]},
-                                                     preset="debug"), Writer())
+        single = train_and_evaluate(debug_config({**base, "seed": rep["seed"]}), Writer())
         assert rep["test_loss"] == pytest.approx(single["final/test_loss"], rel=1e-5)
         assert rep["test_accuracy"] == pytest.approx(single["final/test_accuracy"], abs=1e-4)
         assert rep["best_val_accuracy"] == pytest.approx(single["final/best_val_accuracy"], abs=1e-4)

@@ -58,7 +58,9 @@ def test_agent_launch_logs_config_history_and_finals(agent_run):
     assert c["model_type"] == "shallow" and c["target_params"] == 6_100_000
     assert c["use_augmentation"] is True and c["learning_rate"] == 1e-3
     assert len(c["hidden_dims"]) == 2 and abs(c["model_params"] - 6_100_000) / 6_100_000 < 0.01
-    assert c["unused_keys"] == ["collective_version", "expert_hidden", "n_experts"]
+    assert c["unused_keys"] == {"collective_version": "collective-only",
+                                "expert_hidden": "collective-only", "n_experts": "collective-only",
+                                "num_workers": "on-device-data"}
     assert run.name.startswith("shallow-6.10M-digits") and "shallow" in run.tags
     rows = [h for h in run.history if "epoch" in h]
     assert [h["epoch"] for h in rows] == [1, 2, 3]
@@ -135,7 +137,9 @@ def test_sweep_yaml_passes_wandbs_schema(path):
     sweeps = pytest.importorskip("sweeps")
     cfg = yaml.safe_load(path.read_text())
     assert sweeps.schema_violations_from_proposed_config(cfg) == []
-    assert cfg["program"] == "run.py" and cfg["metric"]["name"] == "final/test_accuracy"
+    metric = ("param_efficiency/test_accuracy_per_log10_params"  # the original's, kept
+              if path.name == "original_phase1.yaml" else "final/test_accuracy")
+    assert cfg["program"] == "run.py" and cfg["metric"]["name"] == metric
     assert cfg["early_terminate"]["type"] == "hyperband"
 
 
@@ -153,11 +157,11 @@ def test_every_sweep_value_is_a_valid_config(path):
     base = {k: _choices(v)[0] for k, v in params.items()}
     for key, spec in params.items():  # each value of each key, as the agent sends it: str()
         for v in _choices(spec):
-            Config.from_dict({k: str(x) for k, x in {**base, key: v}.items()})
+            Config.from_values({k: str(x) for k, x in {**base, key: v}.items()})
     shape_keys = [k for k in ("n_total", "expert_ratio", "expert_output", "c_expert",
                               "c_collective", "analyst_output") if k in params]
     for combo in itertools.product(*(_choices(params[k]) for k in shape_keys)):
-        collective_dims(Config.from_dict({**base, **dict(zip(shape_keys, combo))}))
+        collective_dims(Config.from_values({**base, **dict(zip(shape_keys, combo))}))
 
 
 def test_phase1_sizes_every_baseline_at_every_target():

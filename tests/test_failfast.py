@@ -1,0 +1,143 @@
+"""Fail before work, never lose a result: bad input, unreachable W&B, signals (each as the
+process behaves: exit code, one line on stderr, no traceback, what the results file holds)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxcollective.cli import help_text, parse_argv
+from jaxcollective.main import EXTRA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_py(tmp, *args, env=None, timeout=300):
+    e = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp), WANDB_SILENT="true",
+             JAXCOLLECTIVE_OFFLINE="1", **(env or {}))
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp, env=e,
+                       capture_output=True, text=True, timeout=timeout)
+    return p, time.perf_counter() - t
+
+
+def wandb_runs(tmp):
+    return list((Path(tmp) / "wandb").glob("*run-*"))
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--results=/proc/x.jsonl"], "--results=/proc/x.jsonl cannot be appended to"),
+    (["--results={tmp}/file/x.jsonl"], "is a file, not a folder"),
+    (["--results={tmp}"], "is a folder"),
+    (["--seed=-1"], "invalid seed=-1: expected a non-negative integer"),
+    (["--batch_size=1"], "BatchNorm needs at least 2 examples per device"),
+    (["--batch_size=2048"], "fewer than one update"),
+    (["--model_type=balanced", "--target_params=1000"], "invalid target_params"),
+    (["--data_dir={tmp}/nope", "--dataset=mnist"], "does not exist"),
+    (["--dataset=mnist"], "was not found"),
+])
+def test_bad_input_fails_before_any_work_and_leaves_no_wandb_run(args, fragment, tmp_path):
+    (tmp_path / "file").write_text("x")
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--dataset=mnist" not in args:
+        args.append("--dataset=digits")
+    p, elapsed = run_py(tmp_path, "--epochs=1", *args, env={"HOME": str(tmp_path)})
+    assert p.returncode == 2, p.stderr
+    err = [line for line in p.stderr.strip().splitlines() if not line.startswith("warning")]
+    assert len(err) == 1 and fragment in err[0], p.stderr
+    assert "Traceback" not in p.stderr and "finished" not in p.stdout
+    assert wandb_runs(tmp_path) == []  # nothing that `wandb sync` would upload
+    assert elapsed < 30, elapsed
+
+
+def test_unreachable_wandb_server_falls_back_to_offline_at_once(tmp_path):
+    env = dict(os.environ, WANDB_MODE="online", WANDB_API_KEY="x" * 40, WANDB_DIR=str(tmp_path),
+               WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true")
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--dataset=digits",
+                             "--model_type=shallow", "--epochs=1", "--progress=false",
+                             f"--results={tmp_path / 'r.jsonl'}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fell_back = None
+    for line in proc.stderr:
+        if "logging offline" in line:
+            fell_back = time.perf_counter() - t
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert fell_back is not None and fell_back < 15, fell_back
+    assert json.loads((tmp_path / "r.jsonl").read_text())["status"] == "finished"
+    assert list((tmp_path / "wandb").glob("offline-run-*"))  # for `wandb sync` later
+
+
+def test_sigterm_in_the_first_second_ends_stopped_with_zero_epochs(tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--dataset=digits",
+                             "--epochs=5", f"--results={tmp_path / 'r.jsonl'}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rec = json.loads((tmp_path / "r.jsonl").read_text())
+    assert rec["status"] == "stopped" and rec["epochs_completed"] == 0
+    assert "Traceback" not in err
+
+
+def test_a_second_interrupt_ends_the_run_at_once_and_keeps_what_was_measured(tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled")
+    # epochs of a few seconds, so that the second Ctrl-C lands inside one
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--dataset=digits",
+                             "--model_type=shallow", "--target_params=20000000", "--batch_size=16",
+                             "--epochs=100000", "--progress=false",
+                             f"--results={tmp_path / 'r.jsonl'}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = 0
+    while seen < 2:
+        seen += proc.stdout.readline().startswith("epoch")
+    proc.send_signal(signal.SIGINT)
+    while "stopping after the epoch in flight" not in proc.stderr.readline():
+        pass
+    proc.send_signal(signal.SIGINT)
+    t = time.perf_counter()
+    out, err = proc.communicate(timeout=60)
+    assert time.perf_counter() - t < 10
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    rec = json.loads((tmp_path / "r.jsonl").read_text())
+    assert rec["status"] == "stopped" and rec["epochs_completed"] >= 2
+    assert rec["final/test_accuracy"] > 0
+
+
+def test_help_lists_each_default_once_and_accepts_dash_h(tmp_path):
+    text = help_text("run.py", "x", EXTRA)
+    for line in text.splitlines():
+        assert line.count("(default") <= 1, line
+    p, _ = run_py(tmp_path, "-h")
+    assert p.returncode == 0 and "--model_type" in p.stdout
+
+
+def test_a_key_given_twice_warns(capsys):
+    values, _ = parse_argv(["--epochs=3", "--epochs=5"], EXTRA)
+    assert values["epochs"] == "5"
+    assert "--epochs is given twice ('3', then '5'); using '5'" in capsys.readouterr().err
+
+
+def test_bench_refuses_torch_it_does_not_have_and_benches_the_shape_asked(capsys):
+    from jaxcollective.bench import main as bench
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        t = time.perf_counter()
+        assert bench(["--model_type=shallow", "--torch=true", "--dataset=digits"]) == 2
+        assert "needs PyTorch" in capsys.readouterr().err and time.perf_counter() - t < 5
+    assert bench(["--model_type=shallow", "--dataset=digits", "--target_params=100000",
+                  "--steps=10", "--epochs=0"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["dataset_shape"] == "digits"
