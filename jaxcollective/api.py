@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .config import NO_EFFECT, Config, collective_dims
-from .sizing import Resolved, component_params, resolve
-
-# Keys read only by the collective, and only by baselines.
-COLLECTIVE_ONLY = frozenset(k for k, f in Config.__dataclass_fields__.items()
-                            if f.metadata["group"] == "collective")
-BASELINE_ONLY = frozenset({"target_params"})
+from .config import BASELINE_ONLY, COLLECTIVE_ONLY, NO_EFFECT, Config
+from .sizing import describe_resolved, resolve
 
 
 def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> dict[str, str]:
@@ -27,25 +22,7 @@ def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> dict[str, str]
     return dict(sorted(out.items()))
 
 
-def describe_resolved(r: Resolved, given: Optional[set[str]] = None) -> dict[str, Any]:
-    cfg = r.cfg
-    out: dict[str, Any] = {"model_type": cfg.model_type, "dataset": cfg.dataset,
-                           "model_params": r.model_params}
-    if cfg.model_type == "collective":
-        d = collective_dims(cfg)
-        out.update(n_experts=d.n_experts, n_analysts=d.n_analysts,
-                   expert_encoder_output_dim=d.expert_encoder_output_dim,
-                   analyst_input_dim=d.analyst_input_dim, adaptive_dim=d.adaptive_dim,
-                   collective_input_dim=d.collective_input_dim,
-                   params_by_component=component_params(cfg))
-    else:
-        out.update(hidden_dims=list(r.hidden_dims), target_params=r.target_params,
-                   params_off_target=round((r.model_params - r.target_params) / r.target_params, 6))
-    if given is not None:
-        out["unused_keys"] = unused_keys(cfg, given)
-    return out
-
-
 def describe(config: dict[str, Any], preset: Optional[str] = None) -> dict[str, Any]:
     """Resolve `config` (SPEC's key names; strings accepted as from the command line)."""
-    return describe_resolved(resolve(Config.from_dict(config, preset)), set(config))
+    cfg = Config.from_dict(config, preset)
+    return {**describe_resolved(resolve(cfg)), "unused_keys": unused_keys(cfg, set(config))}

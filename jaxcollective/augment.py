@@ -31,9 +31,9 @@ AUGMENTATIONS = {
 }
 
 
-def augment(x_BxHxWxC: jax.Array, key: jax.Array, spec: AugSpec) -> jax.Array:
+def augment(x_BxHxWxCh: jax.Array, key: jax.Array, spec: AugSpec) -> jax.Array:
     """Randomly warp a batch of float images; the identity when `spec` has zero strength."""
-    b, h, w, _ = x_BxHxWxC.shape
+    b, h, w, _ = x_BxHxWxCh.shape
     k_rot, k_scale, k_shift, k_crop, k_flip = jax.random.split(key, 5)
     angle_B = jnp.deg2rad(jax.random.uniform(k_rot, (b,), minval=-spec.rotate_deg, maxval=spec.rotate_deg))
     scale_B = jax.random.uniform(k_scale, (b,), minval=spec.scale[0], maxval=spec.scale[1])
@@ -55,20 +55,20 @@ def augment(x_BxHxWxC: jax.Array, key: jax.Array, spec: AugSpec) -> jax.Array:
     qx = (cos * px_BxHxW + sin * py_BxHxW) * inv_s + cx
     qy = (-sin * px_BxHxW + cos * py_BxHxW) * inv_s + cy
     qx = jnp.where(flip_B[:, None, None], (w - 1) - qx, qx)
-    return _bilinear(x_BxHxWxC, qx, qy)
+    return _bilinear(x_BxHxWxCh, qx, qy)
 
 
-def _bilinear(x_BxHxWxC, qx_BxHxW, qy_BxHxW):
-    b, h, w, c = x_BxHxWxC.shape
-    flat_BxPxC = x_BxHxWxC.reshape(b, h * w, c)
+def _bilinear(x_BxHxWxCh, qx_BxHxW, qy_BxHxW):
+    b, h, w, c = x_BxHxWxCh.shape
+    flat_BxPxCh = x_BxHxWxCh.reshape(b, h * w, c)
     x0, y0 = jnp.floor(qx_BxHxW), jnp.floor(qy_BxHxW)
     fx, fy = qx_BxHxW - x0, qy_BxHxW - y0
-    out = jnp.zeros_like(x_BxHxWxC)
+    out = jnp.zeros_like(x_BxHxWxCh)
     for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
                         (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
         xi, yi = x0 + dx, y0 + dy
         inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
         idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
-        vals = jnp.take_along_axis(flat_BxPxC, idx.reshape(b, h * w, 1), axis=1).reshape(b, h, w, c)
+        vals = jnp.take_along_axis(flat_BxPxCh, idx.reshape(b, h * w, 1), axis=1).reshape(b, h, w, c)
         out = out + jnp.where(inside, wgt, 0.0)[..., None] * vals
     return out

@@ -65,94 +65,100 @@ def peak_tflops(device, mode: str):
 
 
 def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False) -> dict:
+    """Every figure of one benchmark line (see the module docstring)."""
     import jax
-    import jax.numpy as jnp
 
     from .data import make_synthetic
     from .sizing import resolve
-    from .train import Engine
+    from .train import Trainer
 
-    like = cfg.synthetic_like if cfg.dataset == "synthetic" else cfg.dataset
-    cfg = cfg.replace(dataset="synthetic", synthetic_like=like)
+    cfg = cfg.replace(dataset="synthetic", synthetic_like=cfg.data_like)
     resolved = resolve(cfg)
-    seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
     log(f"[synthetic] {cfg.model_type}: {resolved.model_params:,} params, batch {cfg.batch_size}"
         f" x{cfg.num_seeds} seeds, {cfg.dtype}, augmentation {cfg.use_augmentation}, "
         f"{jax.devices()[0].device_kind} x{len(jax.devices())}")
-    ds = make_synthetic(like, seed=cfg.seed)
-    engine = Engine(resolved, ds.info)
-    data, rep = engine.put_data(ds, seeds)
-    state = engine.init(seeds)
-
-    # What an epoch runs: a compiled scan of updates over shuffled batches (no Python per
-    # update), vmapped over replicas. Timed per call of UPDATES_PER_CALL updates.
-    b, k = cfg.batch_size, cfg.gradient_accumulation_steps
-
-    def updates(state, idx_SxKxB, keys):
-        return engine.scan_updates(state, idx_SxKxB, keys, data)
-
-    run_updates = jax.jit(jax.vmap(updates, in_axes=(0, None, 0)), donate_argnums=(0,))
-    n_train = len(ds.y_train)
-    need = UPDATES_PER_CALL * k * b
-    perm = jax.random.permutation(jax.random.key(0), n_train)
-    perm = jnp.tile(perm, -(-need // n_train))[:need]  # a small dataset repeats its examples
-    idx = perm.reshape(UPDATES_PER_CALL, k, b).astype(jnp.int32)
-    keys = {n: v for n, v in engine.epoch_keys(seeds, 0).items() if n != "shuffle"}
-    t = time.perf_counter()
-    compiled = run_updates.lower(state, idx, keys).compile()
-    state, m = compiled(state, idx, keys)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", 0.0))  # XLA counts a loop body once
-    log(f"compiled in {compile_s:.2f}s; {flops / 1e9:.2f} GFLOP per update")
-
-    times = []
-    for _ in range(max(1, steps // UPDATES_PER_CALL)):
-        t = time.perf_counter()
-        state, m = compiled(state, idx, keys)
-        jax.block_until_ready(m)
-        times.append((time.perf_counter() - t) / UPDATES_PER_CALL)
-    step_s = statistics.median(times)
-    samples = b * k * cfg.num_seeds / step_s
-    log(f"steady state: {samples:,.0f} samples/s ({step_s * 1e3:.2f} ms per update)")
-
+    trainer = Trainer(resolved, make_synthetic(cfg.data_like, seed=cfg.seed))
     out = {"model_type": cfg.model_type, "model_params": resolved.model_params,
-           "batch_size": b, "num_seeds": cfg.num_seeds, "dtype": cfg.dtype,
-           "use_augmentation": cfg.use_augmentation, "synthetic": True, "dataset_shape": like,
-           "device": jax.devices()[0].device_kind, "n_devices": len(jax.devices()),
-           "compile_s": round(compile_s, 3), "train_samples_per_s": round(samples, 1),
-           "step_ms": round(step_s * 1e3, 3), "flops_per_step": flops,
-           "tflops": round(flops / step_s / 1e12, 4)}
+           "batch_size": cfg.batch_size, "num_seeds": cfg.num_seeds, "dtype": cfg.dtype,
+           "use_augmentation": cfg.use_augmentation, "synthetic": True,
+           "dataset_shape": cfg.data_like, "device": jax.devices()[0].device_kind,
+           "n_devices": len(jax.devices())}
+    out.update(time_steps(trainer, steps))
     if jax.default_backend() == "gpu":
         mode = matmul_precision(cfg.dtype, jax.config.jax_default_matmul_precision)
         out["matmul_precision"] = mode
         peak = peak_tflops(jax.devices()[0], mode)
         if peak:
             out["peak_fraction"] = round(out["tflops"] / peak, 4)
-
     if epochs > 0:
-        t = time.perf_counter()
-        state = engine.init(seeds)
-        state, mm = engine.epoch(state, data, rep, engine.epoch_keys(seeds, 1))
-        jax.block_until_ready(mm)
-        out["epoch_compile_s"] = round(time.perf_counter() - t, 3)
-        ep = []
-        for e in range(epochs):
-            t = time.perf_counter()
-            state, mm = engine.epoch(state, data, rep, engine.epoch_keys(seeds, e + 2))
-            jax.device_get(mm)
-            ep.append(time.perf_counter() - t)
-        out["epoch_s"] = round(statistics.median(ep), 3)
-        log(f"epoch ({len(rep.train_idx_KxN[0]):,} train + {len(ds.y_train) - len(rep.train_idx_KxN[0]):,}"
-            f" val + {len(ds.y_test):,} test): {out['epoch_s']:.3f}s")
+        out.update(time_epochs(trainer, epochs))
     if torch_ref:
         from .torch_reference import time_torch
         out["torch_samples_per_s"] = round(time_torch(cfg, steps), 1)
         out["speedup_vs_torch"] = round(out["train_samples_per_s"] / out["torch_samples_per_s"], 2)
         log(f"PyTorch reference: {out['torch_samples_per_s']:,.0f} samples/s; "
             f"speed-up {out['speedup_vs_torch']}x")
+    return out
+
+
+def time_steps(trainer, steps: int) -> dict:
+    """Compile time, then the steady state: the median time of one update, timed per
+    call of UPDATES_PER_CALL updates run as an epoch runs them (a compiled scan, vmapped
+    over replicas), and XLA's count of its FLOPs."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg = trainer.cfg
+    b, a = cfg.batch_size, cfg.gradient_accumulation_steps
+    n_train = trainer.rep.train_idx_RxN.shape[1]
+    need = UPDATES_PER_CALL * a * b
+    perm = jax.random.permutation(jax.random.key(0), n_train)
+    perm = jnp.tile(perm, -(-need // n_train))[:need]  # a small dataset repeats its examples
+    idx_UxAxB = perm.reshape(UPDATES_PER_CALL, a, b).astype(jnp.int32)
+    keys = {n: v for n, v in trainer.epoch_keys(0).items() if n != "shuffle"}
+    state = trainer.init()
+    t = time.perf_counter()
+    compiled = trainer.steps_fn().lower(state, idx_UxAxB, keys).compile()
+    state, m = compiled(state, idx_UxAxB, keys)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", 0.0))  # XLA counts a loop body once
+    log(f"compiled in {compile_s:.2f}s; {flops / 1e9:.2f} GFLOP per update")
+    times = []
+    for _ in range(max(1, steps // UPDATES_PER_CALL)):
+        t = time.perf_counter()
+        state, m = compiled(state, idx_UxAxB, keys)
+        jax.block_until_ready(m)
+        times.append((time.perf_counter() - t) / UPDATES_PER_CALL)
+    step_s = statistics.median(times)
+    samples = b * a * cfg.num_seeds / step_s
+    log(f"steady state: {samples:,.0f} samples/s ({step_s * 1e3:.2f} ms per update)")
+    return {"compile_s": round(compile_s, 3), "train_samples_per_s": round(samples, 1),
+            "step_ms": round(step_s * 1e3, 3), "flops_per_step": flops,
+            "tflops": round(flops / step_s / 1e12, 4)}
+
+
+def time_epochs(trainer, epochs: int) -> dict:
+    """The first epoch (compiling it), then the median of `epochs` full epochs: the
+    training split, then validation and test, as a run does them."""
+    import jax
+
+    t = time.perf_counter()
+    state, m = trainer.epoch(trainer.init(), 1)
+    jax.block_until_ready(m)
+    out = {"epoch_compile_s": round(time.perf_counter() - t, 3)}
+    times = []
+    for e in range(epochs):
+        t = time.perf_counter()
+        state, m = trainer.epoch(state, e + 2)
+        jax.device_get(m)
+        times.append(time.perf_counter() - t)
+    out["epoch_s"] = round(statistics.median(times), 3)
+    n_train, n_test = trainer.rep.train_idx_RxN.shape[1], len(trainer.data.y_test)
+    n_val = len(trainer.data.y_train) - n_train
+    log(f"epoch ({n_train:,} train + {n_val:,} val + {n_test:,} test): {out['epoch_s']:.3f}s")
     return out
 
 

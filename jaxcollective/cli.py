@@ -21,7 +21,8 @@ class UsageError(ConfigError):
 def parse_argv(argv: Iterable[str], extra: dict[str, str] | None = None,
                flags: Iterable[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """Split argv into (config values, extra options). `extra` maps the names of
-    non-config options to their help; `flags` are the extra options that take no value."""
+    non-config options to their help; `flags` are the extra options that take no value.
+    Every other name is a config value, checked (unknown keys too) by `Config`."""
     extra = extra or {}
     flags = set(flags)
     values: dict[str, str] = {}
@@ -48,12 +49,7 @@ def parse_argv(argv: Iterable[str], extra: dict[str, str] | None = None,
         if name in target and target[name] != value:
             print(f"warning: --{name} is given twice ({target[name]!r}, then {value!r}); "
                   f"using {value!r}", file=sys.stderr)
-        if name in extra or name in flags:
-            options[name] = value
-        elif name in FIELDS:
-            values[name] = value
-        else:
-            raise UsageError(f"unknown option --{name}; run with --help for the list of keys")
+        target[name] = value  # an unknown key is Config's to refuse, as from a sweep
         i += 1
     return values, options
 

@@ -23,6 +23,7 @@ COLLECTIVE_VERSIONS = ("simple_mlp", "encoder_head")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("auto", "cuda", "gpu", "cpu")
+RESUME = ("auto", "never")
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,14 @@ class Config:
     wandb_name: Optional[str] = _key(None, "wandb run name (default: type-size-dataset-seed)", "runtime")
     wandb_entity: Optional[str] = _key(None, "wandb entity", "runtime")
     progress: bool = _key(True, "progress bar over epochs on stderr", "runtime")
+    checkpoint_dir: str = _key("runs/checkpoints", "checkpoints, a folder per run named by its "
+                               "config's fingerprint", "runtime")
+    checkpoint_every: int = _key(0, "save every K epochs; 0: after any epoch ending 60 s or more "
+                                 "after the last save (and always when the run stops)", "runtime")
+    resume: str = _key("auto", "auto: continue from a checkpoint of the same config; never: "
+                       "start over (and replace it)", "runtime")
+    keep_checkpoint: bool = _key(False, "keep the final state when the run finishes (else its "
+                                 "checkpoint folder is removed)", "runtime")
     # Accepted for the original's sweeps; checked against the dataset or ignored.
     input_dim: Optional[int] = _key(None, "must match the dataset if given", "compat")
     num_classes: Optional[int] = _key(None, "must match the dataset if given", "compat")
@@ -191,6 +200,9 @@ class Config:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("resume", self.resume, RESUME)
+        if self.checkpoint_every < 0:
+            _fail("checkpoint_every", self.checkpoint_every, "an integer >= 0 (0: every 60 s)")
         if self.n_total < 2:
             _fail("n_total", self.n_total, "an integer >= 2 (at least 1 expert and 1 analyst)")
         if not 0.0 < self.expert_ratio < 1.0:
@@ -239,11 +251,26 @@ class Config:
     # ------------------------------------------------------- derived (SPEC 1)
     @property
     def dataset_info(self) -> DatasetInfo:
-        return DATASETS[self.synthetic_like if self.dataset == "synthetic" else self.dataset]
+        return DATASETS[self.data_like]
 
     @property
     def dims(self) -> "CollectiveDims":
         return collective_dims(self)
+
+    @property
+    def data_like(self) -> str:
+        """The real dataset whose shape, normalisation and augmentation this run uses."""
+        return self.synthetic_like if self.dataset == "synthetic" else self.dataset
+
+    @property
+    def data_name(self) -> str:
+        """The data's name in logs and records: `synthetic[fashion_mnist]` for synthetic."""
+        return f"synthetic[{self.synthetic_like}]" if self.dataset == "synthetic" else self.dataset
+
+    @property
+    def seeds(self) -> list[int]:
+        """The replicas' seeds: seed, seed + 1, ..., seed + num_seeds - 1."""
+        return [self.seed + i for i in range(self.num_seeds)]
 
     @property
     def extra_topk(self) -> tuple[int, ...]:
@@ -333,8 +360,10 @@ NO_EFFECT = {"use_torch_compile": "always-compiled", "log_interval": "per-epoch-
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
-SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(
-    k for k, f in FIELDS.items() if f.metadata["group"] == "collective")
+# Keys read only by the collective, and only by baselines.
+COLLECTIVE_ONLY = frozenset(k for k, f in FIELDS.items() if f.metadata["group"] == "collective")
+BASELINE_ONLY = frozenset({"target_params"})
+SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(sorted(COLLECTIVE_ONLY))
 
 
 # ---------------------------------------------------------- typed parsing

@@ -60,16 +60,21 @@ def _main(argv: list[str], stop: StopFlag) -> int:
 
     resolved = preflight(cfg)
     ds = load(cfg)
+    checkpointer, meta = open_checkpoints(cfg)
     run = None
     mode = None if stop.requested else wandb_run.wandb_mode()
     if mode:
-        run, merged = wandb_run.start(values, mode, cfg)
+        # a standalone run continues its own W&B run; under a sweep a retried trial is a
+        # new W&B run (W&B does not resume runs inside a sweep) that records where it resumed
+        resume_id = (meta or {}).get("wandb_id") if not os.environ.get("WANDB_SWEEP_ID") else None
+        run, merged = wandb_run.start(values, mode, cfg, resume_id=resume_id)
         sweep_cfg = Config.from_values(merged, preset)  # a sweep may send `config: phase1`
         if sweep_cfg != cfg:  # the sweep's parameter file said more than the command line
             try:
                 resolved = preflight(sweep_cfg)
                 if (sweep_cfg.dataset, sweep_cfg.data_dir) != (cfg.dataset, cfg.data_dir):
                     ds = load(sweep_cfg)
+                checkpointer, meta = open_checkpoints(sweep_cfg)
             except ConfigError:
                 run.finish(exit_code=2)
                 raise
@@ -79,7 +84,9 @@ def _main(argv: list[str], stop: StopFlag) -> int:
         writers.append(WandbWriter(run))
     try:
         record = train_and_evaluate(cfg, MultiWriter(*writers), unused=unused_keys(cfg, set(values)),
-                                    stop=stop, dataset=ds, resolved=resolved)
+                                    stop=stop, dataset=ds, resolved=resolved,
+                                    checkpointer=checkpointer, resume_meta=meta,
+                                    wandb_id=run.id if run is not None else None)
     except BaseException:
         if run is not None:
             run.finish(exit_code=1)
@@ -89,6 +96,24 @@ def _main(argv: list[str], stop: StopFlag) -> int:
               "recorded as diverged. Try a lower --learning_rate.", file=sys.stderr)
         return 3
     return 0
+
+
+def open_checkpoints(cfg: Config):
+    """The run's checkpointer and, with --resume=auto, what its latest checkpoint says
+    (None when there is none); --resume=never removes an existing one."""
+    import shutil
+
+    from .checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(cfg)
+    if cfg.resume == "never":
+        shutil.rmtree(checkpointer.dir, ignore_errors=True)
+        return checkpointer, None
+    meta = checkpointer.peek()
+    if meta is not None:
+        print(f"resuming from epoch {meta['epoch']} (checkpoint {checkpointer.dir})",
+              file=sys.stderr, flush=True)
+    return checkpointer, meta
 
 
 def check_results_file(path: str) -> None:
@@ -119,9 +144,11 @@ def preflight(cfg: Config):
     of the training split, the baseline's sizing. Returns the resolved architecture."""
     import jax
 
+    from .checkpoint import check_writable
     from .data import train_split_size
     from .sizing import resolve
 
+    check_writable(cfg)
     nd = len(jax.devices())
     if cfg.batch_size % nd:
         raise ConfigError(f"invalid batch_size={cfg.batch_size}: expected a multiple of the "

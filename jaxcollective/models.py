@@ -161,8 +161,8 @@ class Collective(nnx.Module):
         analysts_NxBxO = self.analysts((x_BxD, encoded_BxE.astype(x_BxD.dtype)), train, keys)
         if train and self.drop_rates:
             analysts_NxBxO = drop_members(analysts_NxBxO, self.drop_rates[1], keys())
-        collective_BxC = self.analyst_encoder(flatten_members(analysts_NxBxO), train, keys)
-        logits = self.head(collective_BxC, train, keys)
+        collective_BxD = self.analyst_encoder(flatten_members(analysts_NxBxO), train, keys)
+        logits = self.head(collective_BxD, train, keys)
         return logits, {"experts": experts_NxBxO, "analysts": analysts_NxBxO}
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .cli import bool_option, guarded
-from .config import BASELINE_TYPES, FIELDS, MODEL_TYPES, ConfigError
-from .experiment import efficiency_metrics
+from .config import BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, ConfigError
+from .metrics import efficiency_metrics
 
 MATCH_TOLERANCE = 0.05  # a baseline within 5% of the collective's size is "matched"
 COLORS = {"collective": "#d62728", "shallow": "#1f77b4", "balanced": "#2ca02c",
@@ -340,8 +340,6 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str) -> lis
 
 
 def _non_defaults(config: dict, model_type: str) -> str:
-    from .api import COLLECTIVE_ONLY
-
     skip = {"model_type", "results", "progress", "wandb_project", "wandb_entity", "data_dir",
             "manual_dir", "device", "num_workers", "input_dim", "num_classes"}
     if model_type != "collective":

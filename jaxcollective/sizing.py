@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 from flax import nnx
 
-from .config import BASELINE_TYPES, Config, ConfigError
+from .config import BASELINE_TYPES, Config, ConfigError, collective_dims
 from .models import BASELINE_FAMILIES, build_model
 
 MIN_TARGET, MAX_TARGET = 1, 10**10
@@ -136,3 +136,22 @@ def resolve(cfg: Config) -> Resolved:
         target = count_params(cfg.replace(model_type="collective"))
     m = match_baseline(cfg, target)
     return Resolved(cfg, m.hidden_dims, target, m.model_params)
+
+
+def describe_resolved(r: Resolved) -> dict[str, Any]:
+    """What a resolved config is: type, data, parameters, and the collective's derived
+    dims and per-component counts, or the baseline's widths and distance to target."""
+    cfg = r.cfg
+    out: dict[str, Any] = {"model_type": cfg.model_type, "dataset": cfg.dataset,
+                           "model_params": r.model_params}
+    if cfg.model_type == "collective":
+        d = collective_dims(cfg)
+        out.update(n_experts=d.n_experts, n_analysts=d.n_analysts,
+                   expert_encoder_output_dim=d.expert_encoder_output_dim,
+                   analyst_input_dim=d.analyst_input_dim, adaptive_dim=d.adaptive_dim,
+                   collective_input_dim=d.collective_input_dim,
+                   params_by_component=component_params(cfg))
+    else:
+        out.update(hidden_dims=list(r.hidden_dims), target_params=r.target_params,
+                   params_off_target=round((r.model_params - r.target_params) / r.target_params, 6))
+    return out

@@ -1,20 +1,30 @@
-"""The training engine: loss, one compiled epoch, compiled evaluation.
+"""Training: the loss, one optimizer update, one compiled epoch, evaluation.
 
-One call of `Engine.epoch` is one jit-compiled program that trains for an epoch
-(`lax.scan` over optimizer updates, each update a scan over accumulated
-micro-batches) and then evaluates validation and test in padded, masked batches, so
-every example counts and nothing runs in Python per step. The data live on the device
-as uint8 and are gathered, augmented and normalised inside the program.
+`loss_fn` (cross-entropy plus the diversity penalty), `train_step` (one optimizer
+update, accumulating micro-batches), `train_epoch` (a `lax.scan` of steps over the
+shuffled training split), `evaluate` (padded, masked batches, so every example
+counts) and `epoch_step` (train, then validation and test) are plain functions of a
+`Step`, the static part of the computation. A `Trainer` owns what one run holds (the
+config, the devices, the data on the device, the seeds) and runs each epoch as one
+jit-compiled program, vmapped over replicas, with no Python per update. The data live
+on the device as uint8 and are gathered, augmented and normalised inside the program.
 
-Everything is written for one replica and `jax.vmap`ped over a leading replica axis
-(K seeds trained together); with several devices the batch is sharded over a
-`data` mesh axis (BatchNorm statistics and gradients are then reduced over the whole
-batch, so the result equals one device up to float error).
+Axis legend of batched tensor names (`x_BxD`):
+  R replicas (seeds trained together)   U optimizer updates in an epoch
+  A accumulated micro-batches per update  B batch   N members of a stack
+  M evaluation batches   E evaluation batch size   D features   C classes
+  H, W, Ch image height, width and channels (images are BxHxWxCh, uint8 on the device)
+Functions written for one replica (then vmapped over R) name no R axis. With several
+devices the batch is sharded over a `data` mesh axis (BatchNorm statistics and
+gradients are then reduced over the whole batch, so the result equals one device up
+to float error).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -29,11 +39,14 @@ from .config import Config, ConfigError, DatasetInfo
 from .models import build_model
 from .sizing import Resolved
 
+# Named RNG streams, all derived from the config's one seed.
 STREAMS = ("params", "dropout", "augment", "shuffle")
+STEP_STREAMS = ("dropout", "augment")  # folded with the update's index inside an epoch
+LOSS_PARTS = ("loss", "loss_prediction", "loss_diversity_expert", "loss_diversity_analyst")
 
 
 def stream_keys(seed: int) -> dict[str, jax.Array]:
-    """Named RNG streams derived from the config's one seed."""
+    """Named RNG streams derived from one seed."""
     root = jax.random.key(seed)
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(STREAMS)}
 
@@ -49,17 +62,6 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     else:  # torch.optim.SGD(momentum=0.9): L2 in the gradient, then momentum
         tx = optax.chain(*decay, optax.sgd(lr, momentum=0.9))
     return tx
-
-
-def diversity(h_NxBxD: jax.Array, temperature: float) -> jax.Array:
-    """Mean over member pairs i < j of |batch mean of cos_sim(h_i, h_j)| / temperature."""
-    n, b, _ = h_NxBxD.shape
-    h = h_NxBxD.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(h * h, axis=-1, keepdims=True))
-    unit = h / jnp.maximum(norm, 1e-8)  # a zeroed output gives 0, not NaN
-    cos_NxN = jnp.einsum("ibd,jbd->ij", unit, unit) / b
-    iu = np.triu_indices(n, 1)
-    return jnp.mean(jnp.abs(cos_NxN[iu])) / temperature
 
 
 class TrainState(NamedTuple):
@@ -79,13 +81,202 @@ class DeviceData(NamedTuple):
 
 
 class ReplicaData(NamedTuple):
-    """Per replica (leading axis K): its train/validation split of the training set."""
-    train_idx_KxN: jax.Array
-    val_idx_KxMxE: jax.Array
-    val_mask_KxMxE: jax.Array
+    """Per replica (leading axis R): its train/validation split of the training set."""
+    train_idx_RxN: jax.Array
+    val_idx_RxMxE: jax.Array
+    val_mask_RxMxE: jax.Array
 
 
-def _pad_batches(idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Step:
+    """What the compiled functions close over: config, model structure, optimizer,
+    augmentation, normalisation, compute dtype, and the mesh (None on one device)."""
+    cfg: Config
+    graphdef: Any
+    build: Callable[[jax.Array], nnx.Module]
+    tx: optax.GradientTransformation
+    aug: Optional[AugSpec]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dtype: Any
+    mesh: Optional[Mesh] = None
+
+    @property
+    def topk(self) -> tuple[int, ...]:
+        return self.cfg.extra_topk
+
+
+def make_step(resolved: Resolved, info: DatasetInfo, *, mesh: Optional[Mesh] = None,
+              build: Optional[Callable[[jax.Array], nnx.Module]] = None) -> Step:
+    """The Step of a resolved config; `build(key)` replaces the registry's model (tests)."""
+    cfg = resolved.cfg
+    if build is None:
+        def build(key):
+            return build_model(cfg, resolved.hidden_dims, rngs=nnx.Rngs(params=key))
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(jax.random.key(0))),
+                               nnx.Param, nnx.BatchStat)
+    aug = AUGMENTATIONS[cfg.data_like] if cfg.use_augmentation else None
+    return Step(cfg, graphdef, build, make_optimizer(cfg), aug, info.mean, info.std,
+                jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32, mesh)
+
+
+def init_state(step: Step, key: jax.Array) -> TrainState:
+    """A fresh model's parameters, BatchNorm statistics and optimizer state."""
+    _, params, stats = nnx.split(step.build(key), nnx.Param, nnx.BatchStat)
+    return TrainState(params, stats, step.tx.init(params))
+
+
+# ------------------------------------------------------------------- the loss
+def diversity_penalty(h_NxBxD: jax.Array, temperature: float) -> jax.Array:
+    """How alike the members' outputs are: mean over member pairs i < j of
+    |batch mean of cos_sim(h_i, h_j)| / temperature (SPEC section 3)."""
+    n, b, _ = h_NxBxD.shape
+    h = h_NxBxD.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(h * h, axis=-1, keepdims=True))
+    unit = h / jnp.maximum(norm, 1e-8)  # a zeroed output gives 0, not NaN
+    cos_NxN = jnp.einsum("ibd,jbd->ij", unit, unit) / b
+    iu = np.triu_indices(n, 1)
+    return jnp.mean(jnp.abs(cos_NxN[iu])) / temperature
+
+
+def correct(logits_BxC, y_B, topk: tuple[int, ...]) -> dict[str, jax.Array]:
+    """Per example: top-1 correct (`correct`) and, for each extra k, in the top k
+    (`correct_topK`: fewer than k classes score strictly higher than the label)."""
+    out = {"correct": jnp.argmax(logits_BxC, -1) == y_B}
+    if topk:
+        true_Bx1 = jnp.take_along_axis(logits_BxC, y_B[:, None], axis=-1)
+        rank_B = jnp.sum(logits_BxC > true_Bx1, axis=-1)
+        out.update({f"correct_top{k}": rank_B < k for k in topk})
+    return out
+
+
+def loss_fn(step: Step, params, stats, x_BxD, y_B, key):
+    """Cross-entropy plus, for the collective, the weighted diversity penalty of its
+    experts and analysts (SPEC section 3). Returns (loss, (new stats, metrics))."""
+    model = nnx.merge(step.graphdef, params, stats, copy=True)
+    logits_BxC, aux = model(x_BxD, train=True, key=key)
+    logits_BxC = logits_BxC.astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B).mean()
+    cfg, zero = step.cfg, jnp.zeros((), jnp.float32)
+    div_e = div_a = zero
+    if cfg.model_type == "collective":
+        if cfg.use_expert_diversity and aux["experts"].shape[0] >= 2:
+            div_e = cfg.diversity_lambda * diversity_penalty(aux["experts"], cfg.diversity_temperature)
+        if cfg.use_analyst_diversity and aux["analysts"].shape[0] >= 2:
+            div_a = cfg.diversity_lambda * diversity_penalty(aux["analysts"], cfg.diversity_temperature)
+    loss = ce + div_e + div_a
+    metrics = dict(zip(LOSS_PARTS, (loss, ce, div_e, div_a)))
+    metrics.update({n: jnp.sum(c).astype(jnp.float32)
+                    for n, c in correct(logits_BxC, y_B, step.topk).items()})
+    return loss, (nnx.state(model, nnx.BatchStat), metrics)
+
+
+# ------------------------------------------------------------------ training
+def prepare(step: Step, x_u8_BxHxWxCh, key: Optional[jax.Array]) -> jax.Array:
+    """uint8 images -> normalised, flattened (C, H, W order, as torch) compute-dtype rows."""
+    x = x_u8_BxHxWxCh
+    if step.mesh is not None:
+        x = jax.lax.with_sharding_constraint(x, NamedSharding(step.mesh, P("data")))
+    x = x.astype(jnp.float32) / 255.0
+    if key is not None and step.aug is not None:
+        x = augment(x, key, step.aug)
+    x = (x - jnp.asarray(step.mean, jnp.float32)) / jnp.asarray(step.std, jnp.float32)
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1).astype(step.dtype)
+
+
+def train_step(step: Step, state: TrainState, idx_AxB, keys, data: DeviceData):
+    """One optimizer update from A micro-batches of the training split (gradients
+    averaged); `keys` holds this update's dropout and augment keys."""
+    a = idx_AxB.shape[0]
+    grad_fn = jax.value_and_grad(partial(loss_fn, step), has_aux=True)
+
+    def micro(carry, i):
+        stats, g_acc, m_acc = carry
+        idx_B = idx_AxB[i]
+        k_aug = jax.random.fold_in(keys["augment"], i)
+        k_drop = jax.random.fold_in(keys["dropout"], i)
+        x_BxD = prepare(step, data.x_train[idx_B], k_aug if step.aug else None)
+        (_, (stats, m)), g = grad_fn(state.params, stats, x_BxD, data.y_train[idx_B], k_drop)
+        g_acc = jax.tree.map(lambda s, t: s + t / a, g_acc, g)
+        return (stats, g_acc, jax.tree.map(jnp.add, m_acc, m)), None
+
+    zeros_g = jax.tree.map(jnp.zeros_like, state.params)
+    zeros_m = {n: jnp.zeros((), jnp.float32) for n in
+               (*LOSS_PARTS, "correct", *(f"correct_top{k}" for k in step.topk))}
+    carry = (state.stats, zeros_g, zeros_m)
+    if a == 1:
+        (stats, grads, m), _ = micro(carry, 0)
+    else:
+        (stats, grads, m), _ = jax.lax.scan(micro, carry, jnp.arange(a))
+    updates, opt_state = step.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, stats, opt_state), m
+
+
+def scan_steps(step: Step, state: TrainState, idx_UxAxB, keys, data: DeviceData):
+    """U updates over the batches idx_UxAxB as one lax.scan (no Python per update);
+    each update's keys are this epoch's dropout and augment keys folded with its index."""
+    def body(state, inp):
+        idx_AxB, u = inp
+        return train_step(step, state, idx_AxB, {n: jax.random.fold_in(keys[n], u)
+                                                 for n in STEP_STREAMS}, data)
+
+    return jax.lax.scan(body, state, (idx_UxAxB, jnp.arange(idx_UxAxB.shape[0])))
+
+
+def train_epoch(step: Step, state: TrainState, data: DeviceData, train_idx_N, keys):
+    """One epoch over a fresh shuffle of the training split (the last partial update
+    is dropped); the metrics are means over the epoch, accuracies in percent."""
+    b, a = step.cfg.batch_size, step.cfg.gradient_accumulation_steps
+    n = train_idx_N.shape[0]
+    u = n // (b * a)
+    if u < 1:
+        raise ConfigError(f"{n} training examples are fewer than one update of "
+                          f"batch_size * gradient_accumulation_steps = {b * a}")
+    perm_N = jax.random.permutation(keys["shuffle"], train_idx_N)
+    state, m_U = scan_steps(step, state, perm_N[: u * a * b].reshape(u, a, b), keys, data)
+    m = {name: v.sum() / (u * a) for name, v in m_U.items() if not name.startswith("correct")}
+    m.update({name.replace("correct", "accuracy"): 100.0 * v.sum() / (u * a * b)
+              for name, v in m_U.items() if name.startswith("correct")})
+    return state, m
+
+
+def evaluate(step: Step, params, stats, x_all, y_all, idx_MxE, mask_MxE) -> dict[str, jax.Array]:
+    """Loss and accuracies (percent) over the masked examples of M padded batches."""
+    model = nnx.merge(step.graphdef, params, stats, copy=True)
+
+    def body(acc, inp):
+        idx_E, mask_E = inp
+        logits_ExC, _ = model(prepare(step, x_all[idx_E], None), train=False)
+        logits_ExC = logits_ExC.astype(jnp.float32)
+        y_E = y_all[idx_E]
+        ce_E = optax.softmax_cross_entropy_with_integer_labels(logits_ExC, y_E)
+        sums = {"loss": jnp.sum(jnp.where(mask_E, ce_E, 0.0))}
+        sums.update({n.replace("correct", "accuracy"): jnp.sum(c & mask_E).astype(jnp.float32)
+                     for n, c in correct(logits_ExC, y_E, step.topk).items()})
+        return jax.tree.map(jnp.add, acc, sums), None
+
+    names = ("loss", "accuracy", *(f"accuracy_top{k}" for k in step.topk))
+    sums, _ = jax.lax.scan(body, {n: jnp.zeros(()) for n in names}, (idx_MxE, mask_MxE))
+    count = jnp.maximum(mask_MxE.sum(), 1)
+    return {n: (v if n == "loss" else 100.0 * v) / count for n, v in sums.items()}
+
+
+def epoch_step(step: Step, state: TrainState, data: DeviceData, rep: ReplicaData, keys):
+    """One replica's epoch: train, then evaluate validation and test."""
+    state, m = train_epoch(step, state, data, rep.train_idx_RxN, keys)
+    out = {f"train/{n}": v for n, v in m.items()}
+    val = evaluate(step, state.params, state.stats, data.x_train, data.y_train,
+                   rep.val_idx_RxMxE, rep.val_mask_RxMxE)
+    test = evaluate(step, state.params, state.stats, data.x_test, data.y_test,
+                    data.test_idx_MxE, data.test_mask_MxE)
+    out.update({f"val/{n}": v for n, v in val.items()})
+    out.update({f"test/{n}": v for n, v in test.items()})
+    return state, out
+
+
+def pad_batches(idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices padded to whole batches of `batch`, with a mask of the real ones."""
     m = max(1, math.ceil(len(idx) / batch))
     out = np.zeros(m * batch, np.int32)
     mask = np.zeros(m * batch, bool)
@@ -93,203 +284,58 @@ def _pad_batches(idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
     return out.reshape(m, batch), mask.reshape(m, batch)
 
 
-class Engine:
-    def __init__(self, resolved: Resolved, info: DatasetInfo, *, devices=None,
+# ------------------------------------------------------------------ a run
+class Trainer:
+    """What one run holds: the resolved config, the devices and mesh, the data on the
+    device with each replica's split, the seeds and their keys, the compiled epoch.
+    `init()` gives the replicas' first state; `epoch(state, epoch)` trains and evaluates
+    one epoch of all replicas at once."""
+
+    def __init__(self, resolved: Resolved, ds, *, devices=None,
                  build: Optional[Callable[[jax.Array], nnx.Module]] = None):
-        """`build(key)` replaces the registry's model (for tests of the engine itself)."""
-        self.resolved, self.cfg, self.info = resolved, resolved.cfg, info
-        self._build_fn = build
-        cfg = self.cfg
+        from .data import split_indices
+
+        cfg = self.cfg = resolved.cfg
+        self.resolved = resolved
+        self.seeds = cfg.seeds
         self.devices = list(devices or jax.devices())
-        self.mesh = Mesh(np.array(self.devices), ("data",))
         nd = len(self.devices)
         if cfg.batch_size % nd:
             raise ConfigError(f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
                               f"{nd} devices it is split across")
-        self.eval_batch = math.ceil(cfg.eval_batch_size / nd) * nd
-        self.topk = cfg.extra_topk
-        self.dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-        self.aug: Optional[AugSpec] = None
-        if cfg.use_augmentation:
-            self.aug = AUGMENTATIONS[cfg.synthetic_like if cfg.dataset == "synthetic" else cfg.dataset]
-        self.tx = make_optimizer(cfg)
-        abstract = nnx.eval_shape(lambda: self._build(jax.random.key(0)))
-        self.graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-        self.mean = jnp.asarray(info.mean, jnp.float32)
-        self.std = jnp.asarray(info.std, jnp.float32)
-        self._epoch = jax.jit(jax.vmap(self._epoch_one, in_axes=(0, None, 0, 0)),
-                              donate_argnums=(0,))
-        self._init = jax.jit(jax.vmap(self._init_one))
-
-    # ------------------------------------------------------------- building
-    def _build(self, key):
-        if self._build_fn is not None:
-            return self._build_fn(key)
-        r = self.resolved
-        return build_model(r.cfg, r.hidden_dims, rngs=nnx.Rngs(params=key))
-
-    def _init_one(self, key) -> TrainState:
-        _, params, stats = nnx.split(self._build(key), nnx.Param, nnx.BatchStat)
-        return TrainState(params, stats, self.tx.init(params))
-
-    def init(self, seeds: list[int]) -> TrainState:
-        keys = jnp.stack([stream_keys(s)["params"] for s in seeds])
-        return jax.device_put(self._init(keys), NamedSharding(self.mesh, P()))
-
-    def put_data(self, ds, seeds: list[int]) -> tuple[DeviceData, ReplicaData]:
-        from .data import split_indices
-
-        splits = [split_indices(len(ds.y_train), s, self.cfg.val_split) for s in seeds]
-        vals = [_pad_batches(v, self.eval_batch) for _, v in splits]
-        test_idx, test_mask = _pad_batches(np.arange(len(ds.y_test), dtype=np.int32), self.eval_batch)
-        rep = NamedSharding(self.mesh, P())
-        put = lambda a: jax.device_put(np.asarray(a), rep)  # noqa: E731
-        shared = DeviceData(put(ds.x_train), put(ds.y_train), put(ds.x_test), put(ds.y_test),
-                            put(test_idx), put(test_mask))
-        replicas = ReplicaData(put(np.stack([t for t, _ in splits])),
+        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self.step = make_step(resolved, ds.info, mesh=self.mesh if nd > 1 else None, build=build)
+        self.replicated = NamedSharding(self.mesh, P())
+        eval_batch = math.ceil(cfg.eval_batch_size / nd) * nd
+        put = lambda a: jax.device_put(np.asarray(a), self.replicated)  # noqa: E731
+        splits = [split_indices(len(ds.y_train), s, cfg.val_split) for s in self.seeds]
+        vals = [pad_batches(v, eval_batch) for _, v in splits]
+        test_idx, test_mask = pad_batches(np.arange(len(ds.y_test), dtype=np.int32), eval_batch)
+        self.data = DeviceData(put(ds.x_train), put(ds.y_train), put(ds.x_test), put(ds.y_test),
+                               put(test_idx), put(test_mask))
+        self.rep = ReplicaData(put(np.stack([t for t, _ in splits])),
                                put(np.stack([v for v, _ in vals])), put(np.stack([m for _, m in vals])))
-        return shared, replicas
+        self._init = jax.jit(jax.vmap(partial(init_state, self.step)))
+        self._epoch = jax.jit(jax.vmap(partial(epoch_step, self.step), in_axes=(0, None, 0, 0)),
+                              donate_argnums=(0,))
 
-    # ------------------------------------------------------------ the model
-    def _shard_batch(self, x):
-        if len(self.devices) == 1:
-            return x
-        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P("data")))
+    def init(self) -> TrainState:
+        keys_R = jnp.stack([stream_keys(s)["params"] for s in self.seeds])
+        return jax.device_put(self._init(keys_R), self.replicated)
 
-    def prepare(self, x_u8_BxHxWxC, key: Optional[jax.Array]) -> jax.Array:
-        """uint8 images -> normalised, flattened (C, H, W order, as torch) compute-dtype rows."""
-        x = self._shard_batch(x_u8_BxHxWxC).astype(jnp.float32) / 255.0
-        if key is not None and self.aug is not None:
-            x = augment(x, key, self.aug)
-        x = (x - self.mean) / self.std
-        b = x.shape[0]
-        return jnp.transpose(x, (0, 3, 1, 2)).reshape(b, -1).astype(self.dtype)
-
-    def loss_fn(self, params, stats, x_BxD, y_B, key):
-        model = nnx.merge(self.graphdef, params, stats, copy=True)
-        logits, aux = model(x_BxD, train=True, key=key)
-        logits = logits.astype(jnp.float32)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y_B).mean()
-        cfg, zero = self.cfg, jnp.zeros((), jnp.float32)
-        div_e = div_a = zero
-        if cfg.model_type == "collective":
-            if cfg.use_expert_diversity and aux["experts"].shape[0] >= 2:
-                div_e = cfg.diversity_lambda * diversity(aux["experts"], cfg.diversity_temperature)
-            if cfg.use_analyst_diversity and aux["analysts"].shape[0] >= 2:
-                div_a = cfg.diversity_lambda * diversity(aux["analysts"], cfg.diversity_temperature)
-        loss = ce + div_e + div_a
-        metrics = {"loss": loss, "loss_prediction": ce, "loss_diversity_expert": div_e,
-                   "loss_diversity_analyst": div_a,
-                   **{n: jnp.sum(c).astype(jnp.float32)
-                      for n, c in self.correct(logits, y_B).items()}}
-        return loss, (nnx.state(model, nnx.BatchStat), metrics)
-
-    def correct(self, logits_BxC, y_B) -> dict[str, jax.Array]:
-        """Per example: top-1 correct (`correct`) and, for each extra k, in the top k
-        (`correct_topK`: fewer than k classes score strictly higher than the label)."""
-        out = {"correct": jnp.argmax(logits_BxC, -1) == y_B}
-        if self.topk:
-            true = jnp.take_along_axis(logits_BxC, y_B[:, None], axis=-1)
-            rank = jnp.sum(logits_BxC > true, axis=-1)
-            out.update({f"correct_top{k}": rank < k for k in self.topk})
-        return out
-
-    # ------------------------------------------------------------- training
-    def _update(self, state: TrainState, idx_KxB, keys, data: DeviceData):
-        """One optimizer update from k micro-batches (gradients averaged)."""
-        k = idx_KxB.shape[0]
-        grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
-
-        def micro(carry, i):
-            stats, g_acc, m_acc = carry
-            idx = idx_KxB[i]
-            k_aug = jax.random.fold_in(keys["augment"], i)
-            k_drop = jax.random.fold_in(keys["dropout"], i)
-            x = self.prepare(data.x_train[idx], k_aug if self.aug else None)
-            (_, (stats, m)), g = grad_fn(state.params, stats, x, data.y_train[idx], k_drop)
-            g_acc = jax.tree.map(lambda a, b: a + b / k, g_acc, g)
-            return (stats, g_acc, jax.tree.map(jnp.add, m_acc, m)), None
-
-        zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-        zeros_m = {n: jnp.zeros((), jnp.float32) for n in
-                   ("loss", "loss_prediction", "loss_diversity_expert", "loss_diversity_analyst",
-                    "correct", *(f"correct_top{k}" for k in self.topk))}
-        carry = (state.stats, zeros_g, zeros_m)
-        if k == 1:
-            (stats, grads, m), _ = micro(carry, 0)
-        else:
-            (stats, grads, m), _ = jax.lax.scan(micro, carry, jnp.arange(k))
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, stats, opt_state), m
-
-    def scan_updates(self, state: TrainState, idx_UxKxB, keys, data: DeviceData):
-        """U optimizer updates over the batches idx_UxKxB as one lax.scan (no Python per
-        update); per-update keys are folded from this epoch's dropout and augment keys."""
-        def body(state, inp):
-            idx_KxB, u = inp
-            step_keys = {n: jax.random.fold_in(keys[n], u) for n in ("dropout", "augment")}
-            return self._update(state, idx_KxB, step_keys, data)
-
-        return jax.lax.scan(body, state, (idx_UxKxB, jnp.arange(idx_UxKxB.shape[0])))
-
-    def _train_one(self, state, data: DeviceData, train_idx_N, keys):
-        cfg = self.cfg
-        b, k = cfg.batch_size, cfg.gradient_accumulation_steps
-        n = train_idx_N.shape[0]
-        updates = n // (b * k)
-        if updates < 1:
-            raise ConfigError(f"{n} training examples are fewer than one update of "
-                              f"batch_size * gradient_accumulation_steps = {b * k}")
-        perm = jax.random.permutation(keys["shuffle"], train_idx_N)
-        idx_UxKxB = perm[: updates * k * b].reshape(updates, k, b)
-        state, m_U = self.scan_updates(state, idx_UxKxB, keys, data)
-        examples = updates * k * b
-        m = {name: v.sum() / (updates * k) for name, v in m_U.items()
-             if not name.startswith("correct")}
-        for name, v in m_U.items():
-            if name.startswith("correct"):
-                m[name.replace("correct", "accuracy")] = 100.0 * v.sum() / examples
-        return state, m
-
-    def _evaluate_one(self, params, stats, x_all, y_all, idx_MxE, mask_MxE):
-        model = nnx.merge(self.graphdef, params, stats, copy=True)
-
-        def body(acc, inp):
-            idx, mask = inp
-            logits, _ = model(self.prepare(x_all[idx], None), train=False)
-            logits = logits.astype(jnp.float32)
-            y = y_all[idx]
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            sums = {"loss": jnp.sum(jnp.where(mask, ce, 0.0))}
-            sums.update({n.replace("correct", "accuracy"): jnp.sum(c & mask).astype(jnp.float32)
-                         for n, c in self.correct(logits, y).items()})
-            return jax.tree.map(jnp.add, acc, sums), None
-
-        names = ("loss", "accuracy", *(f"accuracy_top{k}" for k in self.topk))
-        sums, _ = jax.lax.scan(body, {n: jnp.zeros(()) for n in names}, (idx_MxE, mask_MxE))
-        count = jnp.maximum(mask_MxE.sum(), 1)
-        return {n: (v if n == "loss" else 100.0 * v) / count for n, v in sums.items()}
-
-    def _epoch_one(self, state, data: DeviceData, rep: ReplicaData, keys):
-        state, m = self._train_one(state, data, rep.train_idx_KxN, keys)
-        out = {f"train/{n}": v for n, v in m.items()}
-        val = self._evaluate_one(state.params, state.stats, data.x_train, data.y_train,
-                                 rep.val_idx_KxMxE, rep.val_mask_KxMxE)
-        test = self._evaluate_one(state.params, state.stats, data.x_test, data.y_test,
-                                  data.test_idx_MxE, data.test_mask_MxE)
-        out.update({f"val/{n}": v for n, v in val.items()})
-        out.update({f"test/{n}": v for n, v in test.items()})
-        return state, out
-
-    @staticmethod
-    def epoch_keys(seeds: list[int], epoch: int) -> dict[str, jax.Array]:
-        """Per replica, this epoch's shuffle, dropout and augment keys (leading axis K)."""
-        per = [stream_keys(s) for s in seeds]
+    def epoch_keys(self, epoch: int) -> dict[str, jax.Array]:
+        """Per replica, this epoch's shuffle, dropout and augment keys (leading axis R)."""
+        per = [stream_keys(s) for s in self.seeds]
         return {n: jnp.stack([jax.random.fold_in(p[n], epoch) for p in per])
-                for n in ("shuffle", "dropout", "augment")}
+                for n in ("shuffle", *STEP_STREAMS)}
 
-    def epoch(self, state: TrainState, data: DeviceData, rep: ReplicaData,
-              keys: dict[str, jax.Array]) -> tuple[TrainState, dict]:
-        """Train one epoch and evaluate val and test, for all replicas at once."""
-        return self._epoch(state, data, rep, keys)
+    def epoch(self, state: TrainState, epoch: int) -> tuple[TrainState, dict]:
+        """Train epoch `epoch` and evaluate val and test, for all replicas at once."""
+        return self._epoch(state, self.data, self.rep, self.epoch_keys(epoch))
+
+    def steps_fn(self):
+        """A compiled function (state, idx_UxAxB, keys) -> (state, metrics_U) that runs U
+        updates of every replica on fixed batches, as an epoch runs them (benchmarks)."""
+        def run(state, idx_UxAxB, keys):
+            return scan_steps(self.step, state, idx_UxAxB, keys, self.data)
+        return jax.jit(jax.vmap(run, in_axes=(0, None, 0)), donate_argnums=(0,))

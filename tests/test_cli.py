@@ -47,7 +47,7 @@ def test_help_lists_every_key_with_its_default(capsys):
     (["--model_type=mlp"], "model_type"),
     (["--n_total=1"], "n_total"),
     (["--learning_rate=fast"], "learning_rate"),
-    (["--no_such_key=1"], "--no_such_key"),
+    (["--no_such_key=1"], "unknown config key 'no_such_key'"),
     (["--config=huge"], "config"),
     (["positional"], "unexpected argument"),
 ])
@@ -84,3 +84,13 @@ def test_divergence_exits_nonzero_and_is_recorded(tmp_path):
     assert p.returncode == 3 and "diverged" in p.stderr
     rec = json.loads(results.read_text().strip())
     assert rec["diverged"] is True and rec["status"] == "diverged"
+
+
+def test_entry_points_import_no_jax():
+    """The report runs where JAX is not installed, and run.py installs its signal
+    handlers and checks its flags before JAX (a second or more) is imported."""
+    code = ("import sys, jaxcollective, jaxcollective.report, jaxcollective.main, "
+            "jaxcollective.metrics; assert 'jax' not in sys.modules, 'jax imported'")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr

@@ -89,7 +89,7 @@ def test_second_run_reads_the_compilation_cache(tmp_path):
            "--target_params=200000", f"--results={tmp_path / 'r.jsonl'}"]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     entries = sorted(p.name for p in (tmp_path / "xla").iterdir())
-    assert any("epoch_one" in e for e in entries), entries
+    assert entries  # the compiled programs were written
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == entries  # hit, not rewritten
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]

@@ -11,7 +11,8 @@ from presets import debug_config
 from jaxcollective.data import load_digits
 from jaxcollective.experiment import train_and_evaluate
 from jaxcollective.sizing import resolve
-from jaxcollective.train import DeviceData, Engine, diversity, stream_keys
+from jaxcollective.train import (DeviceData, diversity_penalty, init_state, loss_fn, make_step,
+                                 prepare, stream_keys, train_step)
 from jaxcollective.writers import Writer
 from spec_metrics import EPOCH_KEYS, FINAL_KEYS
 
@@ -35,13 +36,13 @@ def fixed_batch(n=32):
     return jnp.asarray(ds.x_train[:n]), jnp.asarray(ds.y_train[:n])
 
 
-def one_step(engine, x, y, seed=0):
+def one_step(step, x, y, seed=0):
     """Loss before and after one update on a fixed batch (single replica)."""
-    state = jax.tree.map(lambda a: a[0], engine.init([seed]))
+    state = init_state(step, stream_keys(seed)["params"])
     data = DeviceData(x, y, x, y, None, None)
     keys = {n: stream_keys(seed)[n] for n in ("dropout", "augment")}
     idx = jnp.arange(len(y))[None]
-    update = jax.jit(engine._update)
+    update = jax.jit(lambda s, i, k, d: train_step(step, s, i, k, d))
     state, m0 = update(state, idx, keys, data)
     _, m1 = update(state, idx, keys, data)
     return float(m0["loss"]), float(m1["loss"])
@@ -50,7 +51,7 @@ def one_step(engine, x, y, seed=0):
 def test_loss_after_one_step_is_pinned():
     cfg = debug_config({"dataset": "digits", "batch_size": 32})
     x, y = fixed_batch()
-    before, after = one_step(Engine(resolve(cfg), cfg.dataset_info), x, y)
+    before, after = one_step(make_step(resolve(cfg), cfg.dataset_info), x, y)
     # Pinned from this implementation; a change here is a change of the experiment.
     assert before == pytest.approx(4.14891, rel=1e-4)
     assert after == pytest.approx(2.80487, rel=1e-4)
@@ -61,10 +62,10 @@ def test_diversity_loss_enters_the_objective():
     x, y = fixed_batch()
     base = debug_config({"dataset": "digits", "batch_size": 32})
     div = base.replace(use_expert_diversity=True, use_analyst_diversity=True, diversity_lambda=0.5)
-    eng = Engine(resolve(div), div.dataset_info)
-    state = jax.tree.map(lambda a: a[0], eng.init([0]))
-    xb = eng.prepare(x, None)
-    _, (_, m) = eng.loss_fn(state.params, state.stats, xb, y, jax.random.key(0))
+    step = make_step(resolve(div), div.dataset_info)
+    state = init_state(step, stream_keys(0)["params"])
+    xb = prepare(step, x, None)
+    _, (_, m) = loss_fn(step, state.params, state.stats, xb, y, jax.random.key(0))
     assert float(m["loss_diversity_expert"]) > 0 and float(m["loss_diversity_analyst"]) > 0
     assert float(m["loss"]) == pytest.approx(float(m["loss_prediction"] + m["loss_diversity_expert"]
                                                    + m["loss_diversity_analyst"]), rel=1e-6)
@@ -74,8 +75,8 @@ def test_diversity_definition():
     a = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     h = jnp.stack([a, a, jnp.zeros_like(a), -a])  # 4 members, batch 2
     # pairs: (0,1)=1, (0,2)=0, (0,3)=1 (abs of -1), (1,2)=0, (1,3)=1, (2,3)=0 -> mean 0.5
-    assert float(diversity(h, 1.0)) == pytest.approx(0.5)
-    assert float(diversity(h, 2.0)) == pytest.approx(0.25)
+    assert float(diversity_penalty(h, 1.0)) == pytest.approx(0.5)
+    assert float(diversity_penalty(h, 2.0)) == pytest.approx(0.25)
 
 
 class Linear2(nnx.Module):
@@ -98,11 +99,12 @@ def test_accumulated_steps_equal_one_big_step(optimizer):
         cfg = debug_config({"model_type": "shallow", "dataset": "digits", "batch_size": bs,
                                 "gradient_accumulation_steps": k, "optimizer": optimizer,
                                 "weight_decay": 1e-3, "target_params": 200_000})
-        eng = Engine(resolve(cfg), cfg.dataset_info, build=Linear2)
-        state = jax.tree.map(lambda a: a[0], eng.init([0]))
+        step = make_step(resolve(cfg), cfg.dataset_info, build=Linear2)
+        state = init_state(step, stream_keys(0)["params"])
         data = DeviceData(x, y, x, y, None, None)
         keys = {n: jax.random.key(1) for n in ("dropout", "augment")}
-        state, m = jax.jit(eng._update)(state, jnp.arange(64).reshape(k, bs), keys, data)
+        update = jax.jit(lambda s, i, k, d: train_step(step, s, i, k, d))
+        state, m = update(state, jnp.arange(64).reshape(k, bs), keys, data)
         results.append((state.params, float(m["loss"]) / k))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  results[0][0], results[1][0])
