@@ -16,12 +16,13 @@ EPOCHS=${EPOCHS:-200}
 STEPS=${STEPS:-200}
 BENCH_EPOCHS=${BENCH_EPOCHS:-3}
 SEEDS=${SEEDS:-8}
+SHAPE=${SHAPE:-fashion_mnist}   # the synthetic data's shape (digits: a quick check of the script)
 TIMING="--batch_size=256 --gradient_accumulation_steps=1 --weight_decay=0"
 mkdir -p "$OUT"
 J="$OUT/bench.jsonl"
 : > "$J"
 bench() {
-  python -m jaxcollective.bench --config="$CONFIG" $TIMING --steps="$STEPS" --epochs="$BENCH_EPOCHS" "$@" | tail -n 1 >> "$J"
+  python -m jaxcollective.bench --config="$CONFIG" --dataset="$SHAPE" $TIMING --steps="$STEPS" --epochs="$BENCH_EPOCHS" "$@" | tail -n 1 >> "$J"
 }
 bench --model_type=collective --use_augmentation=true
 bench --model_type=collective --use_augmentation=true --num_seeds="$SEEDS"
@@ -30,11 +31,11 @@ JAX_DEFAULT_MATMUL_PRECISION=highest bench --model_type=collective --use_augment
 bench --model_type=shallow --use_augmentation=false
 bench --model_type=deep_resnet --use_augmentation=false
 
-python - "$J" "$OUT" "$CONFIG" "$EPOCHS" $TIMING <<'EOF'
+python - "$J" "$OUT" "$CONFIG" "$EPOCHS" "$SHAPE" $TIMING <<'EOF'
 import json, os, subprocess, sys, time
-out_file, out_dir, config, epochs, *timing = sys.argv[1:]
+out_file, out_dir, config, epochs, shape, *timing = sys.argv[1:]
 cmd = [sys.executable, "run.py", "--model_type=collective", f"--config={config}", *timing,
-       "--dataset=synthetic", "--synthetic_like=fashion_mnist", "--use_augmentation=true",
+       "--dataset=synthetic", f"--synthetic_like={shape}", "--use_augmentation=true",
        f"--epochs={epochs}", "--progress=false", f"--results={out_dir}/trial.jsonl"]
 env = dict(os.environ, JAXCOLLECTIVE_CACHE_DIR="", WANDB_MODE="disabled")
 t = time.perf_counter()

@@ -33,7 +33,8 @@ def run_info(resolved, ds, unused: dict[str, str]) -> dict[str, Any]:
 def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str, str]] = None,
                        stop: Optional[StopFlag] = None, dataset=None, resolved=None,
                        checkpointer=None, resume_meta: Optional[dict] = None,
-                       wandb_id: Optional[str] = None) -> dict[str, Any]:
+                       wandb_id: Optional[str] = None,
+                       extra_info: Optional[dict] = None) -> dict[str, Any]:
     """Train `cfg` (cfg.num_seeds replicas at once) and report through `writer`.
     `dataset` and `resolved` are the already loaded data and sized architecture (else
     made from cfg). With a `checkpointer` the run saves as it goes and, given the
@@ -59,6 +60,7 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
     resumed_from = len(history)
     info = run_info(resolved, ds, unused or {})
     info["resumed_from_epoch"] = resumed_from
+    info.update(extra_info or {})
     writer.start(info)
 
     status = "finished"
@@ -79,7 +81,7 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
     try:
         for epoch in range(resumed_from + 1, cfg.epochs + 1):
             if stop is not None and stop.requested:
-                status = "stopped"
+                status = stop.status  # "stopped" (a signal) or "pruned" (a local sweep)
                 break
             te = time.perf_counter()
             state, m = trainer.epoch(state, epoch)
@@ -108,14 +110,15 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
 
 def close_checkpoints(checkpointer, status: str, state, history, wandb_id, keep: bool) -> None:
     """A stopped run saves where it is; a finished one removes its folder (or keeps its
-    final state); a diverged one keeps its last finite checkpoint and says where."""
+    final state), as does a run a local sweep pruned (it will not be continued); a
+    diverged one keeps its last finite checkpoint and says where."""
     import sys
 
     last = len(history)
     if status == "stopped" and last:
         checkpointer.save(last, state, history, wandb_id, wait=True)
         checkpointer.close()
-    elif status == "finished":
+    elif status in ("finished", "pruned"):
         if keep and last:
             checkpointer.save(last, state, history, wandb_id, wait=True)
         checkpointer.finish(keep=keep)

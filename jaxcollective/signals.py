@@ -21,6 +21,7 @@ class StopFlag:
 
     def __init__(self):
         self.signal: Optional[int] = None
+        self.status = "stopped"  # what a run stopped by this flag is recorded as
         self.on_force: Optional[Callable[[], None]] = None
         self._old: dict = {}
 

@@ -52,16 +52,33 @@ def stream_keys(seed: int) -> dict[str, jax.Array]:
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """SPEC section 5's optimizers (a zero weight decay adds no pass over the parameters)."""
-    lr, wd = cfg.learning_rate, cfg.weight_decay
-    decay = [optax.add_decayed_weights(wd)] if wd else []
-    if cfg.optimizer == "adam":  # torch.optim.Adam: weight decay is L2 added to the gradient
-        tx = optax.chain(*decay, optax.scale_by_adam(), optax.scale_by_learning_rate(lr))
-    elif cfg.optimizer == "adamw":  # decoupled, as torch.optim.AdamW
-        tx = optax.adamw(lr, weight_decay=wd)
-    else:  # torch.optim.SGD(momentum=0.9): L2 in the gradient, then momentum
-        tx = optax.chain(*decay, optax.sgd(lr, momentum=0.9))
-    return tx
+    """SPEC section 5's optimizers. The learning rate and weight decay live in the
+    optimizer state (optax.inject_hyperparams), not in the compiled program, so trials
+    of a sweep that differ only in them share one compiled epoch."""
+    has_decay = cfg.weight_decay > 0  # a zero weight decay adds no pass over the parameters
+
+    def make(learning_rate, weight_decay):
+        decay = [optax.add_decayed_weights(weight_decay)] if has_decay else []
+        if cfg.optimizer == "adam":  # torch.optim.Adam: weight decay is L2 in the gradient
+            return optax.chain(*decay, optax.scale_by_adam(), optax.scale_by_learning_rate(learning_rate))
+        if cfg.optimizer == "adamw":  # decoupled, as torch.optim.AdamW
+            return optax.adamw(learning_rate, weight_decay=weight_decay)
+        # torch.optim.SGD(momentum=0.9): L2 in the gradient, then momentum
+        return optax.chain(*decay, optax.sgd(learning_rate, momentum=0.9))
+
+    return optax.inject_hyperparams(make)(learning_rate=cfg.learning_rate,
+                                          weight_decay=cfg.weight_decay)
+
+
+# Config keys that do not enter the compiled epoch (data, seeds and hyperparameters
+# that reach it as arguments or optimizer state, and everything outside training).
+NOT_IN_PROGRAM = frozenset({
+    "learning_rate", "weight_decay", "epochs", "seed", "val_split", "target_params",
+    "results", "progress", "wandb_project", "wandb_entity", "wandb_name", "checkpoint_dir",
+    "checkpoint_every", "resume", "keep_checkpoint", "data_dir", "manual_dir", "device",
+    "num_workers", "use_gpu", "use_torch_compile", "log_interval", "training_strategy",
+    "input_dim", "num_classes"})
+_PROGRAMS: dict[tuple, tuple] = {}  # program key -> (step, init, epoch): reused across runs
 
 
 class TrainState(NamedTuple):
@@ -304,8 +321,8 @@ class Trainer:
             raise ConfigError(f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
                               f"{nd} devices it is split across")
         self.mesh = Mesh(np.array(self.devices), ("data",))
-        self.step = make_step(resolved, ds.info, mesh=self.mesh if nd > 1 else None, build=build)
         self.replicated = NamedSharding(self.mesh, P())
+        self.step, self._init, self._epoch = self._program(resolved, ds.info, build)
         eval_batch = math.ceil(cfg.eval_batch_size / nd) * nd
         put = lambda a: jax.device_put(np.asarray(a), self.replicated)  # noqa: E731
         splits = [split_indices(len(ds.y_train), s, cfg.val_split) for s in self.seeds]
@@ -315,13 +332,38 @@ class Trainer:
                                put(test_idx), put(test_mask))
         self.rep = ReplicaData(put(np.stack([t for t, _ in splits])),
                                put(np.stack([v for v, _ in vals])), put(np.stack([m for _, m in vals])))
-        self._init = jax.jit(jax.vmap(partial(init_state, self.step)))
-        self._epoch = jax.jit(jax.vmap(partial(epoch_step, self.step), in_axes=(0, None, 0, 0)),
-                              donate_argnums=(0,))
+
+    def _program(self, resolved: Resolved, info: DatasetInfo, build):
+        """(step, init, epoch) compiled for this program; a later run (a sweep's next
+        trial) whose program is the same reuses them: no tracing, no compiling."""
+        import json
+
+        cfg = resolved.cfg
+        key = None
+        if build is None:
+            shape = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_PROGRAM}
+            key = (json.dumps(shape, sort_keys=True, default=str), resolved.hidden_dims,
+                   cfg.weight_decay > 0, tuple(map(str, self.devices)))
+            if key in _PROGRAMS:
+                return _PROGRAMS[key]
+        nd = len(self.devices)
+        step = make_step(resolved, info, mesh=self.mesh if nd > 1 else None, build=build)
+        program = (step, jax.jit(jax.vmap(partial(init_state, step))),
+                   jax.jit(jax.vmap(partial(epoch_step, step), in_axes=(0, None, 0, 0)),
+                           donate_argnums=(0,)))
+        if key is not None:
+            _PROGRAMS[key] = program
+        return program
 
     def init(self) -> TrainState:
         keys_R = jnp.stack([stream_keys(s)["params"] for s in self.seeds])
-        return jax.device_put(self._init(keys_R), self.replicated)
+        state = self._init(keys_R)
+        # this run's hyperparameters (a reused program's step was made for another run)
+        r = len(self.seeds)
+        hp = {k: jnp.full((r,), getattr(self.cfg, k), jnp.float32)
+              for k in state.opt_state.hyperparams}
+        state = state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
+        return jax.device_put(state, self.replicated)
 
     def epoch_keys(self, epoch: int) -> dict[str, jax.Array]:
         """Per replica, this epoch's shuffle, dropout and augment keys (leading axis R)."""

@@ -60,7 +60,8 @@ def _server_reachable(timeout: float = 3.0) -> bool:
     return reachable(url.hostname or "api.wandb.ai", port, timeout)
 
 
-def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] = None):
+def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] = None,
+          group: Optional[str] = None, name: Optional[str] = None):
     """wandb.init, then the sweep's values (if any) merged over the command line's.
     Online, a server that does not answer within INIT_TIMEOUT_S seconds (or refuses)
     makes the run log offline instead, saying so in one line."""
@@ -74,6 +75,8 @@ def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] 
     kw = dict(project=str(project), entity=entity, reinit="finish_previous")
     if resume_id:
         kw.update(id=resume_id, resume="allow")
+    if group:
+        kw.update(group=group, name=name)
     if mode == "online" and not _server_reachable():
         url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
         print(f"wandb: {url} cannot be reached; logging offline to ./wandb instead, upload "

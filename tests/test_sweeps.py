@@ -140,7 +140,8 @@ def test_sweep_yaml_passes_wandbs_schema(path):
     metric = ("param_efficiency/test_accuracy_per_log10_params"  # the original's, kept
               if path.name == "original_phase1.yaml" else "final/test_accuracy")
     assert cfg["program"] == "run.py" and cfg["metric"]["name"] == metric
-    assert cfg["early_terminate"]["type"] == "hyperband"
+    if path.name != "local_digits.yaml":  # the local-runner benchmark compares equal work
+        assert cfg["early_terminate"]["type"] == "hyperband"
 
 
 def _choices(spec):
