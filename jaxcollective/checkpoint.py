@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .cli import describe_error
 from .config import Config, ConfigError
 
 # Keys that do not change what the run computes, epoch by epoch.
@@ -113,8 +114,7 @@ class Checkpointer:
                 raise ValueError("shapes differ")
             return got, _from_json(meta["history"])
         except Exception as err:  # noqa: BLE001
-            warn(f"checkpoint in {self.dir} does not fit this run ({type(err).__name__}: "
-                 f"{str(err).splitlines()[0][:120] if str(err) else ''}); starting fresh")
+            warn(f"checkpoint in {self.dir} does not fit this run ({describe_error(err)}); starting fresh")
             return None
 
     def due(self, epoch: int) -> bool:
@@ -136,21 +136,16 @@ class Checkpointer:
                 self.manager.wait_until_finished()
             self.last_save = time.perf_counter()
         except Exception as err:  # noqa: BLE001 - a full disk must not end the run
-            warn(f"could not save a checkpoint to {self.dir} ({type(err).__name__}: "
-                 f"{str(err).splitlines()[0][:120] if str(err) else ''}); training goes on")
+            warn(f"could not save a checkpoint to {self.dir} ({describe_error(err)}); training goes on")
 
     def finish(self, keep: bool) -> None:
         """Wait for saves in flight; remove the folder unless asked to keep it."""
-        try:
-            if self._manager is not None:
-                self._manager.wait_until_finished()
-                self._manager.close()
-        except Exception as err:  # noqa: BLE001
-            warn(f"checkpoint save did not complete ({type(err).__name__})")
+        self.close()
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def close(self) -> None:
+        """Wait for saves in flight, then release the manager."""
         try:
             if self._manager is not None:
                 self._manager.wait_until_finished()

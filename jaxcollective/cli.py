@@ -97,6 +97,12 @@ def help_text(prog: str, summary: str, extra: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def describe_error(err: BaseException, width: int = 160) -> str:
+    """An exception in one short line: its type and its message's first line."""
+    first = (str(err).strip().splitlines() or [""])[0][:width]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 def guarded(main: Callable[[], int]) -> int:
     """Run `main`; a bad input becomes one line on stderr and exit status 2."""
     try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .cli import bool_option, guarded
+from .cli import bool_option, describe_error, guarded
 from .config import BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, ConfigError
 from .metrics import efficiency_metrics
 
@@ -130,8 +130,7 @@ def load_wandb(path: str) -> list[Run]:
         source = api.sweep("/".join(parts)).runs if len(parts) == 3 else api.runs("/".join(parts))
         runs = [run for run in map(wandb_to_run, source) if run is not None]
     except Exception as err:  # noqa: BLE001 - wandb raises many kinds (auth, network, 404)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ConfigError(f"cannot read {path!r} from W&B ({type(err).__name__}: {first}); "
+        raise ConfigError(f"cannot read {path!r} from W&B ({describe_error(err, 200)}); "
                           "check `wandb login`, the network and the path, or use --results") from None
     return runs
 

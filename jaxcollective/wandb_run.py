@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, Optional
 
+from .cli import describe_error
 from .config import FIELDS
 
 
@@ -88,8 +89,7 @@ def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] 
     except Exception as err:  # noqa: BLE001 - CommError, UsageError, timeouts, auth
         if mode != "online":
             raise
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        print(f"wandb: the W&B server did not answer in time ({first}); "
+        print(f"wandb: the W&B server did not answer in time ({describe_error(err)}); "
               "logging offline to ./wandb instead, upload later with `wandb sync`",
               file=sys.stderr, flush=True)
         run = wandb.init(mode="offline", **kw)
