@@ -23,6 +23,6 @@ def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> dict[str, str]
 
 
 def describe(config: dict[str, Any], preset: Optional[str] = None) -> dict[str, Any]:
-    """Resolve `config` (SPEC's key names; strings accepted as from the command line)."""
+    """Resolve `config` (the config's key names; strings accepted as from the command line)."""
     cfg = Config.from_dict(config, preset)
     return {**describe_resolved(resolve(cfg)), "unused_keys": unused_keys(cfg, set(config))}

@@ -1,4 +1,4 @@
-"""Augmentation on the accelerator (SPEC section 5): one batched affine warp per batch.
+"""Augmentation on the accelerator (docs/design.md, "Data"): one batched affine warp per batch.
 
 Every image gets its own random rotation, scale, translation and flip; the warp maps
 each output pixel back to the input (about the image centre) and samples bilinearly,

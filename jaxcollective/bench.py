@@ -17,12 +17,13 @@ are installed. Progress goes to stderr; the last stdout line is one JSON object:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 import sys
 import time
 
-from .cli import bool_option, guarded, help_text, int_option, parse_argv
+from .cli import bool_option, console_script, guarded, help_text, int_option, parse_argv
 from .config import Config, ConfigError
 
 EXTRA = {
@@ -175,7 +176,6 @@ def main(argv: list[str]) -> int:
         epochs = int_option(opts, "epochs", 1, minimum=0)
         torch_ref = bool_option(opts, "torch")
         if torch_ref:
-            import importlib.util
             if importlib.util.find_spec("torch") is None:
                 raise ConfigError("--torch=true times the PyTorch reference and needs PyTorch: "
                                   "`pip install torch --index-url https://download.pytorch.org/whl/cpu`"
@@ -184,6 +184,8 @@ def main(argv: list[str]) -> int:
         return 0
     return guarded(_main)
 
+
+console = console_script(main)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -12,9 +12,12 @@ metric history the final metrics and the W&B run need, and the W&B run id.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -22,25 +25,85 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .cli import describe_error
 from .config import Config, ConfigError
+from .util import describe_error, warn
 
-# Keys that do not change what the run computes, epoch by epoch.
-NOT_TRAJECTORY = frozenset({
-    "epochs", "results", "progress", "wandb_project", "wandb_entity", "wandb_name",
-    "checkpoint_dir", "checkpoint_every", "resume", "keep_checkpoint", "eval_batch_size",
-    "data_dir", "manual_dir", "device", "num_workers", "log_interval", "use_torch_compile",
-    "training_strategy", "use_gpu", "input_dim", "num_classes"})
 SAVE_INTERVAL_S = 60.0  # the default policy: save after an epoch 60 s past the last save
 
 
 def fingerprint(cfg: Config) -> str:
-    keep = {k: v for k, v in cfg.to_dict().items() if k not in NOT_TRAJECTORY}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    """A digest of what the run computes epoch by epoch (`Config.trajectory`: the keys
+    declared PROGRAM or VALUE that this model type reads, less eval_batch_size)."""
+    return hashlib.sha256(json.dumps(cfg.trajectory(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_dir(cfg: Config) -> Path:
-    return Path(cfg.checkpoint_dir).expanduser() / f"{cfg.model_type}-{fingerprint(cfg)}"
+def run_dir(cfg: Config, copy: int = 1) -> Path:
+    """The checkpoint folder of `cfg`; copy k > 1 is the folder of the k-th identical run
+    alive at the same time (each live run owns its folder)."""
+    name = f"{cfg.model_type}-{fingerprint(cfg)}" + (f"-{copy}" if copy > 1 else "")
+    return Path(cfg.checkpoint_dir).expanduser() / name
+
+
+class FolderLock:
+    """One live owner per checkpoint folder: an exclusive flock on `<folder>.lock`, which
+    the kernel releases when the process ends however it ends (kill -9 included). The
+    owner's host and pid are written into the file too, for file systems whose locks
+    are unreliable: a record of a live process on this host counts as held."""
+
+    def __init__(self, folder: Path):
+        self.path = folder.with_name(folder.name + ".lock")
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            try:  # the file we locked is still the one at the path (not removed meanwhile)
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        if _live_owner(os.pread(fd, 256, 0).decode(errors="replace")):
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return True
+
+    def release(self, remove: bool = False) -> None:
+        if self.fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        else:
+            os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # closing releases the flock
+        self.fd = None
+
+
+def _live_owner(record: str) -> bool:
+    """`host pid` of a process that is alive on this host (and is not this process)."""
+    try:
+        host, pid = record.split()
+        pid = int(pid)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_writable(cfg: Config) -> None:
@@ -68,13 +131,16 @@ class Checkpointer:
     """Saves (async) and restores one run's state; every failure to write is a warning
     and training goes on."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, folder: Optional[Path] = None,
+                 lock: Optional[FolderLock] = None):
         import orbax.checkpoint as ocp
 
         self.ocp, self.cfg = ocp, cfg
-        self.dir = run_dir(cfg).resolve()
+        self.dir = (folder or run_dir(cfg)).resolve()
+        self.lock = lock
         self.every = cfg.checkpoint_every
         self.last_save = time.perf_counter()
+        self.saved_epoch: Optional[int] = None  # the epoch of the checkpoint on disk
         self._manager = None
 
     @property
@@ -108,10 +174,12 @@ class Checkpointer:
         try:
             got = self.manager.restore(meta["step"], args=self.ocp.args.Composite(
                 state=self.ocp.args.StandardRestore(target)))["state"]
-            import jax
+            import jax  # here, not at the top: run.py checks its config before JAX starts
+
             if jax.tree.structure(got) != jax.tree.structure(target) or any(
                     a.shape != b.shape for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(target))):
                 raise ValueError("shapes differ")
+            self.saved_epoch = meta["step"]
             return got, _from_json(meta["history"])
         except Exception as err:  # noqa: BLE001
             warn(f"checkpoint in {self.dir} does not fit this run ({describe_error(err)}); starting fresh")
@@ -126,6 +194,10 @@ class Checkpointer:
              wait: bool = False) -> None:
         """Save asynchronously (the arrays are copied off first, so training goes on);
         `wait` blocks until it is committed (when the run stops)."""
+        if epoch == self.saved_epoch:  # already on disk (a stop right after a save)
+            if wait:
+                self.close(release=False)
+            return
         meta = {"epoch": epoch, "history": _to_json(history), "wandb_id": wandb_id,
                 "fingerprint": fingerprint(self.cfg), "config": self.cfg.to_dict()}
         try:
@@ -135,24 +207,62 @@ class Checkpointer:
             if wait:
                 self.manager.wait_until_finished()
             self.last_save = time.perf_counter()
+            self.saved_epoch = epoch
         except Exception as err:  # noqa: BLE001 - a full disk must not end the run
             warn(f"could not save a checkpoint to {self.dir} ({describe_error(err)}); training goes on")
 
     def finish(self, keep: bool) -> None:
         """Wait for saves in flight; remove the folder unless asked to keep it."""
-        self.close()
+        self.close(release=False)
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.release(remove=not keep)
 
-    def close(self) -> None:
-        """Wait for saves in flight, then release the manager."""
+    def close(self, release: bool = True) -> None:
+        """Wait for saves in flight, then release the manager (and the folder)."""
         try:
             if self._manager is not None:
                 self._manager.wait_until_finished()
                 self._manager.close()
+                self._manager = None
         except Exception as err:  # noqa: BLE001
             warn(f"checkpoint save did not complete ({type(err).__name__})")
+        if release and self.lock is not None:
+            self.lock.release()
 
 
-def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+MAX_COPIES = 64  # identical runs alive at once, each in its own folder
+
+
+def open_checkpoints(cfg: Config):
+    """The run's checkpointer, holding its folder, and with --resume=auto what its latest
+    checkpoint says (None when there is none); --resume=never removes an existing one.
+    A folder another live run holds is never read or written: this run takes the next
+    free copy (`<folder>-2`, ...) and says so. A checkpoint past cfg.epochs is a
+    ConfigError: resuming it would contradict the record."""
+    for copy in range(1, MAX_COPIES + 1):
+        folder = run_dir(cfg, copy)
+        lock = FolderLock(folder)
+        if lock.acquire():
+            break
+    else:
+        raise ConfigError(f"{MAX_COPIES} live runs of this configuration already hold "
+                          f"{run_dir(cfg)} and its copies; wait for one to end")
+    if copy > 1:
+        print(f"note: another live run of this configuration holds {run_dir(cfg)}; this run "
+              f"checkpoints to {folder}", file=sys.stderr, flush=True)
+    checkpointer = Checkpointer(cfg, folder, lock)
+    if cfg.resume == "never":
+        shutil.rmtree(checkpointer.dir, ignore_errors=True)
+        return checkpointer, None
+    meta = checkpointer.peek()
+    if meta is not None and meta["epoch"] > cfg.epochs:
+        checkpointer.close()
+        raise ConfigError(f"the checkpoint in {checkpointer.dir} has reached epoch "
+                          f"{meta['epoch']}, past --epochs={cfg.epochs}; pass --epochs={meta['epoch']} "
+                          "or more to continue it, or --resume=never to start over")
+    if meta is not None:
+        print(f"resuming from epoch {meta['epoch']} (checkpoint {checkpointer.dir})",
+              file=sys.stderr, flush=True)
+    return checkpointer, meta

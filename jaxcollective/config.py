@@ -1,4 +1,5 @@
-"""One config object: defaults, presets, overrides, SPEC section 1's derivation rules.
+"""One config object: defaults, presets, overrides, the derivation rules (docs/design.md,
+"Derivation rules").
 
 Every key a user (or a wandb sweep) can set is a field of `Config`. Values arrive as
 Python objects (from YAML or wandb.config) or as strings (from the command line,
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
+import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -56,96 +59,170 @@ class ConfigError(ValueError):
     """A config value is invalid; the message is one line meant for the user."""
 
 
-def _key(default, help, group="training", **kw):
-    return field(default=default, metadata={"help": help, "group": group}, **kw)
+class Role(str, enum.Enum):
+    """What a config key does to a run (docs/design.md, "Config keys and their roles").
+    Declared once, on the key's field; every list that must know it derives from it."""
+    PROGRAM = "program"      # shapes the compiled program: another value compiles anew
+    VALUE = "value"          # reaches the compiled program as data (optimizer state, RNG
+    #                          keys, index arrays): trials that differ only in these share
+    #                          one compiled program and may be members of one population
+    LENGTH = "length"        # how long the run is: a longer run extends a shorter one
+    DATA = "data"            # where the data are read from (the data are checked by content)
+    OUTPUT = "output"        # what is written where: results, logging, checkpoints
+    DEVICE = "device"        # where the program runs (not what it computes)
+    CHECK = "check"          # the original's keys that must agree with the dataset, then
+    #                          change nothing
+    NO_EFFECT = "no-effect"  # accepted for the original's configs; changes nothing here
 
 
-def _widths(default, help, group):
-    return field(default=tuple(default), metadata={"help": help, "group": group})
+def _key(default, help, group, role: Role, why: str, *, trajectory: bool = True,
+         program_part=None, setting: bool = False):
+    """A config field and its declaration: `help` for --help, `group` for its section,
+    `role` and `why` (the role's reason; for NO_EFFECT the one word a run records).
+    `trajectory=False`: the metrics do not depend on it although it shapes the program.
+    `program_part(value)`: the part of a VALUE key that shapes the program.
+    `setting=True`: a training setting that runs compared in one report section share."""
+    meta = {"help": help, "group": group, "role": role, "why": why, "trajectory": trajectory,
+            "program_part": program_part, "setting": setting}
+    return field(default=tuple(default) if isinstance(default, list) else default, metadata=meta)
+
+
+P, V = Role.PROGRAM, Role.VALUE
+_ARCH = "an architecture key"
 
 
 @dataclass(frozen=True)
 class Config:
     # --- experiment
-    model_type: str = _key("collective", f"one of {', '.join(MODEL_TYPES)}", "experiment")
-    dataset: str = _key("mnist", f"one of {', '.join(DATASET_NAMES)}", "experiment")
-    synthetic_like: str = _key("fashion_mnist", "shape of the synthetic dataset", "experiment")
+    model_type: str = _key("collective", f"one of {', '.join(MODEL_TYPES)}", "experiment", P,
+                           "selects the model")
+    dataset: str = _key("mnist", f"one of {', '.join(DATASET_NAMES)}", "experiment", P,
+                        "input width, normalisation and augmentation")
+    synthetic_like: str = _key("fashion_mnist", "shape of the synthetic dataset", "experiment", P,
+                               "the synthetic data's shape")
     target_params: Optional[int] = _key(
         None, "baselines: parameter budget (default: size of the collective of this config)",
-        "experiment")
+        "experiment", P, "a baseline's widths are sized from it")
     # --- collective
-    n_total: int = _key(8, "experts + analysts", "collective")
-    expert_ratio: float = _key(0.2, "fraction of n_total that are experts, in (0, 1)", "collective")
-    n_experts: Optional[int] = _key(None, "number of experts (overrides expert_ratio)", "collective")
-    expert_hidden: tuple = _widths([512, 256], "expert hidden widths (2 or more)", "collective")
-    expert_output: int = _key(128, "expert output width", "collective")
-    analyst_hidden: tuple = _widths([256, 128], "analyst hidden widths (2 or more)", "collective")
-    analyst_output: int = _key(64, "analyst output width", "collective")
-    c_expert: float = _key(0.25, "expert encoder compression", "collective")
-    c_collective: float = _key(1.0, "collective input compression", "collective")
-    collective_version: str = _key("simple_mlp", "head: simple_mlp or encoder_head", "collective")
-    collective_hidden_scale: float = _key(1.0, "head hidden width / head input width", "collective")
-    adaptive_collective_min_dim: int = _key(64, "lower bound of the adaptive width", "collective")
-    adaptive_collective_max_dim: int = _key(2048, "upper bound of the adaptive width", "collective")
-    vary_expert_architectures: bool = _key(False, "expert i uses width variant i % 4", "collective")
-    vary_analyst_architectures: bool = _key(False, "analyst i uses width variant i % 4", "collective")
-    use_drop_models: bool = _key(False, "model-level dropout of whole members", "collective")
-    drop_models_expert_rate: float = _key(0.1, "probability an expert is dropped", "collective")
-    drop_models_analyst_rate: float = _key(0.1, "probability an analyst is dropped", "collective")
-    use_expert_diversity: bool = _key(False, "add the expert diversity loss", "collective")
-    use_analyst_diversity: bool = _key(False, "add the analyst diversity loss", "collective")
-    diversity_lambda: float = _key(0.01, "weight of each diversity loss", "collective")
-    diversity_temperature: float = _key(1.0, "divisor of the diversity loss", "collective")
+    n_total: int = _key(8, "experts + analysts", "collective", P, _ARCH)
+    expert_ratio: float = _key(0.2, "fraction of n_total that are experts, in (0, 1)",
+                               "collective", P, _ARCH)
+    n_experts: Optional[int] = _key(None, "number of experts (overrides expert_ratio)",
+                                    "collective", P, _ARCH)
+    expert_hidden: tuple = _key([512, 256], "expert hidden widths (2 or more)", "collective", P, _ARCH)
+    expert_output: int = _key(128, "expert output width", "collective", P, _ARCH)
+    analyst_hidden: tuple = _key([256, 128], "analyst hidden widths (2 or more)", "collective", P,
+                                 _ARCH)
+    analyst_output: int = _key(64, "analyst output width", "collective", P, _ARCH)
+    c_expert: float = _key(0.25, "expert encoder compression", "collective", P, _ARCH)
+    c_collective: float = _key(1.0, "collective input compression", "collective", P, _ARCH)
+    collective_version: str = _key("simple_mlp", "head: simple_mlp or encoder_head", "collective",
+                                   P, _ARCH)
+    collective_hidden_scale: float = _key(1.0, "head hidden width / head input width",
+                                          "collective", P, _ARCH)
+    adaptive_collective_min_dim: int = _key(64, "lower bound of the adaptive width", "collective",
+                                            P, _ARCH)
+    adaptive_collective_max_dim: int = _key(2048, "upper bound of the adaptive width",
+                                            "collective", P, _ARCH)
+    vary_expert_architectures: bool = _key(False, "expert i uses width variant i % 4",
+                                           "collective", P, _ARCH)
+    vary_analyst_architectures: bool = _key(False, "analyst i uses width variant i % 4",
+                                            "collective", P, _ARCH)
+    use_drop_models: bool = _key(False, "model-level dropout of whole members", "collective", P,
+                                 "adds the member-dropout computation")
+    drop_models_expert_rate: float = _key(0.1, "probability an expert is dropped", "collective", P,
+                                          "a constant of the compiled step")
+    drop_models_analyst_rate: float = _key(0.1, "probability an analyst is dropped", "collective",
+                                           P, "a constant of the compiled step")
+    use_expert_diversity: bool = _key(False, "add the expert diversity loss", "collective", P,
+                                      "adds a loss term")
+    use_analyst_diversity: bool = _key(False, "add the analyst diversity loss", "collective", P,
+                                       "adds a loss term")
+    diversity_lambda: float = _key(0.01, "weight of each diversity loss", "collective", P,
+                                   "a constant of the compiled loss")
+    diversity_temperature: float = _key(1.0, "divisor of the diversity loss", "collective", P,
+                                        "a constant of the compiled loss")
     # --- training
-    optimizer: str = _key("adam", "adam (L2 in the gradient), adamw or sgd (momentum 0.9)")
-    learning_rate: float = _key(1e-3, "constant learning rate")
-    weight_decay: float = _key(0.0, "adam: L2 coefficient; adamw: decoupled decay; sgd: L2")
-    batch_size: int = _key(128, "global batch size (split across devices)")
+    optimizer: str = _key("adam", "adam (L2 in the gradient), adamw or sgd (momentum 0.9)",
+                          "training", P, "the update rule")
+    learning_rate: float = _key(1e-3, "constant learning rate", "training", V,
+                                "lives in the optimizer state")
+    weight_decay: float = _key(0.0, "adam: L2 coefficient; adamw: decoupled decay; sgd: L2",
+                               "training", V, "lives in the optimizer state; 0 compiles "
+                               "without the decay pass", program_part=lambda v: v > 0)
+    batch_size: int = _key(128, "global batch size (split across devices)", "training", P,
+                           "the batch's shape")
     eval_batch_size: int = _key(1000, "validation/test batch size (padded and masked: the "
-                                "metrics do not depend on it)")
-    val_split: float = _key(0.1, "fraction of the training split held out for validation, in (0, 1)")
-    gradient_accumulation_steps: int = _key(1, "micro-batches of batch_size per update")
-    epochs: int = _key(20, "training epochs")
-    use_augmentation: bool = _key(False, "on-device augmentation (SPEC section 5)")
-    seed: int = _key(0, "one seed: split, init, shuffling, dropout, augmentation")
-    num_seeds: int = _key(1, "replicas trained together with seeds seed, seed+1, ...")
-    dtype: str = _key("float32", "compute dtype: float32 or bfloat16 (parameters stay float32)")
+                                "metrics do not depend on it)", "training", P,
+                                "the evaluation batches' shape; masked, so no metric changes",
+                                trajectory=False)
+    val_split: float = _key(0.1, "fraction of the training split held out for validation, "
+                            "in (0, 1)", "training", V, "the split's index arrays")
+    gradient_accumulation_steps: int = _key(1, "micro-batches of batch_size per update",
+                                            "training", P, "the update's inner loop",
+                                            setting=True)
+    epochs: int = _key(20, "training epochs", "training", Role.LENGTH,
+                       "a run with more epochs extends one with fewer", setting=True)
+    use_augmentation: bool = _key(False, "on-device augmentation (docs/design.md, Data)",
+                                  "training", P, "adds the augmentation", setting=True)
+    seed: int = _key(0, "one seed: split, init, shuffling, dropout, augmentation", "training", V,
+                     "the RNG keys")
+    num_seeds: int = _key(1, "replicas trained together with seeds seed, seed+1, ...", "training",
+                          P, "the replica axis")
+    dtype: str = _key("float32", "compute dtype: float32 or bfloat16 (parameters stay float32)",
+                      "training", P, "the compute dtype", setting=True)
     use_mixed_precision: Optional[bool] = _key(
         None, "the original's key: true = dtype bfloat16 (float32 parameters; bf16 has float32's "
         "exponent range, so no loss scaling is needed), false = float32; a value given wins "
-        "over a preset's; contradicting an explicit dtype is an error")
+        "over a preset's; contradicting an explicit dtype is an error", "training", P,
+        "sets dtype")
     topk: tuple = _key((1,), "accuracies to log, e.g. (1, 5): top-k for each k > 1 as "
-                       "*/accuracy_topK (top-1 stays */accuracy)")
+                       "*/accuracy_topK (top-1 stays */accuracy)", "training", P,
+                       "adds metrics to the step")
     # --- runtime
-    device: str = _key("auto", "auto, cuda (alias gpu) or cpu; a missing GPU is a warning", "runtime")
+    device: str = _key("auto", "auto, cuda (alias gpu) or cpu; a missing GPU is a warning",
+                       "runtime", Role.DEVICE, "where, not what")
     data_dir: Optional[str] = _key(
         None, "folder with the raw dataset files (itself, DIR/<dataset>, torchvision's "
         "DIR/MNIST/raw, DIR/downloads/manual) or a prepared TFDS data dir; then "
-        "$JAXCOLLECTIVE_DATA_DIR, $TFDS_DATA_DIR, /usr/share/datasets are searched", "runtime")
+        "$JAXCOLLECTIVE_DATA_DIR, $TFDS_DATA_DIR, ~/tensorflow_datasets, "
+        "/usr/share/datasets are searched", "runtime", Role.DATA,
+        "the files are checked by content")
     manual_dir: Optional[str] = _key(None, "another folder searched like data_dir (TFDS's name)",
-                                     "runtime")
-    results: str = _key("runs/results.jsonl", "results file: one JSON line per finished run", "runtime")
-    wandb_project: str = _key("jaxcollective", "wandb project", "runtime")
-    wandb_name: Optional[str] = _key(None, "wandb run name (default: type-size-dataset-seed)", "runtime")
-    wandb_entity: Optional[str] = _key(None, "wandb entity", "runtime")
-    progress: bool = _key(True, "progress bar over epochs on stderr", "runtime")
+                                     "runtime", Role.DATA, "the files are checked by content")
+    results: str = _key("runs/results.jsonl", "results file: one JSON line per finished run",
+                        "runtime", Role.OUTPUT, "where the record goes")
+    wandb_project: str = _key("jaxcollective", "wandb project", "runtime", Role.OUTPUT, "logging")
+    wandb_name: Optional[str] = _key(None, "wandb run name (default: type-size-dataset-seed)",
+                                     "runtime", Role.OUTPUT, "logging")
+    wandb_entity: Optional[str] = _key(None, "wandb entity", "runtime", Role.OUTPUT, "logging")
+    progress: bool = _key(True, "progress bar over epochs on stderr", "runtime", Role.OUTPUT,
+                          "display")
     checkpoint_dir: str = _key("runs/checkpoints", "checkpoints, a folder per run named by its "
-                               "config's fingerprint", "runtime")
+                               "config's fingerprint", "runtime", Role.OUTPUT, "checkpoints")
     checkpoint_every: int = _key(0, "save every K epochs; 0: after any epoch ending 60 s or more "
-                                 "after the last save (and always when the run stops)", "runtime")
+                                 "after the last save (and always when the run stops)", "runtime",
+                                 Role.OUTPUT, "checkpoints")
     resume: str = _key("auto", "auto: continue from a checkpoint of the same config; never: "
-                       "start over (and replace it)", "runtime")
+                       "start over (and replace it)", "runtime", Role.OUTPUT, "checkpoints")
     keep_checkpoint: bool = _key(False, "keep the final state when the run finishes (else its "
-                                 "checkpoint folder is removed)", "runtime")
+                                 "checkpoint folder is removed)", "runtime", Role.OUTPUT,
+                                 "checkpoints")
     # Accepted for the original's sweeps; checked against the dataset or ignored.
-    input_dim: Optional[int] = _key(None, "must match the dataset if given", "compat")
-    num_classes: Optional[int] = _key(None, "must match the dataset if given", "compat")
-    num_workers: Optional[int] = _key(None, "no effect: the data pipeline runs on the device", "compat")
-    use_gpu: Optional[bool] = _key(None, "the original's key: false runs on the CPU (as --device=cpu)",
-                                   "compat")
-    use_torch_compile: Optional[bool] = _key(None, "no effect: every step is compiled (jit)", "compat")
-    log_interval: Optional[int] = _key(None, "no effect: metrics are logged once per epoch", "compat")
-    training_strategy: Optional[str] = _key(None, "no effect: one training strategy here", "compat")
+    input_dim: Optional[int] = _key(None, "must match the dataset if given", "compat",
+                                    Role.CHECK, "checked against the dataset")
+    num_classes: Optional[int] = _key(None, "must match the dataset if given", "compat",
+                                      Role.CHECK, "checked against the dataset")
+    num_workers: Optional[int] = _key(None, "no effect: the data pipeline runs on the device",
+                                      "compat", Role.NO_EFFECT, "on-device-data")
+    use_gpu: Optional[bool] = _key(None, "the original's key: false runs on the CPU (as "
+                                   "--device=cpu)", "compat", Role.DEVICE, "sets device")
+    use_torch_compile: Optional[bool] = _key(None, "no effect: every step is compiled (jit)",
+                                             "compat", Role.NO_EFFECT, "always-compiled")
+    log_interval: Optional[int] = _key(None, "no effect: metrics are logged once per epoch",
+                                       "compat", Role.NO_EFFECT, "per-epoch-logging")
+    training_strategy: Optional[str] = _key(None, "no effect: one training strategy here",
+                                            "compat", Role.NO_EFFECT, "single-strategy")
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -178,8 +255,10 @@ class Config:
         return cls.from_dict(values, None if preset in (None, "None", "") else str(preset))
 
     def replace(self, **kw) -> "Config":
-        if "use_mixed_precision" in kw or "dtype" in kw:
-            return Config.from_dict({**self.to_dict(), "use_mixed_precision": None, **kw})
+        if "use_mixed_precision" in kw or "dtype" in kw:  # one sets the other
+            base = {k: v for k, v in self.to_dict().items()
+                    if k not in ("use_mixed_precision", "dtype")}
+            return Config.from_dict({**base, **kw})
         cfg = dataclasses.replace(self, **{k: parse_value(k, v) for k, v in kw.items()})
         cfg.validate()
         return cfg
@@ -190,6 +269,29 @@ class Config:
     def shape_key(self) -> "Config":
         """This config with every field that does not change the model's shapes reset."""
         return Config(**{k: getattr(self, k) for k in SHAPE_FIELDS})
+
+    def ignored_keys(self) -> frozenset[str]:
+        """Keys this model type does not read (collective keys for a baseline,
+        target_params for the collective)."""
+        return BASELINE_ONLY if self.model_type == "collective" else COLLECTIVE_ONLY
+
+    def program_key(self) -> str:
+        """What decides the compiled program, as a canonical string: the PROGRAM keys this
+        model type reads, and the program-shaping part of VALUE keys (weight_decay > 0)."""
+        out = {}
+        for k, v in self.to_dict().items():
+            meta = FIELDS[k].metadata
+            if meta["role"] is Role.PROGRAM and k not in self.ignored_keys():
+                out[k] = v
+            elif meta["program_part"] is not None:
+                out[k] = meta["program_part"](v)
+        return json.dumps(out, sort_keys=True, default=str)
+
+    def trajectory(self) -> dict[str, Any]:
+        """The keys that decide what this run computes, epoch by epoch: two runs with the
+        same trajectory are the same experiment (checkpoint fingerprint, report folding)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k in TRAJECTORY_KEYS and k not in self.ignored_keys()}
 
     # ------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -248,7 +350,7 @@ class Config:
             if got is not None and got != want:
                 _fail(k, got, f"{want} for dataset {self.dataset!r} (or leave it unset)")
 
-    # ------------------------------------------------------- derived (SPEC 1)
+    # ------------------------------------- derived (docs/design.md, Derivation rules)
     @property
     def dataset_info(self) -> DatasetInfo:
         return DATASETS[self.data_like]
@@ -307,7 +409,7 @@ class CollectiveDims:
 
 
 def collective_dims(cfg: Config) -> CollectiveDims:
-    """SPEC section 1, literally (Python's round, int() truncation)."""
+    """docs/design.md, "Derivation rules", literally (Python's round, int() truncation)."""
     n_total = cfg.n_total
     if cfg.n_experts is not None:
         n_experts = max(2, min(int(cfg.n_experts), n_total - 1))
@@ -335,7 +437,7 @@ def collective_dims(cfg: Config) -> CollectiveDims:
 
 # ------------------------------------------------------------------ presets
 PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC's CONFIG_PHASE1: 2 experts, 6 analysts, 2,969,887 parameters.
+    # The original's CONFIG_PHASE1: 2 experts, 6 analysts, 2,969,887 parameters.
     "phase1": dict(dataset="fashion_mnist", n_total=8, expert_ratio=0.2,
                    expert_hidden=(512, 256), expert_output=128,
                    analyst_hidden=(256, 128), analyst_output=64, c_expert=0.25,
@@ -344,7 +446,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    eval_batch_size=1024, learning_rate=1e-3, epochs=100, optimizer="adam",
                    weight_decay=1e-4, use_augmentation=True, use_mixed_precision=False,
                    topk=(1,), val_split=0.1, seed=42),
-    # SPEC's CONFIG_DEBUG: the same rules at small widths, 567,044 parameters.
+    # The original's CONFIG_DEBUG: the same rules at small widths, 567,044 parameters.
     "debug": dict(dataset="fashion_mnist", n_total=8, expert_ratio=0.2,
                   expert_hidden=(128, 64), expert_output=32,
                   analyst_hidden=(64, 32), analyst_output=16, c_expert=0.25,
@@ -354,16 +456,32 @@ PRESETS: dict[str, dict[str, Any]] = {
                   weight_decay=0.0, use_augmentation=True, use_mixed_precision=True,
                   topk=(1,), val_split=0.1, seed=42),
 }
-# Keys that change nothing here, with the one-word reason a run records for each.
-NO_EFFECT = {"use_torch_compile": "always-compiled", "log_interval": "per-epoch-logging",
-             "num_workers": "on-device-data", "training_strategy": "single-strategy"}
-
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
+
+
+def role(key: str) -> Role:
+    return FIELDS[key].metadata["role"]
+
+
+def keys_of(*roles: Role) -> frozenset[str]:
+    return frozenset(k for k in FIELDS if role(k) in roles)
+
+
+# Everything below derives from the fields' declarations.
 # Keys read only by the collective, and only by baselines.
 COLLECTIVE_ONLY = frozenset(k for k, f in FIELDS.items() if f.metadata["group"] == "collective")
 BASELINE_ONLY = frozenset({"target_params"})
 SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(sorted(COLLECTIVE_ONLY))
+# Keys that change nothing here, with the one-word reason a run records for each.
+NO_EFFECT = {k: FIELDS[k].metadata["why"] for k in sorted(keys_of(Role.NO_EFFECT))}
+# Keys that may differ between trials sharing one compiled program.
+VALUE_KEYS = keys_of(Role.VALUE)
+# Keys that decide what a run computes epoch by epoch (its checkpoint fingerprint).
+TRAJECTORY_KEYS = frozenset(k for k in keys_of(Role.PROGRAM, Role.VALUE)
+                            if FIELDS[k].metadata["trajectory"])
+# Training settings that every run compared in one report section must share.
+SHARED_SETTINGS = tuple(k for k, f in FIELDS.items() if f.metadata["setting"])
 
 
 # ---------------------------------------------------------- typed parsing
@@ -402,13 +520,13 @@ def parse_value(key: str, value: Any) -> Any:
         _fail(key, value, f"a {base.__name__} value")
     try:
         if base is bool:
-            return _to_bool(value)
+            return to_bool(value)
         if base is int:
-            return _to_int(value)
+            return to_int(value)
         if base is float:
-            return _to_float(value)
+            return to_float(value)
         if base is tuple:
-            return _to_widths(value)
+            return to_widths(value)
         if base is str:
             return str(value)
     except (ValueError, TypeError, SyntaxError):
@@ -418,7 +536,7 @@ def parse_value(key: str, value: Any) -> Any:
     _fail(key, value, kind)
 
 
-def _to_bool(v: Any) -> bool:
+def to_bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
     if isinstance(v, (int, float)) and v in (0, 1):
@@ -431,7 +549,7 @@ def _to_bool(v: Any) -> bool:
     raise ValueError(v)
 
 
-def _to_int(v: Any) -> int:
+def to_int(v: Any) -> int:
     if isinstance(v, bool):
         raise ValueError(v)
     if isinstance(v, int):
@@ -442,7 +560,7 @@ def _to_int(v: Any) -> int:
     return int(f)
 
 
-def _to_float(v: Any) -> float:
+def to_float(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError(v)
     f = float(v)
@@ -451,7 +569,7 @@ def _to_float(v: Any) -> float:
     return f
 
 
-def _to_widths(v: Any) -> tuple[int, ...]:
+def to_widths(v: Any) -> tuple[int, ...]:
     if isinstance(v, str):
         s = v.strip()
         v = ast.literal_eval(s if s.startswith(("[", "(")) else f"[{s}]")
@@ -459,4 +577,4 @@ def _to_widths(v: Any) -> tuple[int, ...]:
         v = [v]
     if not isinstance(v, (list, tuple)):
         raise ValueError(v)
-    return tuple(_to_int(x) for x in v)
+    return tuple(to_int(x) for x in v)

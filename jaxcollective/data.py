@@ -17,8 +17,12 @@ The train/validation split is not made here: it is a pair of index arrays per se
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import threading
+import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,7 +31,7 @@ import numpy as np
 
 from . import rawdata
 from .config import DATASETS, TFDS_DATASETS, Config, ConfigError, DatasetInfo
-
+from .util import reachable
 
 
 class DataError(ConfigError):
@@ -189,9 +193,6 @@ def read_cache(path: Path, name: str, kind: str, digests: dict, signature) -> Op
     """The cached arrays if the entry is for this dataset, these source digests and these
     files as they are on disk, and reads back whole (zip CRCs) with valid shapes;
     otherwise None (the caller rebuilds it)."""
-    import json
-    import zipfile
-
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -207,9 +208,6 @@ def read_cache(path: Path, name: str, kind: str, digests: dict, signature) -> Op
 
 def write_cache(path: Path, ds: Dataset, meta: dict) -> None:
     """Atomically: a temporary file in the same folder, then a rename."""
-    import json
-    import tempfile
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
@@ -224,35 +222,10 @@ def write_cache(path: Path, ds: Dataset, meta: dict) -> None:
             pass  # a read-only cache folder only costs the decode next time
 
 
-def reachable(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 2.0) -> bool:
-    """True if `host` answers within `timeout` seconds, DNS included (hard cap via a thread).
-    JAXCOLLECTIVE_OFFLINE=1 says no without asking (tests, air-gapped clusters)."""
-    import socket
-
-    if os.environ.get("JAXCOLLECTIVE_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
-        return False
-
-    ok = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(ok)
-
-
 def download(name: str, root: Path) -> rawdata.Source:
     """The official raw files through TFDS's download manager (its registered URLs and
     checksums; no TensorFlow needed), then linked under `root/name` by their own names,
     where the next run finds them."""
-    import logging
-
     import tensorflow_datasets as tfds
 
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -268,7 +241,6 @@ def download(name: str, root: Path) -> rawdata.Source:
             try:
                 os.link(path, target)
             except OSError:
-                import shutil
                 shutil.copyfile(path, target)
     src, _ = rawdata.find_in(name, dest)
     if src is None:
@@ -279,8 +251,6 @@ def download(name: str, root: Path) -> rawdata.Source:
 # ------------------------------------------------------- a prepared TFDS data dir
 def load_prepared_tfds(name: str, root: Path) -> Optional[Dataset]:
     """`name` from a data dir prepared by TFDS, or None when it holds none."""
-    import logging
-
     try:
         import tensorflow_datasets as tfds
     except ImportError:

@@ -8,15 +8,21 @@ and a sweep's early-termination sees its metric in every history row.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from .config import Config
-from .metrics import final_metrics, history_row, replica_finals
+from .checkpoint import check_writable
+from .config import Config, ConfigError
+from .data import TRAIN_SIZES, load, train_split_size
+from .metrics import EPOCH_TIME, LOSSES, final_metrics, history_row, replica_finals
 from .signals import StopFlag
 from .writers import Writer
+
 
 def run_info(resolved, ds, unused: dict[str, str]) -> dict[str, Any]:
     """What a run's record and W&B config start with: the architecture, the data, the
@@ -42,8 +48,7 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
     results record (also given to `writer.finish`)."""
     import jax
 
-    from .data import load
-    from .sizing import resolve
+    from .sizing import resolve  # JAX: imported once the config has been checked
     from .train import Trainer
 
     t0 = time.perf_counter()
@@ -86,12 +91,12 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
             te = time.perf_counter()
             state, m = trainer.epoch(state, epoch)
             m = jax.device_get(m)  # the one host round-trip per epoch
-            if not all(np.all(np.isfinite(m[k])) for k in ("train/loss", "val/loss", "test/loss")):
+            if not all(np.all(np.isfinite(m[k])) for k in LOSSES):
                 status = "diverged"
                 break
             history.append(m)
             row = history_row(epoch, history, cfg, params)
-            row["time/epoch_s"] = time.perf_counter() - te
+            row[EPOCH_TIME] = time.perf_counter() - te
             writer.log(row)
             if checkpointer is not None and checkpointer.due(epoch):
                 checkpointer.save(epoch, state, history, wandb_id)
@@ -112,8 +117,6 @@ def close_checkpoints(checkpointer, status: str, state, history, wandb_id, keep:
     """A stopped run saves where it is; a finished one removes its folder (or keeps its
     final state), as does a run a local sweep pruned (it will not be continued); a
     diverged one keeps its last finite checkpoint and says where."""
-    import sys
-
     last = len(history)
     if status == "stopped" and last:
         checkpointer.save(last, state, history, wandb_id, wait=True)
@@ -126,3 +129,122 @@ def close_checkpoints(checkpointer, status: str, state, history, wandb_id, keep:
         checkpointer.close()
         if status == "diverged" and checkpointer.dir.exists():
             print(f"the last finite state is kept in {checkpointer.dir}", file=sys.stderr)
+
+
+def check_results_file(path: str) -> None:
+    """The results file can be appended to (else the run's result would be lost at the
+    end): its folder can be made, it is not a folder, and opening it to append works."""
+    p = Path(path).expanduser()
+    try:
+        if p.is_dir():
+            raise IsADirectoryError(21, "is a folder")
+        blocking = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+        if blocking is not None:
+            raise NotADirectoryError(20, f"{blocking} is a file, not a folder")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        existed = p.exists()
+        with open(p, "a"):
+            pass
+        if not existed:
+            p.unlink()
+    except OSError as err:
+        raise ConfigError(f"--results={path} cannot be appended to ({err.strerror or err}); "
+                          "pass a file in a writable folder, e.g. --results=runs/results.jsonl") from None
+
+
+def preflight(cfg: Config):
+    """Every check that needs no data and no compilation: devices and batch, the size
+    of the training split, the baseline's sizing. Returns the resolved architecture."""
+    import jax
+
+    from .sizing import resolve
+
+    check_writable(cfg)
+    nd = len(jax.devices())
+    if cfg.batch_size % nd:
+        raise ConfigError(f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
+                          f"{nd} devices it is split across")
+    if cfg.batch_size // nd < 2:  # every model type has BatchNorm
+        raise ConfigError(f"invalid batch_size={cfg.batch_size}: BatchNorm needs at least 2 "
+                          f"examples per device per batch ({nd} device(s)); use "
+                          f"--batch_size={2 * nd} or more")
+    n = train_split_size(cfg)
+    need = cfg.batch_size * cfg.gradient_accumulation_steps
+    if n is not None and n < need:
+        raise ConfigError(f"{cfg.dataset}'s training split has {n} examples, fewer than one "
+                          f"update of batch_size * gradient_accumulation_steps = {need}; use a "
+                          "smaller --batch_size")
+    resolved = resolve(cfg)
+    check_memory(resolved, jax.devices())
+    return resolved
+
+
+def check_memory(resolved, devices) -> None:
+    """Refuse, before any work, a run that cannot fit on its device (a raw out-of-memory
+    error from XLA after W&B has started helps nobody)."""
+    from .sizing import memory_need
+
+    have = device_memory(devices[0])
+    if have is None:
+        return
+    cfg = resolved.cfg
+    need = memory_need(resolved, TRAIN_SIZES.get(cfg.data_like, 60_000), 10_000)
+    need["activations"] //= len(devices)  # the batch is split across the devices
+    total = sum(need.values())
+    if total > have:
+        gb = lambda b: f"{b / 2**30:.1f} GB"  # noqa: E731
+        raise ConfigError(
+            f"{cfg.model_type} with {resolved.model_params:,} parameters x{cfg.num_seeds} "
+            f"needs about {gb(total)} (parameters, gradients and optimizer state "
+            f"{gb(need['state'])}, activations {gb(need['activations'])}, data "
+            f"{gb(need['data'])}) but {devices[0].platform} has {gb(have)} free; use a smaller "
+            "--target_params, --batch_size or --num_seeds")
+
+
+def device_memory(device) -> Optional[int]:
+    """Bytes free for a run on `device`: the accelerator's allocator limit, or the host's
+    available memory for the CPU; None where neither can be read."""
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - not every backend reports
+        stats = {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    if device.platform != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def enable_compilation_cache() -> None:
+    """Persistent XLA cache: repeated sweep runs of one architecture skip compiling.
+    JAXCOLLECTIVE_CACHE_DIR sets the folder; an empty value turns it off."""
+    import jax
+
+    path = os.environ.get("JAXCOLLECTIVE_CACHE_DIR", "~/.cache/jaxcollective/xla")
+    if path:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def setup_backend(cfg: Config) -> None:
+    """Environment that must be set before JAX starts."""
+    # Several agents can share a GPU: allocate on demand, not 75% up front (read when
+    # the backend starts, which is later).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+
+    if cfg.device == "cpu":
+        # jax reads JAX_PLATFORMS at import (the package imports it); this still works
+        # because no backend has started yet.
+        jax.config.update("jax_platforms", "cpu")
+    enable_compilation_cache()
+
+    if cfg.device in ("cuda", "gpu") and jax.default_backend() != "gpu":
+        print(f"warning: --device={cfg.device} but no GPU is visible to JAX; running on "
+              f"{jax.default_backend()}", file=sys.stderr)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 

@@ -1,14 +1,15 @@
 """Every metric name a run logs, and its formula: the one owner of both.
 
-Per epoch (`epoch_row`): SPEC section 6's names, the original's extra names (SPEC
-section 8), top-k accuracies; the `final/*` metrics as they stand after each epoch
+Per epoch (`epoch_row`): the names of docs/design.md ("Metrics"), the original's extra
+names, top-k accuracies; the `final/*` metrics as they stand after each epoch
 (`final_metrics`, also the end-of-run record) are added to every epoch row by the run
 loop, which is what makes a sweep's Hyperband see its metric in every history row.
-No JAX here: the report imports this module.
+Other modules import the names from here. No JAX here: the report imports this module.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -16,16 +17,47 @@ import numpy as np
 
 from .config import Config
 
-EPOCH_METRICS = ("train/loss", "train/loss_prediction", "train/loss_diversity_expert",
-                 "train/loss_diversity_analyst", "train/accuracy", "val/loss", "val/accuracy",
-                 "test/loss", "test/accuracy")
+SPLITS = ("train", "val", "test")
+# The loss and its parts, as the train step returns them (before the split's prefix).
+LOSS_PARTS = ("loss", "loss_prediction", "loss_diversity_expert", "loss_diversity_analyst")
+CORRECT = "correct"  # the step's per-batch count of correct predictions; a rate: accuracy
+
+
+def name(split: str, metric: str) -> str:
+    """`train/loss`, `val/accuracy_top5`, ...: a split's metric."""
+    return f"{split}/{metric}"
+
+
+def rate_name(count: str) -> str:
+    """The logged name of a count of correct predictions: correct_top5 -> accuracy_top5."""
+    return count.replace(CORRECT, "accuracy")
+
+
+def count_names(topk: tuple[int, ...]) -> tuple[str, ...]:
+    return (CORRECT, *(f"{CORRECT}_top{k}" for k in topk))
+
+
+EPOCH_METRICS = tuple(name("train", m) for m in (*LOSS_PARTS, "accuracy")) + tuple(
+    name(s, m) for s in ("val", "test") for m in ("loss", "accuracy"))
+LOSSES = tuple(name(s, "loss") for s in SPLITS)  # a non-finite one means: diverged
+EPOCH_TIME = "time/epoch_s"
+FINAL_PREFIX = "final/"
+TEST_ACCURACY = "final/test_accuracy"
+TEST_LOSS = "final/test_loss"
+BEST_VAL_ACCURACY = "final/best_val_accuracy"
+MODEL_PARAMS = "final/model_params"
+PARAM_EFFICIENCY = "final/param_efficiency"
+ACCURACY_PER_LOG10 = "final/accuracy_per_log10_params"
+# What a run's W&B summary holds besides the final/* metrics.
+SUMMARY_KEYS = ("status", "diverged", "epochs_completed", "model_params")
+SUMMARY_PREFIXES = (FINAL_PREFIX, "final_", "best_")
 
 
 def efficiency_metrics(acc, params: int) -> dict[str, Any]:
-    """SPEC section 6's final efficiency metrics of a test accuracy (a float or an array)."""
-    return {"final/param_efficiency": acc / (params / 1e5),
+    """The final efficiency metrics of a test accuracy (a float or an array)."""
+    return {PARAM_EFFICIENCY: acc / (params / 1e5),
             "final/accuracy_per_million_params": acc / (params / 1e6),
-            "final/accuracy_per_log10_params": acc / math.log10(params + 1)}
+            ACCURACY_PER_LOG10: acc / math.log10(params + 1)}
 
 
 def best_val_accuracy(history: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -34,18 +66,18 @@ def best_val_accuracy(history: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 
 def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str, Any]:
-    """SPEC section 6's final/* metrics from the per-replica history (mean over replicas,
-    plus std and per-replica values when there are several), and the original's names
-    for the same quantities (SPEC section 8), for every model type alike."""
+    """The final/* metrics from the per-replica history (mean over replicas, plus std
+    when there are several), and the original's names for the same quantities, for every
+    model type alike (docs/design.md, "Metrics")."""
     last = history[-1]
     log_p = math.log10(params + 1)
     acc_R = np.asarray(last["test/accuracy"], np.float64)
     loss_R = np.asarray(last["test/loss"], np.float64)
     val_by_epoch = np.stack([h["val/accuracy"] for h in history])  # epochs x replicas
     per = {
-        "final/test_accuracy": acc_R,
-        "final/test_loss": loss_R,
-        "final/best_val_accuracy": val_by_epoch.max(axis=0),
+        TEST_ACCURACY: acc_R,
+        TEST_LOSS: loss_R,
+        BEST_VAL_ACCURACY: val_by_epoch.max(axis=0),
         **efficiency_metrics(acc_R, params),
         **{f"final/test_{k.split('/')[1]}": np.asarray(last[k], np.float64)
            for k in last if k.startswith("test/accuracy_top")},
@@ -54,12 +86,12 @@ def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str
         "final/loss_efficiency_per_log10_params": loss_R / log_p,
     }
     out: dict[str, Any] = {k: float(v.mean()) for k, v in per.items()}
-    out["final/model_params"] = params
+    out[MODEL_PARAMS] = params
     if len(acc_R) > 1:
         for k, v in per.items():
             out[f"{k}_std"] = float(v.std(ddof=1))
     # the original's run summary: best epoch (1-based) of the mean validation accuracy
-    out.update(best_val_accuracy=out["final/best_val_accuracy"],
+    out.update(best_val_accuracy=out[BEST_VAL_ACCURACY],
                best_epoch=int(np.argmax(val_by_epoch.mean(axis=1))) + 1,
                **{f"final_{split}_{m}": float(np.mean(last[f"{split}/{m}"]))
                   for split in ("train", "val", "test") for m in ("accuracy", "loss")},
@@ -100,3 +132,21 @@ def history_row(epoch: int, history: list[dict[str, np.ndarray]], cfg: Config,
     row = epoch_row(epoch, history[-1], cfg, params)
     row.update(final_metrics(history, params))
     return row
+
+
+def is_summary(key: str) -> bool:
+    """A record key that belongs in a run's W&B summary."""
+    return key.startswith(SUMMARY_PREFIXES) or key in SUMMARY_KEYS
+
+
+def logged_names(cfg: Config) -> set[str]:
+    """Every name a run of `cfg` logs in its per-epoch rows (a sweep's metric must be
+    one of them), from a row built on a one-epoch history of zeros."""
+    m = {k: np.zeros(cfg.num_seeds) for k in EPOCH_METRICS}
+    m.update({name(s, f"accuracy_top{k}"): np.zeros(cfg.num_seeds)
+              for s in SPLITS for k in cfg.extra_topk})
+    return set(history_row(1, [m], cfg, 1)) | {EPOCH_TIME}
+
+
+def closest_names(wanted: str, names: set[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(wanted, sorted(names), n=n, cutoff=0.4)

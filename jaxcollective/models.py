@@ -1,4 +1,6 @@
-"""Flax NNX modules: the collective (SPEC section 2) and the baselines (section 4).
+"""Flax NNX modules: the collective and the baselines.
+
+See docs/design.md, "The collective", and docs/design.md, "The baselines".
 
 Every model is called as `model(x_BxD, train=..., key=...)` and returns
 `(logits_BxC, aux)`; for the collective `aux` holds the expert and analyst outputs
@@ -23,7 +25,7 @@ from .layers import BatchNorm, Dense, KeySeq, drop_members, dropout
 
 
 def member_widths(base: Sequence[int], variant: int) -> list[int]:
-    """SPEC's four width variants of a member's hidden layers."""
+    """The four width variants (docs/design.md, "The collective") of a member's hidden layers."""
     h = list(base)
     if variant == 0:
         return h

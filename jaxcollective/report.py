@@ -23,9 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .cli import bool_option, describe_error, guarded
-from .config import BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, ConfigError
-from .metrics import efficiency_metrics
+from .cli import bool_option, console_script, guarded, help_text, parse_argv
+from .config import (
+    BASELINE_ONLY,
+    BASELINE_TYPES,
+    COLLECTIVE_ONLY,
+    FIELDS,
+    MODEL_TYPES,
+    SHARED_SETTINGS,
+    TRAJECTORY_KEYS,
+    ConfigError,
+)
+from .metrics import (
+    ACCURACY_PER_LOG10,
+    BEST_VAL_ACCURACY,
+    FINAL_PREFIX,
+    MODEL_PARAMS,
+    PARAM_EFFICIENCY,
+    TEST_ACCURACY,
+    TEST_LOSS,
+    efficiency_metrics,
+)
+from .util import describe_error
 
 MATCH_TOLERANCE = 0.05  # a baseline within 5% of the collective's size is "matched"
 COLORS = {"collective": "#d62728", "shallow": "#1f77b4", "balanced": "#2ca02c",
@@ -87,7 +106,7 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
     status = rec.get("status", "finished")
     if rec.get("diverged"):
         status = "diverged"
-    params = int(rec.get("model_params") or rec.get("final/model_params"))
+    params = int(rec.get("model_params") or rec.get(MODEL_PARAMS))
     config = rec.get("config", {})
     where = dict(dataset=dataset_of(config, rec), synthetic=bool(rec.get("synthetic")) or
                  config.get("dataset") == "synthetic")
@@ -96,15 +115,15 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
         runs = []
         for r in replicas:
             acc = r["test_accuracy"]
-            metrics = {"final/test_accuracy": acc, "final/test_loss": r["test_loss"],
-                       "final/best_val_accuracy": r["best_val_accuracy"],
-                       "final/model_params": params, **efficiency_metrics(acc, params)}
+            metrics = {TEST_ACCURACY: acc, TEST_LOSS: r["test_loss"],
+                       BEST_VAL_ACCURACY: r["best_val_accuracy"],
+                       MODEL_PARAMS: params, **efficiency_metrics(acc, params)}
             runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
                             dict(config, seed=r["seed"]), metrics, **where))
         return runs
-    metrics = {k: v for k, v in rec.items() if k.startswith("final/") and not k.endswith("_std")}
+    metrics = {k: v for k, v in rec.items() if k.startswith(FINAL_PREFIX) and not k.endswith("_std")}
     return [Run(name=rec.get("name", name), model_type=rec["model_type"], params=params,
-                test_accuracy=rec.get("final/test_accuracy"), status=status, config=config,
+                test_accuracy=rec.get(TEST_ACCURACY), status=status, config=config,
                 metrics=metrics, **where)]
 
 
@@ -140,7 +159,7 @@ def wandb_to_run(r) -> Optional[Run]:
     config, summary = dict(r.config), dict(r.summary)
     if "model_type" not in config:
         return None
-    params = summary.get("final/model_params") or config.get("model_params")
+    params = summary.get(MODEL_PARAMS) or config.get("model_params")
     if params is None:  # crashed before the model was built
         return Run(r.name, config["model_type"], 0, None, "failed", config,
                    dataset=dataset_of(config))
@@ -149,8 +168,8 @@ def wandb_to_run(r) -> Optional[Run]:
         status = {"finished": "finished", "running": "running"}.get(r.state, r.state)
     if summary.get("diverged"):
         status = "diverged"
-    metrics = {k: v for k, v in summary.items() if k.startswith("final/")}
-    return Run(r.name, config["model_type"], int(params), summary.get("final/test_accuracy"),
+    metrics = {k: v for k, v in summary.items() if k.startswith(FINAL_PREFIX)}
+    return Run(r.name, config["model_type"], int(params), summary.get(TEST_ACCURACY),
                status, config, metrics, dataset=dataset_of(config),
                synthetic=bool(config.get("synthetic")) or config.get("dataset") == "synthetic")
 
@@ -162,18 +181,18 @@ class Group:
     size: int
     runs: list[Run]
 
-    def values(self, key: str = "final/test_accuracy") -> list[float]:
+    def values(self, key: str = TEST_ACCURACY) -> list[float]:
         return [float(r.metrics[key]) for r in self.runs if r.metrics.get(key) is not None]
 
     @property
     def params(self) -> float:
         return sum(r.params for r in self.runs) / len(self.runs)
 
-    def mean(self, key: str = "final/test_accuracy") -> float:
+    def mean(self, key: str = TEST_ACCURACY) -> float:
         v = self.values(key)
-        return sum(v) / len(v)
+        return sum(v) / len(v) if v else float("nan")  # a record without this metric
 
-    def std(self, key: str = "final/test_accuracy") -> Optional[float]:
+    def std(self, key: str = TEST_ACCURACY) -> Optional[float]:
         v = self.values(key)
         if len(v) < 2:
             return None
@@ -187,6 +206,51 @@ def split_runs(runs: Iterable[Run]) -> tuple[list[Run], list[Run]]:
     for r in runs:
         (good if r.status == "finished" and r.test_accuracy is not None else excluded).append(r)
     return good, excluded
+
+
+def experiment_key(r: Run) -> str:
+    """What makes two runs the same experiment: dataset, model type and the resolved
+    config's keys that decide what it computes (the keys declared program or value that
+    the model type reads, seed included; docs/design.md, "Config keys and their roles")."""
+    ignored = BASELINE_ONLY if r.model_type == "collective" else COLLECTIVE_ONLY
+    keys = sorted(k for k in TRAJECTORY_KEYS if k not in ignored)
+    config = {k: r.config.get(k, _default(k)) for k in keys}
+    return json.dumps([r.dataset, r.model_type, r.params, config], sort_keys=True, default=str)
+
+
+def _default(key: str):
+    d = FIELDS[key].default
+    return list(d) if isinstance(d, tuple) else d
+
+
+def fold_duplicates(runs: list[Run]) -> tuple[list[Run], int]:
+    """Finished runs that are the same experiment (a small categorical space sampled
+    twice, a trial retried after it finished) count once: the first is kept."""
+    seen, kept, folded = set(), [], 0
+    for r in runs:
+        key = experiment_key(r)
+        if key in seen:
+            folded += 1
+            continue
+        seen.add(key)
+        kept.append(r)
+    return kept, folded
+
+
+def size_classes(params: Iterable[float]) -> list[float]:
+    """The distinct sizes among `params`: sizes within MATCH_TOLERANCE of the smallest of
+    a class are one class, named by its mean (a collective and its matched baselines)."""
+    classes: list[list[float]] = []
+    for p in sorted(params):
+        if classes and p <= classes[-1][0] * (1 + MATCH_TOLERANCE):
+            classes[-1].append(p)
+        else:
+            classes.append([p])
+    return [sum(c) / len(c) for c in classes]
+
+
+def size_class_of(p: float, classes: list[float]) -> int:
+    return min(range(len(classes)), key=lambda k: abs(math.log(p / classes[k])))
 
 
 def group_runs(runs: Iterable[Run]) -> list[Group]:
@@ -255,13 +319,10 @@ def _std(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
-TRAINING_SETTINGS = ("epochs", "use_augmentation", "gradient_accumulation_steps", "dtype")
-
-
 def mixed_settings(runs: Iterable[Run]) -> dict[str, list]:
     """Training settings that differ between the runs of one comparison."""
     out = {}
-    for k in TRAINING_SETTINGS:
+    for k in SHARED_SETTINGS:
         vals = {json.dumps(r.config.get(k, FIELDS[k].default)) for r in runs}
         if len(vals) > 1:
             out[k] = sorted(json.loads(v) for v in vals)
@@ -271,15 +332,18 @@ def mixed_settings(runs: Iterable[Run]) -> dict[str, list]:
 def select_best(runs: list[Run]) -> Run:
     """The run a user would pick without looking at the test set: the highest best
     validation accuracy (final/best_val_accuracy); ties go to the earlier run."""
-    return max(runs, key=lambda r: r.metrics.get("final/best_val_accuracy", float("-inf")))
+    return max(runs, key=lambda r: r.metrics.get(BEST_VAL_ACCURACY, float("-inf")))
 
 
-def write_summary(groups: list[Group], excluded: list[Run], dataset: str) -> list[str]:
+def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
+                  folded: int = 0) -> list[str]:
     """The markdown section of one dataset."""
     good = [r for g in groups for r in g.runs]
+    dup = (f" {folded} duplicate run{'s' if folded != 1 else ''} folded: the same model type "
+           "and resolved config (seed included) as an earlier run, counted once.") if folded else ""
     lines = [f"## Dataset: {dataset}", "",
              f"{len(good)} finished runs in the tables below; {len(excluded)} excluded "
-             "(diverged, stopped early or failed), listed at the end. Figures: "
+             "(diverged, stopped early or failed), listed at the end." + dup + " Figures: "
              f"`{dataset}/accuracy_vs_params.png`, `{dataset}/efficiency_by_type.png`, "
              f"`{dataset}/scaling.png`.", ""]
     mixed = mixed_settings(good)
@@ -294,8 +358,8 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str) -> lis
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for g in groups:
         lines.append(f"| {g.model_type} | {fmt_params(g.size)} | {len(g.runs)} | {g.mean():.2f} | "
-                     f"{_std(g.std())} | {g.params:,.0f} | {g.mean('final/param_efficiency'):.3f} | "
-                     f"{g.mean('final/accuracy_per_log10_params'):.3f} |")
+                     f"{_std(g.std())} | {g.params:,.0f} | {g.mean(PARAM_EFFICIENCY):.3f} | "
+                     f"{g.mean(ACCURACY_PER_LOG10):.3f} |")
     lines += ["", "### Best configuration per model type", "",
               "Selected by validation (`final/best_val_accuracy`, the best validation accuracy "
               "over the run's epochs), never by test accuracy; the test accuracy is that run's.", "",
@@ -307,7 +371,7 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str) -> lis
         by_type[g.model_type] += g.runs
     for t, rs in by_type.items():
         best = select_best(rs)
-        val = best.metrics.get("final/best_val_accuracy")
+        val = best.metrics.get(BEST_VAL_ACCURACY)
         lines.append(f"| {t} | {'–' if val is None else f'{val:.2f}'} | {best.test_accuracy:.2f} | "
                      f"{best.params:,} | {best.name} | {_non_defaults(best.config, t)} |")
     lines += ["", "### The collective against each baseline at matched size", "",
@@ -358,23 +422,29 @@ NARROW = 1.5  # sizes spanning less than this factor are drawn on a linear axis
 
 
 def _size_axis(ax, params: list[float]) -> None:
-    """A readable parameter axis whatever the spread: log for a wide range, linear with
-    few ticks for sizes within a few percent; labels as 2.97M / 850K."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+    """A readable parameter axis whatever the spread: log for a wide range, linear for
+    sizes within a few percent; a tick at each size, labelled as 2.97M / 850K."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     lo, hi = min(params), max(params)
-    fmt = FuncFormatter(lambda x, _: fmt_params(x, precise=hi / lo < NARROW))
-    if hi / lo >= NARROW:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(fmt)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("parameters (log scale)")
-    else:
+    precise = hi / lo < NARROW
+    if precise:
         pad = max((hi - lo) * 0.15, hi * 0.002)
         ax.set_xlim(lo - pad, hi + pad)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-        ax.xaxis.set_major_formatter(fmt)
         ax.set_xlabel("parameters")
+        ticks = sorted(set(params))
+        ticks = ticks if len(ticks) <= 4 else [lo, (lo + hi) / 2, hi]
+    else:
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.15, hi * 1.15)
+        ax.set_xlabel("parameters (log scale)")
+        ticks = size_classes(params)
+    # after set_xscale, which installs its own locators and formatters
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: fmt_params(x, precise=precise)))
+    if len(ticks) > 4:
+        ax.tick_params(axis="x", labelrotation=30)
 
 
 def plot_accuracy_vs_params(groups: list[Group], types: list[str], out: Path, title: str) -> None:
@@ -414,34 +484,33 @@ def plot_efficiency(groups: list[Group], types: list[str], out: Path, title: str
     per-parameter efficiency falls ~10x per 10x size."""
     import matplotlib.pyplot as plt
 
-    sizes = sorted({g.size for g in groups})
+    sizes = size_classes(g.params for g in groups)
     shades = plt.get_cmap("Greys")([0.35 + 0.5 * k / max(1, len(sizes) - 1) for k in range(len(sizes))])
     width = 0.8 / len(sizes)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
-    for ax, key, label, log in (
-            (axes[0], "final/param_efficiency", "test accuracy (%) per 100K parameters", True),
-            (axes[1], "final/accuracy_per_log10_params", "test accuracy (%) / log10(params + 1)", False)):
+    legend = {}
+    for ax, key, label in (
+            (axes[0], PARAM_EFFICIENCY, "test accuracy (%) per 100K parameters"),
+            (axes[1], ACCURACY_PER_LOG10, "test accuracy (%) / log10(params + 1)")):
         for i, t in enumerate(types):
-            for k, size in enumerate(sizes):
-                g = next((g for g in groups if g.model_type == t and g.size == size), None)
-                if g is None:
-                    continue
+            for g in (g for g in groups if g.model_type == t):
+                k = size_class_of(g.params, sizes)
                 x = i - 0.4 + width * (k + 0.5)
                 vals = g.values(key)
-                ax.bar(x, sum(vals) / len(vals), width * 0.9, color=shades[k], edgecolor="black",
-                       linewidth=0.5, label=f"~{fmt_params(size)} params" if i == 0 else None)
+                if not vals:  # records without this metric
+                    continue
+                bar = ax.bar(x, sum(vals) / len(vals), width * 0.9, color=shades[k],
+                             edgecolor="black", linewidth=0.5)
+                legend.setdefault(k, bar)
                 ax.scatter([x] * len(vals), vals, color=COLORS[t], marker=MARKERS[t], s=22, zorder=3)
         ax.set_xticks(range(len(types)), types, rotation=30, ha="right")
         ax.set_ylabel(label)
         ax.set_title(key)
-        if log:
-            ax.set_yscale("log")
-        else:
-            lo = min(min(g.values(key)) for g in groups)
-            hi = max(max(g.values(key)) for g in groups)
-            ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
+        ax.set_ylim(bottom=0)  # bars are read by their length
         ax.grid(True, axis="y", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
+    # every size in the legend, whichever model types have it
+    handles = [legend[k] for k in sorted(legend)]
+    labels = [f"~{fmt_params(sizes[k])} params" for k in sorted(legend)]
     fig.legend(handles, labels, title="size (bars: mean, dots: runs)", fontsize=8,
                loc="outside lower center", ncol=max(1, len(sizes)))
     fig.suptitle("Parameter efficiency by model type and size" + title)
@@ -521,9 +590,10 @@ def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] 
     sections, per_dataset = [], {}
     for name in sorted(by_dataset):
         good, excluded = split_runs(by_dataset[name])
+        good, folded = fold_duplicates(good)
         groups = group_runs(good)
-        per_dataset[name] = {"groups": groups, "excluded": excluded}
-        sections += write_summary(groups, excluded, name)
+        per_dataset[name] = {"groups": groups, "excluded": excluded, "folded": folded}
+        sections += write_summary(groups, excluded, name, folded)
         if good:
             folder = out / name
             folder.mkdir(parents=True, exist_ok=True)
@@ -545,31 +615,25 @@ def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] 
             "excluded": [r for d in per_dataset.values() for r in d["excluded"]]}
 
 
-USAGE = """usage: python -m jaxcollective.report [--results=PATH | --wandb=ENTITY/PROJECT[/SWEEP_ID]] [--out=DIR]
-                                     [--dataset=NAME] [--include_synthetic]
-
-Figures and tables of parameter efficiency from finished runs, per dataset.
-  --results=PATH        results file written by run.py (default runs/results.jsonl)
-  --wandb=PATH          read runs through wandb's public API instead (needs `wandb login`)
-  --out=DIR             output folder (default report/): summary.md, DIR/<dataset>/*.png
-  --dataset=NAME        report this dataset only (default: every dataset, a section each)
-  --include_synthetic   keep runs on synthetic data (left out by default)"""
+OPTIONS = {
+    "results": "results file written by run.py or the sweep (default runs/results.jsonl)",
+    "wandb": "ENTITY/PROJECT[/SWEEP_ID]: read runs through wandb's public API instead "
+             "(needs `wandb login`)",
+    "out": "output folder (default report/): summary.md, DIR/<dataset>/*.png",
+    "dataset": "report this dataset only (default: every dataset, a section each)",
+    "include_synthetic": "keep runs on synthetic data (left out by default)",
+    "help": "show this message",
+}
+SUMMARY = "Figures and tables of parameter efficiency from finished runs, per dataset."
 
 
 def main(argv: list[str]) -> int:
     def _main():
-        opts = {}
-        for tok in argv:
-            if tok in ("-h", "--help"):
-                print(USAGE)
-                return 0
-            if tok == "--include_synthetic":
-                tok = "--include_synthetic=true"
-            name, eq, value = tok.lstrip("-").partition("=")
-            if not tok.startswith("--") or not eq or name not in (
-                    "results", "wandb", "out", "dataset", "include_synthetic"):
-                raise ConfigError(f"unexpected argument {tok!r}; see --help")
-            opts[name] = value
+        _, opts = parse_argv(argv, OPTIONS, flags=("help", "include_synthetic"), config_keys=False)
+        if "help" in opts:
+            print(help_text("python -m jaxcollective.report", SUMMARY, OPTIONS, config_keys=False,
+                            args="[--results=PATH | --wandb=ENTITY/PROJECT[/SWEEP_ID]] [--option=value ...]"))
+            return 0
         out = Path(opts.get("out", "report"))
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out={out} is a file; pass a folder for the report")
@@ -591,6 +655,8 @@ def main(argv: list[str]) -> int:
         return 0
     return guarded(_main)
 
+
+console = console_script(main)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

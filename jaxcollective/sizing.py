@@ -5,8 +5,8 @@ the sizes of its `nnx.Param`s: every trainable parameter, BatchNorm scale and bi
 included, running statistics excluded, as PyTorch's `parameters()` counts.
 
 Each baseline family is a one-parameter family of widths `widths(s)`; its count grows
-with `s`, so a bisection on `s` guided by the counter finds the closest count to a
-target (neighbours checked, so ties and plateaus are handled).
+with `s` (nearly as a quadratic), so a search on `s` guided by the counter finds the
+closest count to a target (neighbours checked, so ties and plateaus are handled).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import jax
+import numpy as np
 from flax import nnx
 
 from .config import BASELINE_TYPES, Config, ConfigError, collective_dims
@@ -82,19 +83,7 @@ def match_baseline(cfg: Config, target: int) -> BaselineMatch:
         if lo > _MAX_WIDTH:
             raise ConfigError(f"no {cfg.model_type} architecture exists for this dataset")
     lo = _first_valid(cfg, lo // 2 + 1 if lo > 1 else 1, lo)
-    hi = _MAX_WIDTH
-    # Largest s with count <= target (or lo if even lo is above it).
-    if _family_count(cfg, lo)[1] <= target:
-        a, b = lo, hi
-        while b - a > 1:
-            mid = (a + b) // 2
-            if _family_count(cfg, mid)[1] <= target:
-                a = mid
-            else:
-                b = mid
-        s0 = a
-    else:
-        s0 = lo
+    s0 = _largest_within(cfg, target, lo)
     candidates = [r for s in range(max(lo, s0 - 2), s0 + 4) if (r := _family_count(cfg, s))]
     widths, n = min(candidates, key=lambda r: (abs(r[1] - target), r[1]))
     match = BaselineMatch(cfg.model_type, target, widths, n)
@@ -105,6 +94,42 @@ def match_baseline(cfg: Config, target: int) -> BaselineMatch:
             f"{list(widths)} has {n:,} parameters ({match.rel_error:+.1%}); this family "
             f"starts at {smallest:,} parameters on {cfg.dataset}")
     return match
+
+
+def _largest_within(cfg: Config, target: int, lo: int) -> int:
+    """The largest width s >= lo whose count is <= target (lo if even lo is above it).
+    Counts grow with s, nearly as a quadratic: an estimate from three exact counts (the
+    same three for every target, so cached), then galloping and bisection on exact
+    counts, which only the estimate's error costs."""
+    def n(w: int) -> int:
+        return _family_count(cfg, w)[1]
+
+    if n(lo) > target:
+        return lo
+    xs = [max(lo, 64) * k for k in (1, 2, 4)]
+    poly = np.polyfit(xs, [n(x) for x in xs], 2)
+    poly[-1] -= target
+    roots = [r.real for r in np.roots(poly) if abs(r.imag) < 1e-9 and r.real > 0]
+    est = int(min(max(roots, default=lo), _MAX_WIDTH))
+    est = max(lo, est)
+    step = 1
+    if n(est) <= target:  # gallop up to a bracket [a, b): n(a) <= target < n(b)
+        a = est
+        while a + step <= _MAX_WIDTH and n(a + step) <= target:
+            a, step = a + step, step * 2
+        b = min(a + step, _MAX_WIDTH + 1)
+    else:  # gallop down
+        b = est
+        while b - step > lo and n(b - step) > target:
+            b, step = b - step, step * 2
+        a = max(b - step, lo)
+    while b - a > 1:
+        mid = (a + b) // 2
+        if n(mid) <= target:
+            a = mid
+        else:
+            b = mid
+    return a
 
 
 def _first_valid(cfg: Config, a: int, b: int) -> int:
@@ -136,6 +161,30 @@ def resolve(cfg: Config) -> Resolved:
         target = count_params(cfg.replace(model_type="collective"))
     m = match_baseline(cfg, target)
     return Resolved(cfg, m.hidden_dims, target, m.model_params)
+
+
+@functools.lru_cache(maxsize=256)
+def _biases(cfg: Config, hidden_dims: Optional[tuple[int, ...]]) -> int:
+    """Entries of every bias (Linear and BatchNorm), members included: one per unit whose
+    activations the backward pass keeps."""
+    params = jax.eval_shape(
+        lambda: nnx.state(build_model(cfg, hidden_dims, rngs=nnx.Rngs(0)), nnx.Param))
+    return sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if "bias" in jax.tree_util.keystr(path))
+
+
+def memory_need(r: Resolved, train_examples: int, test_examples: int) -> dict[str, int]:
+    """An estimate, in bytes, of what a run holds on its device at its peak: per replica
+    the parameters, optimizer moments and gradients with the new copies an update makes
+    of each (4 bytes each), and the activations of one micro-batch kept for the backward
+    pass (about 4 values per bias entry); once, the data (uint8)."""
+    cfg = r.cfg
+    moments = {"adam": 2, "adamw": 2, "sgd": 1}[cfg.optimizer]
+    state = 4 * r.model_params * 2 * (2 + moments)
+    acts = 4 * 4 * cfg.batch_size * _biases(cfg.shape_key(), r.hidden_dims)
+    info = cfg.dataset_info
+    data = (train_examples + test_examples) * (info.input_dim + 1)
+    return {"state": cfg.num_seeds * state, "activations": cfg.num_seeds * acts, "data": data}
 
 
 def describe_resolved(r: Resolved) -> dict[str, Any]:

@@ -15,42 +15,61 @@ several processes or machines share; `--study=NAME` resumes one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from .cli import guarded, int_option
-from .config import ConfigError
+import numpy as np
+import optuna
+import yaml
+from optuna import distributions as d
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # as optimize()
+from optuna.trial import TrialState
 
-USAGE = """usage: python -m jaxcollective.sweep SWEEP.yaml [--trials=N] [--set KEY=VALUE ...]
-         [--study=NAME] [--storage=URL] [--results=PATH] [--parallel=K] [--seed=S]
+from .checkpoint import open_checkpoints
+from .cli import UsageError, console_script, guarded, help_text, int_option, parse_argv
+from .config import Config, ConfigError
+from .data import load
+from .experiment import enable_compilation_cache, preflight, train_and_evaluate
+from .metrics import TEST_ACCURACY, closest_names, logged_names
+from .signals import StopFlag
+from .writers import MultiWriter, ResultsWriter, WandbWriter, Writer
 
-Run a W&B sweep file locally with Optuna (no W&B server needed).
-  --trials=N        trials in the study in all (default 10); running the command again
-                    with the same --study adds trials until N are finished or pruned
-  --set KEY=VALUE   fix a key for every trial (e.g. --set dataset=digits --set epochs=3)
-  --study=NAME      the study's name (default: the sweep file's name); an existing study
-                    of that name is resumed
-  --storage=URL     an Optuna storage URL (default: sqlite:///<results folder>/sweeps.db);
-                    postgresql://... or mysql://... to share a study between machines
-  --results=PATH    results file, one line per trial (default runs/results.jsonl)
-  --parallel=K      K worker processes on this machine sharing the study (one GPU each
-                    when there are several)
-  --seed=S          the sampler's seed (default 0)
-  --heartbeat=S     seconds between a running trial's heartbeats (default 30); a trial
-                    whose process died is failed and retried after 2x this"""
+OPTIONS = {
+    "trials": "trials in the study in all (default 10): finished or pruned, across all "
+              "workers and all reruns of the command",
+    "set": "KEY=VALUE fixes a key for every trial (repeatable: --set dataset=digits "
+           "--set epochs=3)",
+    "study": "the study's name (default: the sweep file's name); an existing study of that "
+             "name is resumed",
+    "storage": "an Optuna storage URL (default: sqlite:///<results folder>/sweeps.db); "
+               "postgresql://... or mysql://... to share a study between machines",
+    "results": "results file, one line per trial (default runs/results.jsonl)",
+    "parallel": "K worker processes on this machine sharing the study (one GPU each when "
+                "there are several)",
+    "seed": "the sampler's base seed (default 0); each rerun and worker draws from its own "
+            "stream derived from it",
+    "worker": "this process's index among --parallel workers (set by --parallel)",
+    "heartbeat": "seconds between a running trial's heartbeats (default 30); a trial whose "
+                 "process died is failed and retried after 2x this",
+    "help": "show this message",
+}
+PROG = "python -m jaxcollective.sweep"
+SUMMARY = "Run a W&B sweep file locally with Optuna (no W&B server needed)."
 
 HYPERBAND_KEYS = {"type", "min_iter", "max_iter", "eta", "s"}
 
 
 # ------------------------------------------------------------- the sweep file
 def read_sweep(path: str) -> dict[str, Any]:
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"sweep file {path} not found; pass a W&B sweep YAML such as "
@@ -67,13 +86,11 @@ def read_sweep(path: str) -> dict[str, Any]:
 def search_space(parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(fixed values, Optuna distributions) of a sweep's `parameters`; anything that
     cannot be mapped is a one-line error naming the key."""
-    import optuna.distributions as d
-
     fixed, space = {}, {}
     for key, spec in parameters.items():
         if not isinstance(spec, dict):
             raise ConfigError(f"sweep parameter {key!r} must be a mapping (value, values or "
-                              "distribution), not {spec!r}")
+                              f"distribution), not {spec!r}")
         dist = spec.get("distribution")
         if "value" in spec:
             fixed[key] = spec["value"]
@@ -110,11 +127,11 @@ def search_space(parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
 
 def sampler_of(sweep: dict, space: dict, seed: int):
-    import optuna
-
     method = sweep.get("method", "random")
     if method == "bayes":
-        return optuna.samplers.TPESampler(seed=seed)
+        # constant_liar: trials still running count as bad guesses, so parallel workers
+        # (and population members) spread out instead of sampling the same region
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     if method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if method == "grid":
@@ -127,8 +144,6 @@ def sampler_of(sweep: dict, space: dict, seed: int):
 
 
 def pruner_of(sweep: dict, epochs: int):
-    import optuna
-
     et = sweep.get("early_terminate")
     if not et:
         return optuna.pruners.NopPruner()
@@ -151,6 +166,7 @@ def pruner_of(sweep: dict, epochs: int):
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
+    """`--set KEY=VALUE` items as a dict."""
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
@@ -162,11 +178,9 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 # ------------------------------------------------------------------ the study
 class Sweep:
-    """One sweep file, its fixed keys and overrides, and the objective of its trials."""
+    """One sweep file, its fixed keys and overrides, and how one trial runs."""
 
     def __init__(self, path: str, overrides: dict[str, str], results: Optional[str]):
-        from .config import Config
-
         self.sweep = read_sweep(path)
         self.fixed, self.space = search_space(self.sweep["parameters"])
         for k in overrides:  # an override fixes a varied key too
@@ -186,80 +200,104 @@ class Sweep:
         if goal not in ("maximize", "minimize"):
             raise ConfigError(f"metric.goal {goal!r}: expected maximize or minimize")
         self.metric, self.direction = metric["name"], goal
-        # every value the file can send must make a valid config, before any trial
-        probe = {**self.fixed, **{k: v.choices[0] if hasattr(v, "choices") else v.low
-                                  for k, v in self.space.items()}}
-        self.base_cfg = Config.from_values(probe)
+        self.base_cfg = self.check_space()
+        logged = logged_names(self.base_cfg)
+        if self.metric not in logged:
+            near = closest_names(self.metric, logged)
+            raise ConfigError(f"the sweep's metric.name {self.metric!r} is not a metric the runs "
+                              f"log; closest: {', '.join(near) or TEST_ACCURACY}")
         self.results = self.base_cfg.results
         self._data: dict[tuple, Any] = {}
 
-    def dataset(self, cfg):
-        from .data import load
+    def check_space(self) -> Config:
+        """Every value of every `values` list and both ends of every range make a valid
+        config (with each model type the file can send), before any trial. Returns the
+        config of the first values."""
+        first = {k: _ends(d)[0] for k, d in self.space.items()}
+        base = Config.from_values({**self.fixed, **first})
+        types = _ends(self.space["model_type"]) if "model_type" in self.space else [base.model_type]
+        for key, dist in self.space.items():
+            for value in _ends(dist):
+                for model_type in types:
+                    values = {**self.fixed, **first, "model_type": model_type, key: value}
+                    try:
+                        cfg = Config.from_values(values)
+                        if cfg.model_type == "collective":
+                            cfg.dims  # noqa: B018 - widths of 0 are an error
+                    except ConfigError as err:
+                        raise ConfigError(f"sweep parameter {key!r}: the value {value!r} "
+                                          f"(model_type {model_type}) is invalid: {err}") from None
+        return base
 
+    def dataset(self, cfg):
         key = (cfg.dataset, cfg.synthetic_like, cfg.data_dir, cfg.manual_dir,
                cfg.seed if cfg.dataset == "synthetic" else None)
         if key not in self._data:
             self._data[key] = load(cfg)
         return self._data[key]
 
-    def objective(self, trial, stop) -> float:
-        import optuna
-
-        from .api import unused_keys
-        from .checkpoint import Checkpointer
-        from .config import Config
-        from .experiment import train_and_evaluate
-        from .main import preflight
-        from .signals import StopFlag
-        from .writers import MultiWriter, ResultsWriter, Writer
-
+    def config_of(self, trial) -> tuple[Config, dict]:
         values = dict(self.fixed)
         values.update({k: suggest(trial, k, dist) for k, dist in self.space.items()})
-        cfg = Config.from_values(values)
+        return Config.from_values(values), values
+
+    def run_trial(self, trial, stop: StopFlag) -> tuple[str, Optional[float]]:
+        """Train one trial, reporting each epoch's metric to Optuna (which may prune it at
+        an epoch boundary). Returns (status, objective): finished, pruned, stopped (a
+        signal: its checkpoint is kept for the retry) or diverged."""
+        from .api import unused_keys
+
+        cfg, values = self.config_of(trial)
         resolved = preflight(cfg)
         ds = self.dataset(cfg)
-        prune = StopFlag()  # set by the pruner at an epoch boundary; never a signal handler
-        prune.status = "pruned"
+        prune = StopFlag()  # set at an epoch boundary, by the pruner or by `stop`
         metric, seen = self.metric, []
 
         class Report(Writer):
             def start(self, info):
+                trial.set_user_attr("model_type", info["model_type"])
                 trial.set_user_attr("model_params", info["model_params"])
 
             def log(self, row):
-                if metric not in row:
-                    raise ConfigError(f"the sweep's metric {metric!r} is not among the logged "
-                                      f"metrics; e.g. final/test_accuracy")
                 seen.append(float(row[metric]))
                 trial.report(seen[-1], row["epoch"])
-                if trial.should_prune() or stop.requested:
-                    prune.signal = -1
+                if stop.requested:
+                    prune.signal, prune.status = stop.signal, "stopped"
+                elif trial.should_prune():
+                    prune.signal, prune.status = -1, "pruned"
 
-        checkpointer = Checkpointer(cfg)
-        meta = checkpointer.peek() if cfg.resume == "auto" else None
-        writers = [Report(), ResultsWriter(cfg.results)]
+        checkpointer, meta = open_checkpoints(cfg)
+        results = ResultsWriter(cfg.results)
+        writers = [Report(), results]
         run = self.wandb_run(cfg, values, trial)
         if run is not None:
-            from .writers import WandbWriter
             writers.append(WandbWriter(run))
+        retry_of = RETRY.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
+        extra = {"sweep_study": trial.study.study_name, "sweep_trial": trial.number,
+                 "sweep_worker": os.getpid()}
+        if retry_of is not None:
+            extra["sweep_retry_of"] = retry_of
+        # a second Ctrl-C writes what this trial measured (train_and_evaluate sets it)
+        stop.on_force = lambda: prune.on_force() if prune.on_force else None
         try:
             record = train_and_evaluate(
                 cfg, MultiWriter(*writers), unused=unused_keys(cfg, set(values)), stop=prune,
                 dataset=ds, resolved=resolved, checkpointer=checkpointer, resume_meta=meta,
-                extra_info={"sweep_study": trial.study.study_name, "sweep_trial": trial.number,
-                            "sweep_worker": os.getpid()})
+                extra_info=extra)
         except BaseException:
             if run is not None:
                 run.finish(exit_code=1)
             raise
-        trial.set_user_attr("status", record["status"])
-        if stop.requested:  # Ctrl-C / SIGTERM: this trial is not a result
-            raise KeyboardInterrupt
-        if record["status"] == "pruned":
-            raise optuna.TrialPruned()
-        if not seen or not math.isfinite(seen[-1]):
-            return float("nan")  # diverged: Optuna records the trial as failed
-        return seen[-1]
+        finally:
+            stop.on_force = None
+        status = record["status"]
+        # what the dashboard (optuna-dashboard) shows of each trial
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("results", f"{cfg.results}:{results.line}")
+        if record.get(TEST_ACCURACY) is not None:
+            trial.set_user_attr("test_accuracy", record[TEST_ACCURACY])
+        value = seen[-1] if seen and math.isfinite(seen[-1]) else None
+        return status, value
 
     def wandb_run(self, cfg, values, trial):
         """Each trial its own W&B run, grouped by study, when W&B is there and not disabled."""
@@ -273,9 +311,14 @@ class Sweep:
         return run
 
 
-def suggest(trial, key: str, dist):
-    import optuna.distributions as d
+def _ends(dist) -> list:
+    """The values a distribution can take at its edges: every choice, or both ends."""
+    if hasattr(dist, "choices"):
+        return list(dist.choices)
+    return [dist.low, dist.high]
 
+
+def suggest(trial, key: str, dist):
     if isinstance(dist, d.CategoricalDistribution):
         return trial.suggest_categorical(key, dist.choices)
     if isinstance(dist, d.IntDistribution):
@@ -284,8 +327,6 @@ def suggest(trial, key: str, dist):
 
 
 def progress_line(study, total: int) -> str:
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     done = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
@@ -296,18 +337,19 @@ def progress_line(study, total: int) -> str:
     except ValueError:
         pass
     return (f"[sweep {study.study_name}] {done}/{total} done ({count[TrialState.PRUNED]} pruned, "
-            f"{count[TrialState.FAIL]} failed), {count[TrialState.RUNNING]} running{best}")
+            f"{count[TrialState.FAIL]} failed or stopped), {count[TrialState.RUNNING]} running"
+            f"{best}")
 
 
 @contextlib.contextmanager
-def _creation_lock(url: Optional[str]):
-    """Processes that start together on one SQLite file create its tables one at a time
-    (SQLite has no concurrent schema creation; a server database needs no lock)."""
+def study_lock(url: Optional[str]):
+    """Processes on one SQLite study take turns: creating its tables (SQLite has no
+    concurrent schema creation), and claiming a trial, so that --trials=N is exact. A
+    server database is shared by machines, which a file lock cannot span: there a
+    trial claimed beyond N in a race is failed at once (see `claim`)."""
     if not url or not url.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
     lock = Path(url[len("sqlite:///"):] + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
@@ -318,112 +360,185 @@ def _creation_lock(url: Optional[str]):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# we run ask/tell with optimize()'s heartbeat thread (see run_study), as optimize() does
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+RETRY = RetryHeartbeatStaleTrialCallback(max_retry=None)
+
+
 def storage_of(url: str, heartbeat: int):
-    import warnings
-
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
     if not url:
         return optuna.storages.InMemoryStorage()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     # a trial whose process died (no heartbeat for 2 intervals) is failed, then retried
     # with the same parameters: its checkpoint, if any, lets it resume
-    return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                      heartbeat_stale_trial_callback=RETRY,
                       engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
 
 
+ACTIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+MAX_FAILURES_IN_A_ROW = 3
+
+
+def reap_dead_workers(study) -> None:
+    """Fail and retry the RUNNING trials of workers on this host that are gone (kill -9, a
+    second Ctrl-C): their checkpoints let the retries resume at once, without waiting
+    for the heartbeat's grace period."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.system_attrs.get("jaxcollective_worker")
+        if owner and owner[0] == host and not _alive(owner[1]):
+            study.tell(t.number, state=TrialState.FAIL)
+            RETRY(study, study._storage.get_trial(t._trial_id))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(study, total: int, url: Optional[str]):
+    """The next trial (a waiting retry first), or None when the study has its `total`
+    trials finished, pruned, running or waiting. A trial claimed beyond `total` in a race
+    between machines is failed at once and not run."""
+    with study_lock(url):
+        if is_heartbeat_enabled(study._storage):
+            optuna.storages.fail_stale_trials(study)
+        if url and url.startswith("sqlite:///"):
+            reap_dead_workers(study)
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if not waiting and sum(t.state.name in ACTIVE for t in trials) >= total:
+            return None
+        trial = study.ask()
+        study._storage.set_trial_system_attr(trial._trial_id, "jaxcollective_worker",
+                                            [socket.gethostname(), os.getpid()])
+    ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+    if sum(t.state.name in ACTIVE for t in ahead) >= total:
+        trial.set_user_attr("status", "surplus")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial
+
+
+def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
+    """A new stream for every rerun and every worker: extending a study never draws the
+    same parameters again."""
+    return int(np.random.SeedSequence([seed, worker, trials_so_far]).generate_state(1)[0])
+
+
 def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: Optional[str],
-              storage: Optional[str], results: Optional[str], seed: int, heartbeat: int) -> int:
-    import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
-    from .main import enable_compilation_cache
-    from .signals import StopFlag
-
+              storage: Optional[str], results: Optional[str], seed: int, heartbeat: int,
+              worker: int = 0) -> int:
     sw = Sweep(path, overrides, results)
-    sampler = sampler_of(sw.sweep, sw.space, seed)
     pruner = pruner_of(sw.sweep, sw.base_cfg.epochs)
     enable_compilation_cache()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or Path(path).stem
-    with _creation_lock(storage):
+    with study_lock(storage):
         study = optuna.create_study(study_name=name, storage=storage_of(storage, heartbeat),
-                                    sampler=sampler, pruner=pruner, direction=sw.direction,
-                                    load_if_exists=True)
-    print(progress_line(study, trials), file=sys.stderr, flush=True)
-    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+                                    pruner=pruner, direction=sw.direction, load_if_exists=True)
+        study.sampler = sampler_of(sw.sweep, sw.space,
+                                   sampler_seed(seed, worker, len(study.trials)))
+    say = lambda: print(progress_line(study, trials), file=sys.stderr, flush=True)  # noqa: E731
+    say()
+    failures = 0  # in a row: a space that only fails must not loop for ever
     with StopFlag() as stop:
-        try:
-            study.optimize(lambda t: sw.objective(t, stop), n_trials=trials,
-                           callbacks=[MaxTrialsCallback(trials, states=done_states),
-                                      lambda s, t: print(progress_line(s, trials), file=sys.stderr,
-                                                         flush=True)],
-                           catch=(ConfigError,))
-        except KeyboardInterrupt:
-            print(f"[sweep {name}] stopped; run the same command again to resume the study",
-                  file=sys.stderr)
-            return 0
-    print(progress_line(study, trials), file=sys.stderr, flush=True)
+        while not stop.requested:
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                print(f"[sweep {name}] {failures} trials in a row failed; stopping (see the "
+                      "errors above)", file=sys.stderr)
+                return 1
+            trial = claim(study, trials, storage)
+            if trial is None:
+                break
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                try:
+                    status, value = sw.run_trial(trial, stop)
+                except ConfigError as err:
+                    print(f"[sweep {name}] trial {trial.number} failed: {err}", file=sys.stderr)
+                    trial.set_user_attr("status", "failed")
+                    status, value = "failed", None
+                except BaseException:
+                    study.tell(trial, state=TrialState.FAIL)
+                    raise
+            if status == "finished" and value is not None:
+                study.tell(trial, value)
+            elif status == "pruned":
+                study.tell(trial, state=TrialState.PRUNED)
+            else:  # stopped, diverged, failed
+                study.tell(trial, state=TrialState.FAIL)
+            if status == "stopped":  # the same command picks it up first and resumes it
+                RETRY(study, study._storage.get_trial(trial._trial_id))
+            failures = failures + 1 if status == "failed" else 0
+            say()
+    if stop.requested:
+        print(f"[sweep {name}] stopped; run the same command again to resume the study",
+              file=sys.stderr)
     return 0
 
 
 def main(argv: list[str]) -> int:
     def _main():
-        if not argv or argv[0] in ("-h", "--help"):
-            print(USAGE)
+        _, opts = parse_argv(argv, OPTIONS, flags=("help",), repeated=("set",),
+                             positional="sweep_file", config_keys=False)
+        if "help" in opts or not argv:
+            print(help_text(PROG, SUMMARY, OPTIONS, config_keys=False,
+                            args="SWEEP.yaml [--option=value ...]"))
             return 0
-        path, sets, opts = argv[0], [], {}
-        i = 1
-        while i < len(argv):
-            tok = argv[i]
-            name, eq, value = tok.lstrip("-").partition("=")
-            if not tok.startswith("--"):
-                raise ConfigError(f"unexpected argument {tok!r}; see --help")
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"--{name} needs a value: --{name}=VALUE")
-                value, i = argv[i + 1], i + 1
-            if name == "set":
-                sets.append(value)
-            elif name in ("trials", "study", "storage", "results", "parallel", "seed", "heartbeat"):
-                opts[name] = value
-            else:
-                raise ConfigError(f"unknown option --{name}; see --help")
-            i += 1
+        if "sweep_file" not in opts:
+            raise UsageError("no sweep file given: python -m jaxcollective.sweep SWEEP.yaml ...")
+        path = opts["sweep_file"]
         trials = int_option(opts, "trials", 10, minimum=1)
         parallel = int_option(opts, "parallel", 1, minimum=1)
         seed = int_option(opts, "seed", 0, minimum=0)
         heartbeat = int_option(opts, "heartbeat", 30, minimum=1)
-        overrides = parse_sets(sets)
+        worker = int_option(opts, "worker", 0, minimum=0)
+        overrides = parse_sets(opts.get("set", []))
         sw = Sweep(path, overrides, opts.get("results"))  # every error before any trial
         storage = opts.get("storage") or \
             f"sqlite:///{Path(sw.results).expanduser().resolve().parent / 'sweeps.db'}"
         Path(sw.results).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         if parallel > 1:
-            return run_workers(argv, parallel, storage)
+            return run_workers(opts, parallel, storage)
         return run_study(path, trials, overrides, study_name=opts.get("study"), storage=storage,
-                         results=opts.get("results"), seed=seed, heartbeat=heartbeat)
+                         results=opts.get("results"), seed=seed, heartbeat=heartbeat,
+                         worker=worker)
     return guarded(_main)
 
 
-def run_workers(argv: list[str], k: int, storage: str) -> int:
+def run_workers(opts: dict, k: int, storage: str) -> int:
     """K processes of this command sharing one study (each with its own sampler seed;
     one GPU each when there are several)."""
     gpus = _gpu_count()
-    base = [a for a in argv if not a.startswith(("--parallel", "--storage", "--seed"))]
+    base = [opts["sweep_file"], *(f"--set={s}" for s in opts.get("set", [])),
+            *(f"--{n}={opts[n]}" for n in ("trials", "study", "results", "heartbeat") if n in opts)]
     procs = []
-    for i in range(k):
-        env = dict(os.environ)
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        procs.append(subprocess.Popen([sys.executable, "-m", "jaxcollective.sweep", *base,
-                                       f"--storage={storage}", f"--seed={i}"], env=env))
-        time.sleep(1.0)  # let the first create the study
-    return max(p.wait() for p in procs)
+    with StopFlag() as stop:
+        for i in range(k):
+            env = dict(os.environ)
+            if gpus > 1:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            # a session of its own: Ctrl-C reaches this process, which passes it on once
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "jaxcollective.sweep", *base, f"--storage={storage}",
+                 f"--seed={opts.get('seed', 0)}", f"--worker={i}"], env=env,
+                start_new_session=True))
+        forwarded = False
+        while any(p.poll() is None for p in procs):
+            if stop.requested and not forwarded:
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(stop.signal)
+                forwarded = True
+            time.sleep(0.2)
+    return max(p.returncode for p in procs)
 
 
 def _gpu_count() -> int:
@@ -433,6 +548,8 @@ def _gpu_count() -> int:
     except (OSError, subprocess.SubprocessError):
         return 0
 
+
+console = console_script(main)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -32,27 +32,29 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .augment import AUGMENTATIONS, AugSpec, augment
 from .config import Config, ConfigError, DatasetInfo
+from .data import split_indices
+from .metrics import CORRECT, LOSS_PARTS, SPLITS, count_names, name, rate_name
 from .models import build_model
 from .sizing import Resolved
 
 # Named RNG streams, all derived from the config's one seed.
 STREAMS = ("params", "dropout", "augment", "shuffle")
 STEP_STREAMS = ("dropout", "augment")  # folded with the update's index inside an epoch
-LOSS_PARTS = ("loss", "loss_prediction", "loss_diversity_expert", "loss_diversity_analyst")
 
 
 def stream_keys(seed: int) -> dict[str, jax.Array]:
     """Named RNG streams derived from one seed."""
     root = jax.random.key(seed)
-    return {name: jax.random.fold_in(root, i) for i, name in enumerate(STREAMS)}
+    return {s: jax.random.fold_in(root, i) for i, s in enumerate(STREAMS)}
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """SPEC section 5's optimizers. The learning rate and weight decay live in the
+    """The optimizers of docs/design.md ("Training"). The learning rate and weight decay live in the
     optimizer state (optax.inject_hyperparams), not in the compiled program, so trials
     of a sweep that differ only in them share one compiled epoch."""
     has_decay = cfg.weight_decay > 0  # a zero weight decay adds no pass over the parameters
@@ -70,14 +72,6 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
                                           weight_decay=cfg.weight_decay)
 
 
-# Config keys that do not enter the compiled epoch (data, seeds and hyperparameters
-# that reach it as arguments or optimizer state, and everything outside training).
-NOT_IN_PROGRAM = frozenset({
-    "learning_rate", "weight_decay", "epochs", "seed", "val_split", "target_params",
-    "results", "progress", "wandb_project", "wandb_entity", "wandb_name", "checkpoint_dir",
-    "checkpoint_every", "resume", "keep_checkpoint", "data_dir", "manual_dir", "device",
-    "num_workers", "use_gpu", "use_torch_compile", "log_interval", "training_strategy",
-    "input_dim", "num_classes"})
 _PROGRAMS: dict[tuple, tuple] = {}  # program key -> (step, init, epoch): reused across runs
 
 
@@ -146,7 +140,7 @@ def init_state(step: Step, key: jax.Array) -> TrainState:
 # ------------------------------------------------------------------- the loss
 def diversity_penalty(h_NxBxD: jax.Array, temperature: float) -> jax.Array:
     """How alike the members' outputs are: mean over member pairs i < j of
-    |batch mean of cos_sim(h_i, h_j)| / temperature (SPEC section 3)."""
+    |batch mean of cos_sim(h_i, h_j)| / temperature (docs/design.md, "Loss")."""
     n, b, _ = h_NxBxD.shape
     h = h_NxBxD.astype(jnp.float32)
     norm = jnp.sqrt(jnp.sum(h * h, axis=-1, keepdims=True))
@@ -159,17 +153,17 @@ def diversity_penalty(h_NxBxD: jax.Array, temperature: float) -> jax.Array:
 def correct(logits_BxC, y_B, topk: tuple[int, ...]) -> dict[str, jax.Array]:
     """Per example: top-1 correct (`correct`) and, for each extra k, in the top k
     (`correct_topK`: fewer than k classes score strictly higher than the label)."""
-    out = {"correct": jnp.argmax(logits_BxC, -1) == y_B}
+    out = {CORRECT: jnp.argmax(logits_BxC, -1) == y_B}
     if topk:
         true_Bx1 = jnp.take_along_axis(logits_BxC, y_B[:, None], axis=-1)
         rank_B = jnp.sum(logits_BxC > true_Bx1, axis=-1)
-        out.update({f"correct_top{k}": rank_B < k for k in topk})
+        out.update(zip(count_names(topk)[1:], (rank_B < k for k in topk)))
     return out
 
 
 def loss_fn(step: Step, params, stats, x_BxD, y_B, key):
     """Cross-entropy plus, for the collective, the weighted diversity penalty of its
-    experts and analysts (SPEC section 3). Returns (loss, (new stats, metrics))."""
+    experts and analysts (docs/design.md, "Loss"). Returns (loss, (new stats, metrics))."""
     model = nnx.merge(step.graphdef, params, stats, copy=True)
     logits_BxC, aux = model(x_BxD, train=True, key=key)
     logits_BxC = logits_BxC.astype(jnp.float32)
@@ -218,8 +212,7 @@ def train_step(step: Step, state: TrainState, idx_AxB, keys, data: DeviceData):
         return (stats, g_acc, jax.tree.map(jnp.add, m_acc, m)), None
 
     zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-    zeros_m = {n: jnp.zeros((), jnp.float32) for n in
-               (*LOSS_PARTS, "correct", *(f"correct_top{k}" for k in step.topk))}
+    zeros_m = {n: jnp.zeros((), jnp.float32) for n in (*LOSS_PARTS, *count_names(step.topk))}
     carry = (state.stats, zeros_g, zeros_m)
     if a == 1:
         (stats, grads, m), _ = micro(carry, 0)
@@ -252,9 +245,9 @@ def train_epoch(step: Step, state: TrainState, data: DeviceData, train_idx_N, ke
                           f"batch_size * gradient_accumulation_steps = {b * a}")
     perm_N = jax.random.permutation(keys["shuffle"], train_idx_N)
     state, m_U = scan_steps(step, state, perm_N[: u * a * b].reshape(u, a, b), keys, data)
-    m = {name: v.sum() / (u * a) for name, v in m_U.items() if not name.startswith("correct")}
-    m.update({name.replace("correct", "accuracy"): 100.0 * v.sum() / (u * a * b)
-              for name, v in m_U.items() if name.startswith("correct")})
+    counts = count_names(step.topk)
+    m = {n: v.sum() / (u * a) for n, v in m_U.items() if n not in counts}
+    m.update({rate_name(n): 100.0 * m_U[n].sum() / (u * a * b) for n in counts})
     return state, m
 
 
@@ -269,11 +262,11 @@ def evaluate(step: Step, params, stats, x_all, y_all, idx_MxE, mask_MxE) -> dict
         y_E = y_all[idx_E]
         ce_E = optax.softmax_cross_entropy_with_integer_labels(logits_ExC, y_E)
         sums = {"loss": jnp.sum(jnp.where(mask_E, ce_E, 0.0))}
-        sums.update({n.replace("correct", "accuracy"): jnp.sum(c & mask_E).astype(jnp.float32)
+        sums.update({rate_name(n): jnp.sum(c & mask_E).astype(jnp.float32)
                      for n, c in correct(logits_ExC, y_E, step.topk).items()})
         return jax.tree.map(jnp.add, acc, sums), None
 
-    names = ("loss", "accuracy", *(f"accuracy_top{k}" for k in step.topk))
+    names = ("loss", *map(rate_name, count_names(step.topk)))
     sums, _ = jax.lax.scan(body, {n: jnp.zeros(()) for n in names}, (idx_MxE, mask_MxE))
     count = jnp.maximum(mask_MxE.sum(), 1)
     return {n: (v if n == "loss" else 100.0 * v) / count for n, v in sums.items()}
@@ -282,14 +275,12 @@ def evaluate(step: Step, params, stats, x_all, y_all, idx_MxE, mask_MxE) -> dict
 def epoch_step(step: Step, state: TrainState, data: DeviceData, rep: ReplicaData, keys):
     """One replica's epoch: train, then evaluate validation and test."""
     state, m = train_epoch(step, state, data, rep.train_idx_RxN, keys)
-    out = {f"train/{n}": v for n, v in m.items()}
     val = evaluate(step, state.params, state.stats, data.x_train, data.y_train,
                    rep.val_idx_RxMxE, rep.val_mask_RxMxE)
     test = evaluate(step, state.params, state.stats, data.x_test, data.y_test,
                     data.test_idx_MxE, data.test_mask_MxE)
-    out.update({f"val/{n}": v for n, v in val.items()})
-    out.update({f"test/{n}": v for n, v in test.items()})
-    return state, out
+    return state, {name(split, n): v for split, part in zip(SPLITS, (m, val, test))
+                   for n, v in part.items()}
 
 
 def pad_batches(idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,8 +301,6 @@ class Trainer:
 
     def __init__(self, resolved: Resolved, ds, *, devices=None,
                  build: Optional[Callable[[jax.Array], nnx.Module]] = None):
-        from .data import split_indices
-
         cfg = self.cfg = resolved.cfg
         self.resolved = resolved
         self.seeds = cfg.seeds
@@ -336,14 +325,10 @@ class Trainer:
     def _program(self, resolved: Resolved, info: DatasetInfo, build):
         """(step, init, epoch) compiled for this program; a later run (a sweep's next
         trial) whose program is the same reuses them: no tracing, no compiling."""
-        import json
-
         cfg = resolved.cfg
         key = None
-        if build is None:
-            shape = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_PROGRAM}
-            key = (json.dumps(shape, sort_keys=True, default=str), resolved.hidden_dims,
-                   cfg.weight_decay > 0, tuple(map(str, self.devices)))
+        if build is None:  # the config's declared PROGRAM keys (docs/design.md, Config keys)
+            key = (cfg.program_key(), resolved.hidden_dims, tuple(map(str, self.devices)))
             if key in _PROGRAMS:
                 return _PROGRAMS[key]
         nd = len(self.devices)

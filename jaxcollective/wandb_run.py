@@ -7,12 +7,14 @@ Under `wandb agent`, run.py is started as `python run.py --key=value ...` and
 
 from __future__ import annotations
 
+import netrc
 import os
 import sys
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
-from .cli import describe_error
 from .config import FIELDS
+from .util import describe_error, reachable
 
 
 def wandb_mode() -> Optional[str]:
@@ -38,7 +40,6 @@ def _logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        import netrc
         host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1]
         return netrc.netrc().authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
@@ -52,10 +53,6 @@ LOGIN_TIMEOUT_S, INIT_TIMEOUT_S = 3, 9
 
 def _server_reachable(timeout: float = 3.0) -> bool:
     """A TCP connection to the W&B server opens within `timeout` s (DNS included)."""
-    from urllib.parse import urlsplit
-
-    from .data import reachable
-
     url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     port = url.port or (443 if url.scheme == "https" else 80)
     return reachable(url.hostname or "api.wandb.ai", port, timeout)

@@ -7,11 +7,16 @@ offline runs need no wandb account.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import numpy as np
+
+from .metrics import EPOCH_TIME, SPLITS, TEST_ACCURACY, is_summary, name
 
 
 class Writer:
@@ -75,11 +80,9 @@ class ConsoleWriter(Writer):
                 self.bar = None
 
     def log(self, row):
-        line = (f"{self.tag}epoch {row['epoch']:>3}/{self.epochs}  "
-                f"train loss {row['train/loss']:.4f} acc {row['train/accuracy']:6.2f}  "
-                f"val loss {row['val/loss']:.4f} acc {row['val/accuracy']:6.2f}  "
-                f"test loss {row['test/loss']:.4f} acc {row['test/accuracy']:6.2f}  "
-                f"{row['time/epoch_s']:.2f}s")
+        parts = "  ".join(f"{s} loss {row[name(s, 'loss')]:.4f} acc {row[name(s, 'accuracy')]:6.2f}"
+                          for s in SPLITS)
+        line = f"{self.tag}epoch {row['epoch']:>3}/{self.epochs}  {parts}  {row[EPOCH_TIME]:.2f}s"
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
             self.bar.update(1)
@@ -90,7 +93,7 @@ class ConsoleWriter(Writer):
         if self.bar is not None:
             self.bar.close()
         status = record["status"]
-        acc = record.get("final/test_accuracy")
+        acc = record.get(TEST_ACCURACY)
         acc_s = "n/a" if acc is None else f"{acc:.2f}%"
         n = record["epochs_completed"]
         print(f"{self.tag}{status}: final test accuracy {acc_s} after {n} "
@@ -98,28 +101,32 @@ class ConsoleWriter(Writer):
 
 
 class ResultsWriter(Writer):
-    """Appends one JSON line per finished (or stopped, or diverged) run."""
+    """Appends one JSON line per finished (or stopped, or diverged) run; `line` is then
+    its 1-based line number. Processes appending to one file take turns (flock), so lines
+    never interleave and each knows its number."""
 
     def __init__(self, path: str):
         self.path = Path(path)
+        self.line: Optional[int] = None
 
     def finish(self, record):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
+        text = json.dumps(record, default=_jsonable) + "\n"
+        with open(self.path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            self.line = sum(1 for _ in f) + 1
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _jsonable(x):
-    try:
-        import numpy as np
-        if isinstance(x, np.generic):
-            return x.item()
-        if isinstance(x, np.ndarray):
-            return x.tolist()
-    except ImportError:
-        pass
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
     if isinstance(x, tuple):
         return list(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
@@ -152,8 +159,7 @@ class WandbWriter(Writer):
 
     def finish(self, record):
         for k, v in record.items():
-            if k.startswith(("final/", "final_", "best_")) or k in (
-                    "status", "diverged", "epochs_completed", "model_params"):
+            if is_summary(k):
                 self.run.summary[k] = v
         self.run.finish(exit_code=1 if record.get("diverged") else 0)
 

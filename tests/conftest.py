@@ -4,3 +4,9 @@ import tempfile
 # Keep the persistent XLA cache of test runs out of the user's home.
 os.environ.setdefault("JAXCOLLECTIVE_CACHE_DIR", tempfile.mkdtemp(prefix="jaxcollective-xla-"))
 os.environ.setdefault("WANDB_MODE", "disabled")
+# The tests compile hundreds of small programs (and their subprocesses inherit this): at
+# these sizes XLA's backend optimisations cost more compile time than they save in run
+# time. Every comparison in the tests is between programs compiled the same way.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_backend_optimization_level=0").strip()

@@ -1,4 +1,4 @@
-"""SPEC section 6's metric names, written out once for the tests (not imported from the
+"""The metric names of docs/design.md ("Metrics"), written out once for the tests (not imported from the
 package, so a renamed metric fails the tests)."""
 
 EPOCH_KEYS = {"epoch", "train/loss", "train/loss_prediction", "train/loss_diversity_expert",

@@ -18,6 +18,7 @@ from jaxcollective.writers import Writer
 from wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end-to-end, in subprocesses
 FINALS = ("final/test_accuracy", "final/test_loss", "final/best_val_accuracy", "best_epoch",
           "final_train_loss", "final_val_loss")
 BASE = ["--dataset=digits", "--model_type=shallow", "--target_params=150000", "--epochs=24",
@@ -112,11 +113,13 @@ def test_a_retried_sweep_trial_with_a_new_run_id_resumes(tmp_path):
 def test_damaged_checkpoint_warns_and_starts_fresh_never_starts_over(tmp_path):
     proc = launch(tmp_path, wait=False)
     interrupt_after(proc, 5, signal.SIGKILL)
-    (ck,) = [d for d in (tmp_path / "ck").iterdir()]
+    (ck,) = [d for d in (tmp_path / "ck").iterdir() if d.is_dir()]  # beside it: its lock file
     for f in ck.rglob("*"):
         if f.is_file() and f.parent.name != "meta":
             f.write_bytes(b"\0garbage")
-    p = launch(tmp_path, "--epochs=3")  # a different `epochs`, the same fingerprint
+    # a different `epochs` (the same fingerprint), not below the checkpoint's epoch
+    reached = max(int(d.name) for d in ck.iterdir() if d.name.isdigit())
+    p = launch(tmp_path, f"--epochs={reached + 1}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "warning: checkpoint in" in p.stderr and "starting fresh" in p.stderr
     assert records(tmp_path)[-1]["resumed_from_epoch"] == 0
@@ -130,7 +133,7 @@ def test_damaged_checkpoint_warns_and_starts_fresh_never_starts_over(tmp_path):
 def test_an_interrupted_save_is_never_loaded(tmp_path):
     proc = launch(tmp_path, wait=False)
     interrupt_after(proc, 5, signal.SIGKILL)
-    (ck,) = [d for d in (tmp_path / "ck").iterdir()]
+    (ck,) = [d for d in (tmp_path / "ck").iterdir() if d.is_dir()]  # beside it: its lock file
     # what a save cut off mid-write leaves: orbax's temporary folder, never committed
     junk = ck / "22.orbax-checkpoint-tmp-1234567"
     (junk / "state").mkdir(parents=True)

@@ -63,6 +63,7 @@ def test_a_misspelt_dry_run_value_is_an_error_not_a_training_run(capsys):
     assert err == ["error: --dry_run must be true or false, got 'maybe'"]
 
 
+@pytest.mark.slow
 def test_main_job_on_digits_writes_results(tmp_path):
     results = tmp_path / "results.jsonl"
     p = run_py("--model_type=collective", "--config=phase1", "--dataset=digits", "--epochs=2",
@@ -77,6 +78,7 @@ def test_main_job_on_digits_writes_results(tmp_path):
     assert 0 <= rec["final/test_accuracy"] <= 100 and rec["final/model_params"] == rec["model_params"]
 
 
+@pytest.mark.slow
 def test_divergence_exits_nonzero_and_is_recorded(tmp_path):
     results = tmp_path / "r.jsonl"
     p = run_py("--model_type=shallow", "--dataset=digits", "--epochs=3", "--optimizer=sgd",
@@ -94,3 +96,33 @@ def test_entry_points_import_no_jax():
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.slow
+def test_help_piped_into_head_ends_quietly():
+    p = subprocess.run(f"'{sys.executable}' run.py --help | head -n 2", shell=True, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.stdout.startswith("usage: run.py") and len(p.stdout.splitlines()) == 2
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_a_run_that_cannot_fit_its_device_is_refused_before_any_work():
+    from jaxcollective.config import Config, ConfigError
+    from jaxcollective.experiment import check_memory, preflight
+    from jaxcollective.sizing import resolve
+
+    cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "target_params": 1e10})
+    with pytest.raises(ConfigError, match=r"needs about .* GB .* free; use a smaller"):
+        preflight(cfg)
+
+    class SmallGPU:  # what a GPU's allocator reports
+        platform = "gpu"
+
+        def memory_stats(self):
+            return {"bytes_limit": 64 * 2**20, "bytes_in_use": 0}
+
+    phase1 = resolve(Config.from_dict({}, preset="phase1"))
+    with pytest.raises(ConfigError, match="2,969,887 parameters"):
+        check_memory(phase1, [SmallGPU()])
+    SmallGPU.memory_stats = lambda self: {"bytes_limit": 8 * 2**30, "bytes_in_use": 0}
+    check_memory(phase1, [SmallGPU()])  # fits

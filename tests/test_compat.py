@@ -1,4 +1,4 @@
-"""Drop-in for the original (SPEC section 8): its keys, presets, command line, sweep file
+"""Drop-in for the original (docs/design.md, "Coming from the original"): its keys, presets, command line, sweep file
 and metric names."""
 
 import json
@@ -24,12 +24,12 @@ from wandb_offline import read_offline_run
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_SWEEP = ROOT / "sweeps" / "original_phase1.yaml"
 
-# SPEC section 8, written out here (not read from the package).
-SPEC_PHASE1 = dict(batch_size=128, gradient_accumulation_steps=4, eval_batch_size=1024,
+# docs/design.md, "Coming from the original", written out here (not read from the package).
+ORIGINAL_PHASE1 = dict(batch_size=128, gradient_accumulation_steps=4, eval_batch_size=1024,
                    learning_rate=1e-3, epochs=100, optimizer="adam", weight_decay=1e-4,
                    use_augmentation=True, use_mixed_precision=False, topk=(1,),
                    dataset="fashion_mnist", val_split=0.1, seed=42)
-SPEC_DEBUG = dict(batch_size=128, gradient_accumulation_steps=4, eval_batch_size=512,
+ORIGINAL_DEBUG = dict(batch_size=128, gradient_accumulation_steps=4, eval_batch_size=512,
                   learning_rate=1e-3, epochs=5, optimizer="adam", weight_decay=0.0,
                   use_augmentation=True, use_mixed_precision=True, topk=(1,),
                   dataset="fashion_mnist", val_split=0.1, seed=42)
@@ -42,7 +42,7 @@ ORIGINAL_SUMMARY_KEYS = {"best_val_accuracy", "best_epoch", "final_train_accurac
                          "final_test_accuracy", "final_test_loss", "model_params"}
 
 
-@pytest.mark.parametrize("name,spec", [("phase1", SPEC_PHASE1), ("debug", SPEC_DEBUG)])
+@pytest.mark.parametrize("name,spec", [("phase1", ORIGINAL_PHASE1), ("debug", ORIGINAL_DEBUG)])
 def test_presets_equal_the_originals_configs(name, spec):
     cfg = Config.from_dict({}, preset=name)
     for k, v in spec.items():
@@ -166,6 +166,7 @@ def test_eval_batch_size_does_not_change_the_metrics():
         assert recs[0][k] == pytest.approx(recs[1][k], rel=1e-6), k  # sums in another order
 
 
+@pytest.mark.slow
 def test_the_originals_command_line(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
     p = subprocess.run([sys.executable, "run.py", "--config", "phase1", "--model", "shallow",

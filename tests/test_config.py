@@ -1,4 +1,4 @@
-"""Config derivation (SPEC section 1), validation and typed parsing."""
+"""Config derivation (docs/design.md, "Derivation rules"), validation and typed parsing."""
 
 import pytest
 

@@ -49,6 +49,7 @@ def test_prepared_tfds_dir_under_mock_data(name, shape, tmp_path, monkeypatch):
     assert record["status"] == "finished" and np.isfinite(record["final/test_loss"])
 
 
+@pytest.mark.slow
 def test_offline_without_data_fails_fast_with_the_ways_to_supply_it(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", TFDS_DATA_DIR=str(tmp_path), HOME=str(tmp_path),
                JAXCOLLECTIVE_OFFLINE="1")
@@ -280,6 +281,7 @@ def test_with_internet_the_registered_files_are_downloaded_then_read(isolated, m
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.mark.slow
 def test_real_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     if not (DEBIAN_FMNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed "

@@ -30,6 +30,7 @@ def wandb_runs(tmp):
     return list((Path(tmp) / "wandb").glob("*run-*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,fragment", [
     (["--results=/proc/x.jsonl"], "--results=/proc/x.jsonl cannot be appended to"),
     (["--results={tmp}/file/x.jsonl"], "is a file, not a folder"),
@@ -55,6 +56,7 @@ def test_bad_input_fails_before_any_work_and_leaves_no_wandb_run(args, fragment,
     assert elapsed < 30, elapsed
 
 
+@pytest.mark.slow
 def test_unreachable_wandb_server_falls_back_to_offline_at_once(tmp_path):
     env = dict(os.environ, WANDB_MODE="online", WANDB_API_KEY="x" * 40, WANDB_DIR=str(tmp_path),
                WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true")
@@ -75,6 +77,7 @@ def test_unreachable_wandb_server_falls_back_to_offline_at_once(tmp_path):
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # for `wandb sync` later
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_first_second_ends_stopped_with_zero_epochs(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--dataset=digits",
@@ -89,17 +92,18 @@ def test_sigterm_in_the_first_second_ends_stopped_with_zero_epochs(tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_second_interrupt_ends_the_run_at_once_and_keeps_what_was_measured(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
-    # epochs of a few seconds, so that the second Ctrl-C lands inside one
+    # epochs of about a second, so that the second Ctrl-C lands inside one
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--dataset=digits",
-                             "--model_type=shallow", "--target_params=20000000", "--batch_size=16",
+                             "--model_type=shallow", "--target_params=5000000", "--batch_size=16",
                              "--epochs=100000", "--progress=false",
                              f"--results={tmp_path / 'r.jsonl'}"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     seen = 0
-    while seen < 2:
+    while seen < 1:
         seen += proc.stdout.readline().startswith("epoch")
     proc.send_signal(signal.SIGINT)
     while "stopping after the epoch in flight" not in proc.stderr.readline():
@@ -111,7 +115,7 @@ def test_a_second_interrupt_ends_the_run_at_once_and_keeps_what_was_measured(tmp
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     rec = json.loads((tmp_path / "r.jsonl").read_text())
-    assert rec["status"] == "stopped" and rec["epochs_completed"] >= 2
+    assert rec["status"] == "stopped" and rec["epochs_completed"] >= 1
     assert rec["final/test_accuracy"] > 0
 
 

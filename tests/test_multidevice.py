@@ -1,5 +1,6 @@
 """Data parallel on 4 forced CPU devices equals one device, up to float error."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end-to-end, in subprocesses
 
 SCRIPT = r"""
 import json, sys, jax, numpy as np

@@ -14,7 +14,7 @@ SPREAD = [200_000, 500_000, 1_000_000, 12_000_000, 25_000_000, 50_000_000]
 FAMILIES = ["shallow", "balanced", "deep", "very_deep", "deep_resnet", "very_deep_resnet"]
 
 
-# ---- closed forms written from SPEC's text, sharing no code with the package
+# ---- closed forms written from docs/design.md's text, sharing no code with the package
 def lin(a, b):
     return a * b + b
 

@@ -18,6 +18,7 @@ from jaxcollective.report import load_results, make_report  # noqa: E402
 from jaxcollective.sweep import main as sweep_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # end-to-end, in subprocesses
 
 
 def sweep_file(tmp, **over):

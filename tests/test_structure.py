@@ -1,0 +1,167 @@
+"""Structure: every config key declares its role and everything derives from it; the
+core imports nothing from the command line or the tools; metric names live in
+metrics.py; one argv parser for every entry point; docs/design.md covers every key."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from jaxcollective import config as C
+from jaxcollective.checkpoint import fingerprint
+from jaxcollective.cli import UsageError, parse_argv
+from jaxcollective.config import FIELDS, Config, Role
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "jaxcollective"
+CORE = ("config", "layers", "models", "sizing", "api", "rawdata", "data", "augment", "train",
+        "metrics", "experiment", "checkpoint", "signals", "writers", "util")
+OUTSIDE_CORE = ("cli", "main", "wandb_run", "sweep", "report", "bench", "torch_reference")
+
+
+def test_every_key_declares_a_role_and_why():
+    for k, f in FIELDS.items():
+        assert isinstance(f.metadata.get("role"), Role), f"{k} has no role"
+        assert f.metadata.get("why"), f"{k} has no reason for its role"
+
+
+# A valid other value for each key, to see what a change of it does.
+OTHER = {"model_type": "deep", "dataset": "digits", "synthetic_like": "mnist",
+         "target_params": 123456, "collective_version": "encoder_head", "optimizer": "sgd",
+         "dtype": "bfloat16", "use_mixed_precision": True, "topk": (1, 5), "device": "cpu",
+         "resume": "never", "expert_hidden": (64, 32), "analyst_hidden": (32, 16),
+         "n_experts": 3, "input_dim": 784, "num_classes": 10, "training_strategy": "x",
+         "expert_ratio": 0.3, "val_split": 0.2, "drop_models_expert_rate": 0.3,
+         "drop_models_analyst_rate": 0.3, "adaptive_collective_max_dim": 4096}
+
+
+def other_value(key, value):
+    if key in OTHER:
+        return OTHER[key]
+    return {bool: lambda v: not v, int: lambda v: (v or 1) + 1, float: lambda v: v * 0.5 if v else 0.1,
+            str: lambda v: v + "x", type(None): lambda v: 1}[type(value)](value)
+
+
+def changed(cfg: Config, key: str) -> Config:
+    if key in ("dtype", "use_mixed_precision"):
+        return cfg.replace(**{key: OTHER[key]})
+    return Config.from_dict({**cfg.to_dict(), key: other_value(key, getattr(cfg, key)),
+                             "use_mixed_precision": None})
+
+
+@pytest.mark.parametrize("model_type", ["collective", "shallow"])
+def test_fingerprint_and_program_key_follow_the_declared_roles(model_type):
+    base = Config.from_dict({"model_type": model_type, "target_params": 200_000})
+    ignored = base.ignored_keys()
+    for key in FIELDS:
+        other = changed(base, key)
+        role = C.role(key)
+        in_trajectory = key in C.TRAJECTORY_KEYS and key not in ignored
+        assert (fingerprint(other) != fingerprint(base)) == in_trajectory, key
+        in_program = (role is Role.PROGRAM and key not in ignored) or \
+            FIELDS[key].metadata["program_part"] is not None
+        if FIELDS[key].metadata["program_part"] is not None:  # weight_decay: only 0 vs > 0
+            decayed = base.replace(**{key: 0.1})
+            assert decayed.replace(**{key: 0.2}).program_key() == decayed.program_key()
+            assert decayed.program_key() != base.program_key()
+        else:
+            assert (other.program_key() != base.program_key()) == in_program, key
+
+
+def test_derived_lists():
+    assert C.NO_EFFECT == {"log_interval": "per-epoch-logging", "num_workers": "on-device-data",
+                           "training_strategy": "single-strategy",
+                           "use_torch_compile": "always-compiled"}
+    assert C.VALUE_KEYS == {"learning_rate", "weight_decay", "seed", "val_split"}
+    assert set(C.SHARED_SETTINGS) == {"epochs", "use_augmentation", "gradient_accumulation_steps",
+                                      "dtype"}
+
+
+def test_value_keys_share_one_compiled_program_and_program_keys_compile_anew():
+    from jaxcollective.data import load
+    from jaxcollective.sizing import resolve
+    from jaxcollective.train import Trainer
+
+    base = Config.from_dict({"model_type": "shallow", "dataset": "digits", "target_params": 20_000,
+                             "batch_size": 64, "epochs": 1, "seed": 0})
+    ds = load(base)
+    first = Trainer(resolve(base), ds)
+    m0 = first.epoch(first.init(), 1)[1]
+    assert first._epoch._cache_size() == 1
+    # another learning rate, weight decay > 0, seed and split: the same compiled program
+    other = base.replace(learning_rate=0.01, seed=3, val_split=0.2)
+    second = Trainer(resolve(other), ds)
+    assert second._epoch is first._epoch
+    m1 = second.epoch(second.init(), 1)[1]
+    assert first._epoch._cache_size() <= 2  # at most a retrace for the other split's shape
+    assert float(m1["train/loss"][0]) != float(m0["train/loss"][0])  # the values took effect
+    same_split = Trainer(resolve(base.replace(learning_rate=0.02, seed=5)), ds)
+    size = first._epoch._cache_size()
+    same_split.epoch(same_split.init(), 1)
+    assert first._epoch._cache_size() == size  # nothing traced or compiled
+    # a program key: a new program
+    assert Trainer(resolve(base.replace(batch_size=32)), ds)._epoch is not first._epoch
+    assert Trainer(resolve(base.replace(optimizer="sgd")), ds)._epoch is not first._epoch
+
+
+def imports_of(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            out.add((node.module or "").split(".")[0])
+            if not node.module:
+                out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxcollective"):
+            out.add(node.module.split(".")[1] if "." in node.module else "")
+    return out
+
+
+def test_the_core_imports_nothing_from_the_command_line_or_the_tools():
+    modules = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
+    assert modules == set(CORE) | set(OUTSIDE_CORE), "a new module: put it in CORE or OUTSIDE_CORE"
+    for name in CORE:
+        bad = imports_of(PKG / f"{name}.py") & set(OUTSIDE_CORE)
+        assert not bad, f"core module {name} imports {bad}"
+
+
+METRIC_LITERAL = re.compile(r"[\"'](final|train|val|test|param_efficiency|time)/[a-z_0-9]")
+
+
+def test_metric_names_are_written_only_in_metrics_py():
+    for path in PKG.glob("*.py"):
+        if path.name == "metrics.py":
+            continue
+        code = "\n".join(line for line in path.read_text().splitlines()
+                         if not line.lstrip().startswith("#"))
+        body = ast.get_docstring(ast.parse(code)) or ""
+        hits = [m.group(0) for m in METRIC_LITERAL.finditer(code.replace(body, ""))]
+        assert not hits, f"{path.name} writes metric names {hits}; import them from metrics.py"
+
+
+@pytest.mark.parametrize("argv", [["s.yaml", "--parallel", "2", "--set", "a=1", "--set=b=2"],
+                                  ["--parallel=2", "s.yaml", "--set=a=1", "--set", "b=2"]])
+def test_one_parser_for_every_entry_point_takes_both_spellings(argv):
+    from jaxcollective.sweep import OPTIONS
+
+    _, opts = parse_argv(argv, OPTIONS, flags=("help",), repeated=("set",),
+                         positional="sweep_file", config_keys=False)
+    assert opts == {"sweep_file": "s.yaml", "parallel": "2", "set": ["a=1", "b=2"]}
+    with pytest.raises(UsageError, match="unknown option --paralel"):
+        parse_argv(["s.yaml", "--paralel=2"], OPTIONS, positional="sweep_file", config_keys=False)
+    with pytest.raises(UsageError, match="unexpected argument 't.yaml'"):
+        parse_argv(["s.yaml", "t.yaml"], OPTIONS, positional="sweep_file", config_keys=False)
+    values, opts = parse_argv(["--epochs", "3", "--use_augmentation", "--model", "deep", "-h"],
+                              {"help": ""}, flags=("help",))
+    assert values == {"epochs": "3", "use_augmentation": "true", "model_type": "deep"}
+    assert opts == {"help": "true"}
+
+
+def test_design_doc_lists_every_key_with_its_role():
+    text = (ROOT / "docs" / "design.md").read_text()
+    for k, f in FIELDS.items():
+        assert re.search(rf"^\| `{k}` \| {f.metadata['role'].value} \|", text, re.M), k
+    code = "\n".join(p.read_text() for p in [*PKG.glob("*.py"), ROOT / "README.md"])
+    for section in {" ".join(s.split()) for s in re.findall(r'docs/design\.md, "([^"]+)"', code)}:
+        assert re.search(rf"^## {re.escape(section)}$", text, re.M), section
+    assert "SPEC" not in code

@@ -1,0 +1,222 @@
+"""Sweeps you can trust: a study never repeats itself, an interrupted trial is resumed
+(not lost, not repeated), one live run per checkpoint folder, resume never contradicts
+the record, every check before the first trial, exact trial counts, duplicates folded
+in the report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+optuna = pytest.importorskip("optuna")
+
+from jaxcollective.report import load_results, make_report  # noqa: E402
+from jaxcollective.sweep import main as sweep_main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def sweep_file(tmp, epochs=1, **params):
+    spec = {"program": "run.py", "method": "random",
+            "metric": {"name": "final/test_accuracy", "goal": "maximize"},
+            "parameters": {
+                "model_type": {"value": "shallow"}, "dataset": {"value": "digits"},
+                "target_params": {"value": 30000}, "batch_size": {"value": 64},
+                "epochs": {"value": epochs}, "progress": {"value": False},
+                "checkpoint_dir": {"value": str(tmp / "ck")}, "checkpoint_every": {"value": 1},
+                "learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+                "seed": {"distribution": "int_uniform", "min": 0, "max": 10**6}, **params}}
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def common(tmp, study="s"):
+    return [f"--results={tmp / 'r.jsonl'}", f"--storage=sqlite:///{tmp / 's.db'}",
+            f"--study={study}"]
+
+
+def launch(path, *extra):
+    env = dict(os.environ, WANDB_MODE="disabled")
+    return subprocess.Popen([sys.executable, "-m", "jaxcollective.sweep", str(path), *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_extending_a_study_draws_new_trials(tmp_path, capsys):
+    path = sweep_file(tmp_path)
+    assert sweep_main([str(path), "--trials=2", *common(tmp_path)]) == 0
+    assert sweep_main([str(path), "--trials=4", *common(tmp_path)]) == 0
+    assert sweep_main([str(path), "--trials=4", *common(tmp_path)]) == 0  # done: runs nothing
+    recs = lines(tmp_path / "r.jsonl")
+    assert len(recs) == 4
+    drawn = {(r["config"]["learning_rate"], r["config"]["seed"]) for r in recs}
+    assert len(drawn) == 4
+    assert "4/4 done" in capsys.readouterr().err
+
+
+def test_a_bad_metric_or_value_is_one_line_before_any_trial(tmp_path, capsys):
+    path = sweep_file(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["metric"]["name"] = "final/test_acc"
+    path.write_text(yaml.safe_dump(spec))
+    assert sweep_main([str(path), *common(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "final/test_acc" in err[0] and "final/test_accuracy" in err[0]
+    spec["metric"]["name"] = "final/test_accuracy"
+    spec["parameters"]["model_type"] = {"values": ["shallow", "deeep"]}
+    path.write_text(yaml.safe_dump(spec))
+    assert sweep_main([str(path), *common(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'deeep'" in err[0], err
+    spec["parameters"]["model_type"] = {"value": "shallow"}
+    spec["parameters"]["learning_rate"] = {"distribution": "uniform", "min": -1, "max": 0.1}
+    path.write_text(yaml.safe_dump(spec))
+    assert sweep_main([str(path), *common(tmp_path)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_ctrl_c_keeps_the_trial_and_the_rerun_resumes_it(tmp_path):
+    path = sweep_file(tmp_path, epochs=40)
+    args = ["--trials=3", *common(tmp_path)]
+    p = launch(path, *args)
+    while "1/3 done" not in p.stderr.readline():
+        assert p.poll() is None, p.stderr.read()[-2000:]
+    ck = tmp_path / "ck"
+    deadline = time.time() + 120
+    while not any(d.is_dir() and any(d.iterdir()) for d in ck.iterdir()):  # trial 1 saved
+        assert time.time() < deadline and p.poll() is None
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert "run the same command again" in err
+    first = lines(tmp_path / "r.jsonl")
+    assert [r["status"] for r in first] == ["finished", "stopped"]
+    stopped = first[1]
+    assert 1 <= stopped["epochs_completed"] < 40
+    p = launch(path, *args)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-2000:]
+    recs = lines(tmp_path / "r.jsonl")[2:]
+    assert [r["status"] for r in recs] == ["finished", "finished"]
+    retry = recs[0]
+    assert retry["sweep_retry_of"] == stopped["sweep_trial"]
+    assert retry["resumed_from_epoch"] == stopped["epochs_completed"]
+    assert retry["config"] == stopped["config"]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states and "WAITING" not in states
+    assert "pruned" not in {r["status"] for r in lines(tmp_path / "r.jsonl")}
+
+
+def test_parallel_workers_run_exactly_the_trials_asked_for(tmp_path):
+    path = sweep_file(tmp_path)
+    p = launch(path, "--parallel", "2", "--trials=4", *common(tmp_path))
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-2000:]
+    assert "unexpected argument" not in err
+    recs = lines(tmp_path / "r.jsonl")
+    assert len(recs) == 4 and len({r["sweep_trial"] for r in recs}) == 4
+    assert len({r["sweep_worker"] for r in recs}) == 2
+    assert len({(r["config"]["learning_rate"], r["config"]["seed"]) for r in recs}) == 4
+
+
+RUN = ["--dataset=digits", "--model_type=shallow", "--target_params=150000",
+       "--batch_size=64", "--checkpoint_every=1"]
+
+
+def run_py(tmp, name, *extra, wait=False):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp / name)}
+    (tmp / name).mkdir(exist_ok=True)
+    cmd = [sys.executable, str(ROOT / "run.py"), *RUN, f"--results={tmp / 'r.jsonl'}",
+           f"--checkpoint_dir={tmp / 'ck'}", *extra]
+    if wait:
+        return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def epochs_seen(proc, n):
+    seen = 0
+    while seen < n:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-2000:]
+        seen += line.startswith("epoch")
+
+
+def wait_for_a_save(folder: Path, epoch: int):
+    """Until orbax has committed the step of `epoch` or a later one (a folder named by it)."""
+    deadline = time.time() + 60
+    while not any(d.name.isdigit() and int(d.name) >= epoch for d in folder.iterdir()):
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def wandb_ids(folder: Path) -> set[str]:
+    return {d.name.rsplit("-", 1)[1] for d in (folder / "wandb").glob("offline-run-*")}
+
+
+def test_two_identical_runs_never_share_a_checkpoint_folder(tmp_path):
+    a = run_py(tmp_path, "a", "--epochs=100000")  # runs until stopped
+    epochs_seen(a, 3)  # a holds the folder before b starts
+    b = run_py(tmp_path, "b", "--epochs=100000")
+    epochs_seen(b, 4)
+    folders = sorted(d.name for d in (tmp_path / "ck").iterdir() if d.is_dir())
+    assert len(folders) == 2 and folders[1] == folders[0] + "-2"
+    wait_for_a_save(tmp_path / "ck" / folders[1], 2)
+    b.send_signal(signal.SIGKILL)
+    b.wait()
+    # a checkpoint past --epochs: one line, exit 2, nothing trained
+    short = run_py(tmp_path, "b", "--epochs=1", wait=True)  # epochs: not in the fingerprint
+    assert short.returncode == 2, short.stderr[-2000:]
+    assert "--resume=never" in short.stderr and "Traceback" not in short.stderr
+    # the restarted b resumes its own folder and its own W&B run while a runs on
+    b2 = run_py(tmp_path, "b", "--epochs=40")
+    out_b, err_b = b2.communicate(timeout=300)
+    a.send_signal(signal.SIGTERM)
+    out_a, err_a = a.communicate(timeout=120)
+    assert a.returncode == 0 and b2.returncode == 0, err_b[-2000:]
+    assert "warning" not in err_a.lower() and "Traceback" not in err_a, err_a[-2000:]
+    assert f"{folders[1]})" in err_b and "resuming from epoch" in err_b
+    ids_a, ids_b = wandb_ids(tmp_path / "a"), wandb_ids(tmp_path / "b")
+    assert len(ids_a) == 1 and len(ids_b) == 1 and ids_a != ids_b
+    # a's checkpoint (saved at its SIGTERM) resumes
+    stopped_at = lines(tmp_path / "r.jsonl")[-1]["epochs_completed"]
+    again = run_py(tmp_path, "a", f"--epochs={stopped_at + 3}", wait=True)
+    assert again.returncode == 0 and f"{folders[0]})" in again.stderr, again.stderr[-2000:]
+    assert wandb_ids(tmp_path / "a") == ids_a  # the same W&B run, continued
+    recs = lines(tmp_path / "r.jsonl")
+    assert [r["status"] for r in recs] == ["finished", "stopped", "finished"]
+    assert recs[0]["resumed_from_epoch"] >= 1  # b2
+    assert recs[2]["resumed_from_epoch"] == recs[1]["epochs_completed"] == stopped_at
+    assert not any((tmp_path / "ck").iterdir())  # both finished: no folder, no lock file left
+
+
+def test_the_report_folds_a_duplicated_trial(tmp_path, capsys):
+    rec = {"model_type": "shallow", "model_params": 1000, "status": "finished",
+           "final/test_accuracy": 90.0, "final/best_val_accuracy": 91.0,
+           "final/param_efficiency": 9.0, "final/accuracy_per_log10_params": 30.0,
+           "config": {"dataset": "digits", "model_type": "shallow", "seed": 1, "learning_rate": 0.01}}
+    other = json.loads(json.dumps(rec))
+    other["config"]["seed"] = 2
+    other["final/test_accuracy"] = 92.0
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (rec, rec, other)) + "\n")
+    rep = make_report(load_results(path), tmp_path / "out", str(path))
+    assert "1 duplicate run folded" in rep["summary"]
+    (group,) = rep["datasets"]["digits"]["groups"]
+    assert len(group.runs) == 2 and group.mean() == pytest.approx(91.0)
