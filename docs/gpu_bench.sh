@@ -5,7 +5,8 @@
 # Each bench line is the JSON object of `python -m jaxcollective.bench`; the last line
 # is the wall time of one whole run.py trial (interpreter start, compile with an empty
 # cache, EPOCHS epochs of training + validation + test), Fashion-MNIST-sized synthetic data.
-# CONFIG, EPOCHS, STEPS, BENCH_EPOCHS and SEEDS override the defaults (for a quick check).
+# CONFIG, EPOCHS, STEPS, BENCH_EPOCHS, SEEDS and EXTRA (more keys for every line) override
+# the defaults (for a quick check).
 # The phase1 preset is the original's whole CONFIG_PHASE1 (batch 128 with 4 accumulation
 # steps, weight decay 1e-4, augmentation on); the timings override its training keys to
 # batch 256, no accumulation, no weight decay (TIMING below), and set augmentation per line.
@@ -17,7 +18,7 @@ STEPS=${STEPS:-200}
 BENCH_EPOCHS=${BENCH_EPOCHS:-3}
 SEEDS=${SEEDS:-8}
 SHAPE=${SHAPE:-fashion_mnist}   # the synthetic data's shape (digits: a quick check of the script)
-TIMING="--batch_size=256 --gradient_accumulation_steps=1 --weight_decay=0"
+TIMING="--batch_size=256 --gradient_accumulation_steps=1 --weight_decay=0 ${EXTRA:-}"
 mkdir -p "$OUT"
 J="$OUT/bench.jsonl"
 : > "$J"

@@ -84,7 +84,9 @@ def match_baseline(cfg: Config, target: int) -> BaselineMatch:
             raise ConfigError(f"no {cfg.model_type} architecture exists for this dataset")
     lo = _first_valid(cfg, lo // 2 + 1 if lo > 1 else 1, lo)
     s0 = _largest_within(cfg, target, lo)
-    candidates = [r for s in range(max(lo, s0 - 2), s0 + 4) if (r := _family_count(cfg, s))]
+    # counts rise strictly with s (the first layer alone grows with it): the closest is
+    # s0 or s0 + 1, both counted by the search already
+    candidates = [r for s in (s0, s0 + 1) if s <= _MAX_WIDTH and (r := _family_count(cfg, s))]
     widths, n = min(candidates, key=lambda r: (abs(r[1] - target), r[1]))
     match = BaselineMatch(cfg.model_type, target, widths, n)
     if abs(match.rel_error) > MAX_MISMATCH:

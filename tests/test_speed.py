@@ -129,7 +129,7 @@ def test_gpu_bench_script_writes_every_figure_of_the_table_with_only_jax_flax_op
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_HEAVY)
     env = dict(os.environ, JAX_PLATFORMS="cpu", CONFIG="debug", EPOCHS="1", STEPS="10",
-               BENCH_EPOCHS="0", SEEDS="2", SHAPE="digits",
+               BENCH_EPOCHS="0", SEEDS="2", SHAPE="digits", EXTRA="--dtype=float32",
                PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), str(ROOT)]))
     p = subprocess.run(["bash", "docs/gpu_bench.sh", str(tmp_path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)

@@ -185,7 +185,9 @@ def test_two_identical_runs_never_share_a_checkpoint_folder(tmp_path):
     assert short.returncode == 2, short.stderr[-2000:]
     assert "--resume=never" in short.stderr and "Traceback" not in short.stderr
     # the restarted b resumes its own folder and its own W&B run while a runs on
-    b2 = run_py(tmp_path, "b", "--epochs=40")
+    reached = max(int(d.name) for d in (tmp_path / "ck" / folders[1]).iterdir()
+                  if d.name.isdigit())
+    b2 = run_py(tmp_path, "b", f"--epochs={reached + 2}")
     out_b, err_b = b2.communicate(timeout=300)
     a.send_signal(signal.SIGTERM)
     out_a, err_a = a.communicate(timeout=120)
