@@ -26,7 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .config import Config, ConfigError
-from .util import describe_error, warn
+from .util import alive, describe_error, warn
 
 SAVE_INTERVAL_S = 60.0  # the default policy: save after an epoch 60 s past the last save
 
@@ -95,15 +95,7 @@ def _live_owner(record: str) -> bool:
         pid = int(pid)
     except ValueError:
         return False
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host == socket.gethostname() and pid != os.getpid() and alive(pid)
 
 
 def check_writable(cfg: Config) -> None:

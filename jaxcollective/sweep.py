@@ -41,6 +41,7 @@ from .data import load
 from .experiment import enable_compilation_cache, preflight, train_and_evaluate
 from .metrics import TEST_ACCURACY, closest_names, logged_names
 from .signals import StopFlag
+from .util import alive
 from .writers import MultiWriter, ResultsWriter, WandbWriter, Writer
 
 OPTIONS = {
@@ -225,8 +226,9 @@ class Sweep:
                         if cfg.model_type == "collective":
                             cfg.dims  # noqa: B018 - widths of 0 are an error
                     except ConfigError as err:
-                        raise ConfigError(f"sweep parameter {key!r}: the value {value!r} "
-                                          f"(model_type {model_type}) is invalid: {err}") from None
+                        with_type = "" if key == "model_type" else f" (with model_type {model_type})"
+                        raise ConfigError(f"sweep parameter {key!r}: the value {value!r}"
+                                          f"{with_type} is invalid: {err}") from None
         return base
 
     def dataset(self, cfg):
@@ -388,19 +390,9 @@ def reap_dead_workers(study) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.system_attrs.get("jaxcollective_worker")
-        if owner and owner[0] == host and not _alive(owner[1]):
+        if owner and owner[0] == host and not alive(owner[1]):
             study.tell(t.number, state=TrialState.FAIL)
             RETRY(study, study._storage.get_trial(t._trial_id))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def claim(study, total: int, url: Optional[str]):

@@ -19,6 +19,17 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+def alive(pid: int) -> bool:
+    """A process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
 def reachable(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 2.0) -> bool:
     """True if `host` answers within `timeout` seconds, DNS included (hard cap via a thread).
     JAXCOLLECTIVE_OFFLINE=1 says no without asking (tests, air-gapped clusters)."""

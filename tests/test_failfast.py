@@ -72,7 +72,10 @@ def test_unreachable_wandb_server_falls_back_to_offline_at_once(tmp_path):
             break
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert fell_back is not None and fell_back < 15, fell_back
+    # wandb's own retries take ~100 s; the probe (3 s) and init timeout (9 s) come after
+    # the interpreter's start, which a loaded 2-core machine (tests run 4 at a time) can
+    # stretch past 15 s: the bound tells the fallback from the retries, not a speed
+    assert fell_back is not None and fell_back < 60, fell_back
     assert json.loads((tmp_path / "r.jsonl").read_text())["status"] == "finished"
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # for `wandb sync` later
 
