@@ -15,7 +15,6 @@ import sys
 
 from .cli import bool_option, console_script, guarded, help_text, parse_argv
 from .config import Config, ConfigError
-from .experiment import check_results_file, preflight, setup_backend
 from .signals import StopFlag
 
 EXTRA = {
@@ -42,6 +41,9 @@ def _main(argv: list[str], stop: StopFlag) -> int:
     if "help" in opts:
         print(help_text("run.py", "Train one model (or describe it with --dry_run).", EXTRA))
         return 0
+    # here, not at the top: the signal handlers are installed before anything heavy
+    from .experiment import check_results_file, preflight, setup_backend
+
     preset = opts.get("config")
     cfg = Config.from_values(values, preset)  # bad flags fail before anything starts
     dry_run = bool_option(opts, "dry_run")

@@ -96,6 +96,12 @@ def test_entry_points_import_no_jax():
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr
+    # before its signal handlers, run.py imports nothing heavier than its config
+    code = ("import sys, jaxcollective.main; heavy = {'numpy', 'jax', 'optuna', 'orbax'} & "
+            "set(sys.modules); assert not heavy, heavy")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
 
 
 @pytest.mark.slow
