@@ -119,7 +119,7 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
                        BEST_VAL_ACCURACY: r["best_val_accuracy"],
                        MODEL_PARAMS: params, **efficiency_metrics(acc, params)}
             runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
-                            dict(config, seed=r["seed"]), metrics, **where))
+                            dict(config, seed=r["seed"], num_seeds=1), metrics, **where))
         return runs
     metrics = {k: v for k, v in rec.items() if k.startswith(FINAL_PREFIX) and not k.endswith("_std")}
     return [Run(name=rec.get("name", name), model_type=rec["model_type"], params=params,
@@ -198,6 +198,50 @@ class Group:
             return None
         m = sum(v) / len(v)
         return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+@dataclass
+class Selection:
+    """Which configuration of a (model type, size) group validation chose."""
+    group: Group            # the chosen configuration's runs (its seeds)
+    candidates: int         # configurations compared
+    varied: dict[str, Any]  # the chosen values of the keys that differ between them
+    scores: dict[str, float]  # configuration label -> mean best validation accuracy
+    seeds: list[int]        # the seeds every configuration has, on which they were compared
+
+
+def config_key(r: Run) -> str:
+    """A run's experiment without its seed: its seeds are runs of one configuration."""
+    dataset, model_type, params, config = json.loads(experiment_key(r))
+    config.pop("seed", None)
+    return json.dumps([dataset, model_type, params, config], sort_keys=True)
+
+
+def select_on_validation(g: Group) -> Selection:
+    """The configuration of `g` with the highest mean best validation accuracy, compared
+    on the seeds that every configuration has (so seeds added later to the chosen one
+    cannot change the choice); the test set is never looked at. The chosen group keeps
+    all of that configuration's seeds."""
+    configs: dict[str, list[Run]] = defaultdict(list)
+    for r in g.runs:
+        configs[config_key(r)].append(r)
+    seed_sets = [{r.config.get("seed") for r in rs} for rs in configs.values()]
+    common = set.intersection(*seed_sets)
+
+    def score(rs: list[Run]) -> float:
+        vals = [r.metrics.get(BEST_VAL_ACCURACY) for r in rs
+                if not common or r.config.get("seed") in common]
+        vals = [float(v) for v in vals if v is not None]
+        return sum(vals) / len(vals) if vals else float("-inf")
+
+    keys = sorted(k for k in TRAJECTORY_KEYS if k != "seed" and len(
+        {json.dumps(rs[0].config.get(k, _default(k))) for rs in configs.values()}) > 1)
+    label = lambda rs: ", ".join(f"{k}={rs[0].config.get(k, _default(k))}" for k in keys) or "-"  # noqa: E731
+    chosen = max(configs.values(), key=score)  # ties: the first configuration seen
+    return Selection(Group(g.model_type, g.size, chosen), len(configs),
+                     {k: chosen[0].config.get(k, _default(k)) for k in keys},
+                     {label(rs): score(rs) for rs in configs.values()},
+                     sorted(s for s in common if s is not None))
 
 
 def split_runs(runs: Iterable[Run]) -> tuple[list[Run], list[Run]]:
@@ -335,9 +379,40 @@ def select_best(runs: list[Run]) -> Run:
     return max(runs, key=lambda r: r.metrics.get(BEST_VAL_ACCURACY, float("-inf")))
 
 
+def selection_lines(selections: list[Selection]) -> list[str]:
+    """Per size, the model types side by side (the validation-chosen configuration's test
+    accuracy over its seeds), then what validation chose and from what."""
+    sizes = size_classes(s.group.params for s in selections)
+    types = [t for t in MODEL_TYPES if any(s.group.model_type == t for s in selections)]
+    lines = ["### Selected on validation: test accuracy per size, model types side by side", "",
+             "Each (model type, size) trained several configurations; the one with the highest "
+             "mean best validation accuracy (compared on the seeds all of them have) is shown, "
+             "with its test accuracy as mean ± std over its seeds (n). The test set played no "
+             "part in the choice.", "",
+             "| size | " + " | ".join(types) + " |", "| --- |" + " ---: |" * len(types)]
+    for k, size in enumerate(sizes):
+        cells = []
+        for t in types:
+            s = next((s for s in selections if s.group.model_type == t
+                      and size_class_of(s.group.params, sizes) == k), None)
+            g = s and s.group
+            cells.append("–" if g is None else
+                         f"{g.mean():.2f} ± {_std(g.std())} ({len(g.runs)})")
+        lines.append(f"| ~{fmt_params(size)} | " + " | ".join(cells) + " |")
+    lines += ["", "| model type | params | chosen | compared on seeds | validation (mean best "
+              "val. acc. %) of each candidate |", "| --- | ---: | --- | --- | --- |"]
+    for s in selections:
+        chosen = ", ".join(f"{k}={v}" for k, v in s.varied.items()) or "(one configuration)"
+        scores = "; ".join(f"{c}: {v:.2f}" for c, v in s.scores.items())
+        lines.append(f"| {s.group.model_type} | {s.group.params:,.0f} | {chosen} | "
+                     f"{', '.join(map(str, s.seeds)) or 'all'} | {scores} |")
+    return lines + [""]
+
+
 def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
-                  folded: int = 0) -> list[str]:
-    """The markdown section of one dataset."""
+                  folded: int = 0, selections: Optional[list[Selection]] = None) -> list[str]:
+    """The markdown section of one dataset; with `selections`, `groups` are the
+    validation-chosen configurations and a side-by-side table leads."""
     good = [r for g in groups for r in g.runs]
     dup = (f" {folded} duplicate run{'s' if folded != 1 else ''} folded: the same model type "
            "and resolved config (seed included) as an earlier run, counted once.") if folded else ""
@@ -346,6 +421,8 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
              "(diverged, stopped early or failed), listed at the end." + dup + " Figures: "
              f"`{dataset}/accuracy_vs_params.png`, `{dataset}/efficiency_by_type.png`, "
              f"`{dataset}/scaling.png`.", ""]
+    if selections:
+        lines += selection_lines(selections)
     mixed = mixed_settings(good)
     if mixed:
         lines += ["**Warning: these runs mix training settings** (" + "; ".join(
@@ -573,9 +650,11 @@ def linear_fit(xs: list[float], ys: list[float]) -> Optional[tuple[float, float]
 
 
 def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] = None,
-                include_synthetic: bool = False) -> dict[str, Any]:
+                include_synthetic: bool = False, select: bool = False) -> dict[str, Any]:
     """summary.md with a section per dataset, and each dataset's figures in out/<dataset>/.
-    Synthetic runs are left out unless asked for; `dataset` keeps one dataset only."""
+    Synthetic runs are left out unless asked for; `dataset` keeps one dataset only. With
+    `select`, each (model type, size) shows only the configuration validation chose
+    (select_on_validation), in the tables and the figures."""
     skipped_synthetic = 0 if include_synthetic else sum(r.synthetic for r in runs)
     runs = [r for r in runs if include_synthetic or not r.synthetic]
     if dataset is not None:
@@ -592,8 +671,14 @@ def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] 
         good, excluded = split_runs(by_dataset[name])
         good, folded = fold_duplicates(good)
         groups = group_runs(good)
-        per_dataset[name] = {"groups": groups, "excluded": excluded, "folded": folded}
-        sections += write_summary(groups, excluded, name, folded)
+        selections = None
+        if select and groups:
+            selections = [select_on_validation(g) for g in groups]
+            groups = [s.group for s in selections]
+            good = [r for g in groups for r in g.runs]
+        per_dataset[name] = {"groups": groups, "excluded": excluded, "folded": folded,
+                             "selections": selections}
+        sections += write_summary(groups, excluded, name, folded, selections)
         if good:
             folder = out / name
             folder.mkdir(parents=True, exist_ok=True)
@@ -622,6 +707,9 @@ OPTIONS = {
     "out": "output folder (default report/): summary.md, DIR/<dataset>/*.png",
     "dataset": "report this dataset only (default: every dataset, a section each)",
     "include_synthetic": "keep runs on synthetic data (left out by default)",
+    "select": "none (default: every run of a model type and size is averaged) or validation: "
+              "per model type and size, only the configuration with the best mean validation "
+              "accuracy, its seeds averaged (a study that tried several learning rates)",
     "help": "show this message",
 }
 SUMMARY = "Figures and tables of parameter efficiency from finished runs, per dataset."
@@ -647,7 +735,10 @@ def main(argv: list[str]) -> int:
             path = Path(opts.get("results", "runs/results.jsonl"))
             runs, source = load_results(path), str(path)
         synth = bool_option(opts, "include_synthetic")
-        rep = make_report(runs, out, source, opts.get("dataset"), synth)
+        select = opts.get("select", "none")
+        if select not in ("none", "validation"):
+            raise ConfigError(f"--select={select}: expected none or validation")
+        rep = make_report(runs, out, source, opts.get("dataset"), synth, select == "validation")
         for name, d in rep["datasets"].items():
             print(f"{name}: {sum(len(g.runs) for g in d['groups'])} runs in {len(d['groups'])} "
                   f"groups, {len(d['excluded'])} excluded")

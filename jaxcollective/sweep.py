@@ -127,6 +127,22 @@ def search_space(parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return fixed, space
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for an ask-and-tell loop: its after_trial calls
+    `study.stop()`, which raises outside `study.optimize`; instead `claim` asks
+    `points_left` and ends the study when every point has started (a grid point is never
+    run twice, whatever --trials says)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+    def points_left(self, study) -> int:
+        started = {t.system_attrs["grid_id"] for t in study._storage.get_all_trials(
+            study._study_id, deepcopy=False) if "grid_id" in t.system_attrs
+            and self._same_search_space(t.system_attrs["search_space"])}
+        return len(set(range(self._n_min_trials)) - started)
+
+
 def sampler_of(sweep: dict, space: dict, seed: int):
     method = sweep.get("method", "random")
     if method == "bayes":
@@ -140,7 +156,7 @@ def sampler_of(sweep: dict, space: dict, seed: int):
         if bad:
             raise ConfigError(f"method grid needs a values list for every varied key; "
                               f"{bad[0]!r} has a distribution")
-        return optuna.samplers.GridSampler({k: list(v.choices) for k, v in space.items()}, seed=seed)
+        return GridSampler({k: list(v.choices) for k, v in space.items()}, seed=seed)
     raise ConfigError(f"sweep method {method!r} cannot be run locally; use bayes, random or grid")
 
 
@@ -407,6 +423,8 @@ def claim(study, total: int, url: Optional[str]):
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if not waiting and sum(t.state.name in ACTIVE for t in trials) >= total:
+            return None
+        if not waiting and isinstance(study.sampler, GridSampler) and not study.sampler.points_left(study):
             return None
         trial = study.ask()
         study._storage.set_trial_system_attr(trial._trial_id, "jaxcollective_worker",
