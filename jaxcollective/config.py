@@ -157,7 +157,8 @@ class Config:
                                 "the evaluation batches' shape; masked, so no metric changes",
                                 trajectory=False)
     val_split: float = _key(0.1, "fraction of the training split held out for validation, "
-                            "in (0, 1)", "training", V, "the split's index arrays")
+                            "in (0, 1)", "training", V, "the split's index arrays, whose "
+                            "lengths are shapes", program_part=lambda v: v)
     gradient_accumulation_steps: int = _key(1, "micro-batches of batch_size per update",
                                             "training", P, "the update's inner loop",
                                             setting=True)
@@ -477,6 +478,9 @@ SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(sorted(COLLEC
 NO_EFFECT = {k: FIELDS[k].metadata["why"] for k in sorted(keys_of(Role.NO_EFFECT))}
 # Keys that may differ between trials sharing one compiled program.
 VALUE_KEYS = keys_of(Role.VALUE)
+# What may differ between the members of one population (jaxcollective.population): the
+# VALUE keys no part of which shapes the program.
+MEMBER_KEYS = frozenset(k for k in VALUE_KEYS if FIELDS[k].metadata["program_part"] is None)
 # Keys that decide what a run computes epoch by epoch (its checkpoint fingerprint).
 TRAJECTORY_KEYS = frozenset(k for k in keys_of(Role.PROGRAM, Role.VALUE)
                             if FIELDS[k].metadata["trajectory"])

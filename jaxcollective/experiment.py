@@ -36,6 +36,55 @@ def run_info(resolved, ds, unused: dict[str, str]) -> dict[str, Any]:
     return info
 
 
+class RunLog:
+    """One run's bookkeeping, apart from how it is trained (alone, or as a member of a
+    population): its info, its history of epoch metrics, the rows and the record it
+    reports through `writer`."""
+
+    def __init__(self, resolved, ds, writer: Writer, *, unused: Optional[dict[str, str]] = None,
+                 history: Optional[list] = None, extra_info: Optional[dict] = None):
+        self.t0 = time.perf_counter()
+        self.cfg, self.writer, self.params = resolved.cfg, writer, resolved.model_params
+        self.history: list[dict[str, np.ndarray]] = list(history or [])
+        self.resumed_from = len(self.history)
+        self.info = run_info(resolved, ds, unused or {})
+        self.info["resumed_from_epoch"] = self.resumed_from
+        self.info.update(extra_info or {})
+        writer.start(self.info)
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return len(self.history)
+
+    def add(self, m: dict[str, np.ndarray], epoch_s: float) -> bool:
+        """One epoch's metrics (host arrays, leading replica axis): False, and nothing
+        logged, if a loss is not finite (the run diverged)."""
+        if not all(np.all(np.isfinite(m[k])) for k in LOSSES):
+            return False
+        self.history.append(m)
+        row = history_row(self.epoch, self.history, self.cfg, self.params)
+        row[EPOCH_TIME] = epoch_s
+        self.writer.log(row)
+        self.last_row = row
+        return True
+
+    def record(self, status: str) -> dict[str, Any]:
+        record: dict[str, Any] = dict(self.info)
+        record.update(status=status, diverged=status == "diverged",
+                      epochs_completed=len(self.history), resumed_from_epoch=self.resumed_from,
+                      wall_s=time.perf_counter() - self.t0)
+        if self.history:
+            record.update(final_metrics(self.history, self.params))
+            record["replicas"] = replica_finals(self.history, self.cfg.seeds)
+        return record
+
+    def finish(self, status: str) -> dict[str, Any]:
+        record = self.record(status)
+        self.writer.finish(record)
+        return record
+
+
 def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str, str]] = None,
                        stop: Optional[StopFlag] = None, dataset=None, resolved=None,
                        checkpointer=None, resume_meta: Optional[dict] = None,
@@ -51,10 +100,8 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
     from .sizing import resolve  # JAX: imported once the config has been checked
     from .train import Trainer
 
-    t0 = time.perf_counter()
     resolved = resolved if resolved is not None else resolve(cfg)
     ds = dataset if dataset is not None else load(cfg)
-    seeds = cfg.seeds
     trainer = Trainer(resolved, ds)
     state = trainer.init()
     history: list[dict[str, np.ndarray]] = []
@@ -62,44 +109,23 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
         restored = checkpointer.restore(state, resume_meta)
         if restored is not None:
             state, history = restored
-    resumed_from = len(history)
-    info = run_info(resolved, ds, unused or {})
-    info["resumed_from_epoch"] = resumed_from
-    info.update(extra_info or {})
-    writer.start(info)
-
+    log = RunLog(resolved, ds, writer, unused=unused, history=history, extra_info=extra_info)
     status = "finished"
-    params = resolved.model_params
-
-    def record_of(status: str) -> dict[str, Any]:
-        record: dict[str, Any] = dict(info)
-        record.update(status=status, diverged=status == "diverged",
-                      epochs_completed=len(history), resumed_from_epoch=resumed_from,
-                      wall_s=time.perf_counter() - t0)
-        if history:
-            record.update(final_metrics(history, params))
-            record["replicas"] = replica_finals(history, seeds)
-        return record
-
     if stop is not None:  # a second signal writes what was measured, then exits at once
-        stop.on_force = lambda: writer.finish(record_of("stopped"))
+        stop.on_force = lambda: writer.finish(log.record("stopped"))
     try:
-        for epoch in range(resumed_from + 1, cfg.epochs + 1):
+        for epoch in range(log.epoch + 1, cfg.epochs + 1):
             if stop is not None and stop.requested:
                 status = stop.status  # "stopped" (a signal) or "pruned" (a local sweep)
                 break
             te = time.perf_counter()
             state, m = trainer.epoch(state, epoch)
             m = jax.device_get(m)  # the one host round-trip per epoch
-            if not all(np.all(np.isfinite(m[k])) for k in LOSSES):
+            if not log.add(m, time.perf_counter() - te):
                 status = "diverged"
                 break
-            history.append(m)
-            row = history_row(epoch, history, cfg, params)
-            row[EPOCH_TIME] = time.perf_counter() - te
-            writer.log(row)
             if checkpointer is not None and checkpointer.due(epoch):
-                checkpointer.save(epoch, state, history, wandb_id)
+                checkpointer.save(epoch, state, log.history, wandb_id)
     except KeyboardInterrupt:
         status = "stopped"
     finally:
@@ -107,10 +133,8 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
             stop.on_force = None
 
     if checkpointer is not None:
-        close_checkpoints(checkpointer, status, state, history, wandb_id, cfg.keep_checkpoint)
-    record = record_of(status)
-    writer.finish(record)
-    return record
+        close_checkpoints(checkpointer, status, state, log.history, wandb_id, cfg.keep_checkpoint)
+    return log.finish(status)
 
 
 def close_checkpoints(checkpointer, status: str, state, history, wandb_id, keep: bool) -> None:

@@ -39,7 +39,7 @@ from .cli import UsageError, console_script, guarded, help_text, int_option, par
 from .config import Config, ConfigError
 from .data import load
 from .experiment import enable_compilation_cache, preflight, train_and_evaluate
-from .metrics import TEST_ACCURACY, closest_names, logged_names
+from .metrics import TEST_ACCURACY, closest_names, history_row, logged_names
 from .signals import StopFlag
 from .util import alive
 from .writers import MultiWriter, ResultsWriter, WandbWriter, Writer
@@ -58,6 +58,9 @@ OPTIONS = {
                 "there are several)",
     "seed": "the sampler's base seed (default 0); each rerun and worker draws from its own "
             "stream derived from it",
+    "population": "K trials whose compiled program is the same train together as the K "
+                  "members of one vmapped program (default 1: one trial at a time); a "
+                  "finished or pruned member's slot takes the next trial at once",
     "worker": "this process's index among --parallel workers (set by --parallel)",
     "heartbeat": "seconds between a running trial's heartbeats (default 30); a trial whose "
                  "process died is failed and retried after 2x this",
@@ -445,7 +448,7 @@ def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
 
 def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: Optional[str],
               storage: Optional[str], results: Optional[str], seed: int, heartbeat: int,
-              worker: int = 0) -> int:
+              worker: int = 0, population: int = 1) -> int:
     sw = Sweep(path, overrides, results)
     pruner = pruner_of(sw.sweep, sw.base_cfg.epochs)
     enable_compilation_cache()
@@ -459,6 +462,13 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
     say = lambda: print(progress_line(study, trials), file=sys.stderr, flush=True)  # noqa: E731
     say()
     failures = 0  # in a row: a space that only fails must not loop for ever
+    if population > 1:
+        with StopFlag() as stop:
+            run_populations(sw, study, trials, storage, population, stop)
+        if stop.requested:
+            print(f"[sweep {name}] stopped; run the same command again to resume the study",
+                  file=sys.stderr)
+        return 0
     with StopFlag() as stop:
         while not stop.requested:
             if failures >= MAX_FAILURES_IN_A_ROW:
@@ -478,20 +488,192 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
                 except BaseException:
                     study.tell(trial, state=TrialState.FAIL)
                     raise
-            if status == "finished" and value is not None:
-                study.tell(trial, value)
-            elif status == "pruned":
-                study.tell(trial, state=TrialState.PRUNED)
-            else:  # stopped, diverged, failed
-                study.tell(trial, state=TrialState.FAIL)
-            if status == "stopped":  # the same command picks it up first and resumes it
-                RETRY(study, study._storage.get_trial(trial._trial_id))
+            conclude(study, trial, status, value)
             failures = failures + 1 if status == "failed" else 0
             say()
     if stop.requested:
         print(f"[sweep {name}] stopped; run the same command again to resume the study",
               file=sys.stderr)
     return 0
+
+
+def conclude(study, trial, status: str, value: Optional[float]) -> None:
+    """Tell Optuna how a trial ended; a stopped one is queued to be retried first."""
+    if status == "finished" and value is not None:
+        study.tell(trial, value)
+    elif status == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+    else:  # stopped, diverged, failed
+        study.tell(trial, state=TrialState.FAIL)
+    if status == "stopped":  # the same command picks it up first and resumes it
+        RETRY(study, study._storage.get_trial(trial._trial_id))
+
+
+class Member:
+    """A trial in a population slot: its writers and its RunLog."""
+
+    def __init__(self, sw: Sweep, trial, cfg: Config, values: dict, resolved, pop, slot: int):
+        import jax
+
+        from .api import unused_keys
+        from .experiment import RunLog
+
+        self.trial, self.cfg, self.seen, self.pop, self.slot = trial, cfg, [], pop, slot
+        # its own checkpoint, as a sequential run of its config keeps (either resumes it)
+        self.checkpointer, meta = open_checkpoints(cfg)
+        state, history = None, []
+        if meta is not None:
+            restored = self.checkpointer.restore(pop.member_state(slot, keep_axis=True), meta)
+            if restored is not None:
+                state, history = restored
+                state = jax.tree.map(lambda a: a[0], state)
+                self.seen.append(float(history_row(len(history), history, cfg,
+                                                   resolved.model_params)[sw.metric]))
+        self.results = ResultsWriter(cfg.results)
+        writers: list[Writer] = [self.results]
+        self.run = sw.wandb_run(cfg, values, trial)
+        if self.run is not None:
+            writers.append(WandbWriter(self.run))
+        trial.set_user_attr("model_type", cfg.model_type)
+        trial.set_user_attr("model_params", resolved.model_params)
+        extra = {"sweep_study": trial.study.study_name, "sweep_trial": trial.number,
+                 "sweep_worker": os.getpid(), "population_slot": slot}
+        retry_of = RETRY.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
+        if retry_of is not None:
+            extra["sweep_retry_of"] = retry_of
+        self.log = RunLog(resolved, pop.ds, MultiWriter(*writers),
+                          unused=unused_keys(cfg, set(values)), history=history, extra_info=extra)
+        pop.assign(slot, cfg, state=state, epoch=self.log.epoch)
+
+    def saved(self) -> None:
+        """After an epoch: a checkpoint when one is due."""
+        if self.checkpointer.due(self.log.epoch):
+            self.checkpointer.save(self.log.epoch, self.pop.member_state(self.slot, keep_axis=True),
+                                   self.log.history, None)
+
+    def end(self, status: str) -> None:
+        from .experiment import close_checkpoints
+
+        close_checkpoints(self.checkpointer, status, self.pop.member_state(self.slot, keep_axis=True),
+                          self.log.history, None, self.cfg.keep_checkpoint)
+        record = self.log.finish(status)
+        trial = self.trial
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("results", f"{self.cfg.results}:{self.results.line}")
+        if record.get(TEST_ACCURACY) is not None:
+            trial.set_user_attr("test_accuracy", record[TEST_ACCURACY])
+        value = self.seen[-1] if self.seen and math.isfinite(self.seen[-1]) else None
+        conclude(trial.study, trial, status, value)
+
+
+def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
+                    stop: StopFlag) -> None:
+    """The study's trials as populations of K (docs/design.md, "Population trials").
+    A population's first trial fixes its program; the other K-1 slots start with trials
+    whose program-shaping parameters Optuna is asked to keep (enqueue_trial with them
+    fixed; the sampler picks the config's MEMBER_KEYS). Every epoch each member reports
+    to Optuna and ends when finished, pruned or diverged; its slot then takes the next
+    trial the sampler proposes if that trial shares the program, else that trial waits
+    (at most K of them) and starts the next population once this one has drained. So
+    the sampler, not the population, decides how often each program is tried."""
+    from .config import MEMBER_KEYS
+    from .population import Population
+
+    pending: list = []  # claimed trials of another program, for a later population
+    beats: dict[int, contextlib.ExitStack] = {}  # every claimed trial's heartbeat
+
+    def take(trial):
+        if trial is not None:
+            beats[trial._trial_id] = stack = contextlib.ExitStack()
+            stack.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+        return trial
+
+    def done(trial, status, value=None):
+        conclude(study, trial, status, value)
+        beats.pop(trial._trial_id).close()
+
+    def full() -> bool:
+        now = study.get_trials(deepcopy=False)
+        return sum(t.state.name in ACTIVE for t in now) >= trials and not any(
+            t.state == TrialState.WAITING for t in now)
+
+    def next_trial(pop, first, initial: bool):
+        """A trial for a free slot of `pop`, or None."""
+        for i, t in enumerate(pending):
+            if pop.fits(sw.config_of(t)[0]):
+                return pending.pop(i)
+        if len(pending) >= k or full():
+            return None
+        if initial and not isinstance(study.sampler, GridSampler):  # a grid's points are its own
+            study.enqueue_trial({n: v for n, v in first.params.items() if n not in MEMBER_KEYS})
+        t = take(claim(study, trials, url))
+        if t is None or pop.fits(sw.config_of(t)[0]):
+            return t
+        pending.append(t)
+        return next_trial(pop, first, initial) if initial else None
+
+    try:
+        while not stop.requested:
+            first = pending.pop(0) if pending else take(claim(study, trials, url))
+            if first is None:
+                return
+            cfg, _ = sw.config_of(first)
+            # K members' parameters, optimizer states and activations must fit: one line before work
+            pop = Population(preflight(cfg.replace(num_seeds=k)), sw.dataset(cfg), k)
+            members: list[Optional[Member]] = [None] * k
+
+            def start(slot, trial):
+                c, values = sw.config_of(trial)
+                members[slot] = Member(sw, trial, c, values, preflight(c), pop, slot)
+                if members[slot].log.epoch >= c.epochs:  # resumed from its last epoch's checkpoint
+                    end(slot, "finished")
+
+            def end(slot, status):
+                mem = members[slot]
+                mem.end(status)
+                beats.pop(mem.trial._trial_id).close()
+                members[slot] = None
+                pop.release(slot)
+
+            def fill(initial):
+                for slot in pop.free:
+                    t = next_trial(pop, first, initial)
+                    if t is None:
+                        return
+                    start(slot, t)
+
+            start(0, first)
+            fill(initial=True)
+            while any(members) and not stop.requested:
+                te = time.perf_counter()
+                metrics = pop.epoch()
+                dt = time.perf_counter() - te
+                for slot, m in enumerate(metrics):
+                    mem = members[slot]
+                    if mem is None:
+                        continue
+                    if not mem.log.add(m, dt):
+                        end(slot, "diverged")
+                        continue
+                    mem.seen.append(float(mem.log.last_row[sw.metric]))
+                    mem.trial.report(mem.seen[-1], mem.log.epoch)
+                    if mem.log.epoch >= mem.cfg.epochs:
+                        end(slot, "finished")
+                    elif mem.trial.should_prune():
+                        end(slot, "pruned")
+                    else:
+                        mem.saved()
+                print(progress_line(study, trials), file=sys.stderr, flush=True)
+                if not stop.requested:
+                    fill(initial=False)
+            for slot, mem in enumerate(members):  # a signal: each is retried first next time
+                if mem is not None:
+                    end(slot, "stopped")
+    finally:
+        for t in list(pending):  # claimed but never started: queued again
+            done(t, "stopped")
+        for beat in beats.values():  # an error: these trials are failed as stale, then retried
+            beat.close()
 
 
 def main(argv: list[str]) -> int:
@@ -510,6 +692,7 @@ def main(argv: list[str]) -> int:
         seed = int_option(opts, "seed", 0, minimum=0)
         heartbeat = int_option(opts, "heartbeat", 30, minimum=1)
         worker = int_option(opts, "worker", 0, minimum=0)
+        population = int_option(opts, "population", 1, minimum=1)
         overrides = parse_sets(opts.get("set", []))
         sw = Sweep(path, overrides, opts.get("results"))  # every error before any trial
         storage = opts.get("storage") or \
@@ -519,7 +702,7 @@ def main(argv: list[str]) -> int:
             return run_workers(opts, parallel, storage)
         return run_study(path, trials, overrides, study_name=opts.get("study"), storage=storage,
                          results=opts.get("results"), seed=seed, heartbeat=heartbeat,
-                         worker=worker)
+                         worker=worker, population=population)
     return guarded(_main)
 
 
@@ -528,7 +711,8 @@ def run_workers(opts: dict, k: int, storage: str) -> int:
     one GPU each when there are several)."""
     gpus = _gpu_count()
     base = [opts["sweep_file"], *(f"--set={s}" for s in opts.get("set", [])),
-            *(f"--{n}={opts[n]}" for n in ("trials", "study", "results", "heartbeat") if n in opts)]
+            *(f"--{n}={opts[n]}" for n in ("trials", "study", "results", "heartbeat", "population")
+              if n in opts)]
     procs = []
     with StopFlag() as stop:
         for i in range(k):

@@ -15,7 +15,7 @@ from jaxcollective.config import FIELDS, Config, Role
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "jaxcollective"
-CORE = ("config", "layers", "models", "sizing", "api", "rawdata", "data", "augment", "train",
+CORE = ("config", "layers", "models", "sizing", "api", "rawdata", "data", "augment", "train", "population",
         "metrics", "experiment", "checkpoint", "signals", "writers", "util")
 OUTSIDE_CORE = ("cli", "main", "wandb_run", "sweep", "report", "bench", "torch_reference")
 
@@ -61,10 +61,11 @@ def test_fingerprint_and_program_key_follow_the_declared_roles(model_type):
         assert (fingerprint(other) != fingerprint(base)) == in_trajectory, key
         in_program = (role is Role.PROGRAM and key not in ignored) or \
             FIELDS[key].metadata["program_part"] is not None
-        if FIELDS[key].metadata["program_part"] is not None:  # weight_decay: only 0 vs > 0
-            decayed = base.replace(**{key: 0.1})
-            assert decayed.replace(**{key: 0.2}).program_key() == decayed.program_key()
-            assert decayed.program_key() != base.program_key()
+        part = FIELDS[key].metadata["program_part"]
+        if part is not None:  # the program sees part(value): weight_decay 0 vs > 0, val_split
+            for a, b in ((0.1, 0.2), (0.0 if key == "weight_decay" else 0.3, 0.1), (0.1, 0.1)):
+                ca, cb = base.replace(**{key: a}), base.replace(**{key: b})
+                assert (ca.program_key() != cb.program_key()) == (part(a) != part(b)), key
         else:
             assert (other.program_key() != base.program_key()) == in_program, key
 
@@ -89,13 +90,15 @@ def test_value_keys_share_one_compiled_program_and_program_keys_compile_anew():
     first = Trainer(resolve(base), ds)
     m0 = first.epoch(first.init(), 1)[1]
     assert first._epoch._cache_size() == 1
-    # another learning rate, weight decay > 0, seed and split: the same compiled program
-    other = base.replace(learning_rate=0.01, seed=3, val_split=0.2)
+    # another learning rate and seed: the same compiled program, nothing traced again
+    other = base.replace(learning_rate=0.01, seed=3)
     second = Trainer(resolve(other), ds)
     assert second._epoch is first._epoch
     m1 = second.epoch(second.init(), 1)[1]
-    assert first._epoch._cache_size() <= 2  # at most a retrace for the other split's shape
+    assert first._epoch._cache_size() == 1
     assert float(m1["train/loss"][0]) != float(m0["train/loss"][0])  # the values took effect
+    # another split: its index arrays have other lengths (val_split's program part)
+    assert Trainer(resolve(base.replace(val_split=0.2)), ds)._epoch is not first._epoch
     same_split = Trainer(resolve(base.replace(learning_rate=0.02, seed=5)), ds)
     size = first._epoch._cache_size()
     same_split.epoch(same_split.init(), 1)

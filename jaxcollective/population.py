@@ -1,0 +1,113 @@
+"""Population trials: K runs whose compiled program is the same, trained together as
+the K replicas of one vmapped epoch (docs/design.md, "Population trials").
+
+Members may differ in the config's VALUE keys (seed, learning rate, weight decay; each
+member's split, initialisation, shuffles and dropout come from its own seed, its
+hyperparameters sit in its row of the optimizer state). Each member keeps its own
+epoch counter, so a slot whose run ended takes a new run at once, from its own fresh
+initialisation, without compiling anything: the replica axis keeps its length K.
+Member i after its epoch e equals a sequential run of its config after epoch e, to
+float noise (tests/test_population.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import Config, ConfigError
+from .data import split_indices
+from .sizing import Resolved
+from .train import STEP_STREAMS, ReplicaData, Trainer, TrainState, init_state, pad_batches, stream_keys
+
+
+def _set_row(tree, i, row):
+    return jax.tree.map(lambda a, b: a.at[i].set(b), tree, row)
+
+
+class Population:
+    """K slots over one compiled program. `assign(slot, cfg)` starts run `cfg` in a slot
+    (a fresh state from cfg.seed), `epoch()` trains every slot one epoch (its own next
+    epoch) and returns the metrics per slot; `release(slot)` empties one."""
+
+    def __init__(self, resolved: Resolved, ds, k: int):
+        if k < 1:
+            raise ConfigError(f"--population={k}: expected 1 or more")
+        cfg = resolved.cfg
+        self.program = cfg.replace(num_seeds=1).program_key()
+        self.k, self.ds = k, ds
+        # The program of K replicas; the seeds are placeholders until slots are assigned.
+        self.trainer = Trainer(replace(resolved, cfg=cfg.replace(num_seeds=k)), ds)
+        self.state = self.trainer.init()
+        self.configs: list[Optional[Config]] = [None] * k
+        self.epochs = [0] * k  # epochs each slot's run has completed
+        step = self.trainer.step
+        self._init_one = jax.jit(partial(init_state, step))
+        self._set_state = jax.jit(_set_row, donate_argnums=(0,))
+        rep = self.trainer.rep
+        self._host = [np.array(a) for a in rep]  # each slot's split, on the host
+
+    @property
+    def free(self) -> list[int]:
+        return [i for i, c in enumerate(self.configs) if c is None]
+
+    def fits(self, cfg: Config) -> bool:
+        """Whether run `cfg` can be a member: the same program, one replica."""
+        return cfg.num_seeds == 1 and cfg.program_key() == self.program
+
+    def assign(self, slot: int, cfg: Config, state: Optional[TrainState] = None,
+               epoch: int = 0) -> None:
+        """Run `cfg` in `slot`: a fresh state from its seed, or `state` (one member's,
+        no replica axis) after `epoch` epochs (a resumed run)."""
+        if not self.fits(cfg):
+            raise ConfigError(f"a population member must share the population's program: "
+                              f"{cfg.program_key()} is not {self.program}")
+        if state is None:
+            state = self._init_one(stream_keys(cfg.seed)["params"])
+        hp = {k: jnp.asarray(getattr(cfg, k), jnp.float32) for k in state.opt_state.hyperparams}
+        state = state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
+        self.state = self._set_state(self.state, jnp.int32(slot), state)
+        train, val = split_indices(len(self.ds.y_train), cfg.seed, cfg.val_split)
+        val_idx, val_mask = pad_batches(val, self._host[1].shape[-1])
+        for host, row in zip(self._host, (train, val_idx, val_mask)):
+            host[slot] = row
+        self.trainer.rep = ReplicaData(*(jax.device_put(h, self.trainer.replicated)
+                                         for h in self._host))
+        self.configs[slot], self.epochs[slot] = cfg, epoch
+
+    def release(self, slot: int) -> None:
+        """An empty slot keeps training its last run's state (its results are not read)
+        until a new run is assigned: the program's shape never changes."""
+        self.configs[slot] = None
+
+    def member_state(self, slot: int, keep_axis: bool = False) -> TrainState:
+        """A slot's state; with `keep_axis`, as a one-replica run holds it (its checkpoint
+        is then a sequential run's, and either resumes the other)."""
+        if keep_axis:
+            return jax.tree.map(lambda a: a[slot:slot + 1], self.state)
+        return jax.tree.map(lambda a: a[slot], self.state)
+
+    def epoch_keys(self) -> dict[str, jax.Array]:
+        """Each slot's keys for its own next epoch, as a sequential run of its config."""
+        per = [stream_keys(c.seed if c is not None else 0) for c in self.configs]
+        return {n: jnp.stack([jax.random.fold_in(p[n], e + 1) for p, e in zip(per, self.epochs)])
+                for n in ("shuffle", *STEP_STREAMS)}
+
+    def epoch(self) -> list[Optional[dict[str, np.ndarray]]]:
+        """Every slot trains its next epoch; per slot its metrics (None if empty)."""
+        t = self.trainer
+        self.state, m = t._epoch(self.state, t.data, t.rep, self.epoch_keys())
+        m = jax.device_get(m)  # the one host round-trip per epoch
+        out = []
+        for i, cfg in enumerate(self.configs):
+            if cfg is None:
+                out.append(None)
+                continue
+            self.epochs[i] += 1
+            out.append({k: v[i:i + 1] for k, v in m.items()})  # a run of one replica
+        return out
