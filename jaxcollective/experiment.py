@@ -247,13 +247,15 @@ def device_memory(device) -> Optional[int]:
 
 def enable_compilation_cache() -> None:
     """Persistent XLA cache: repeated sweep runs of one architecture skip compiling.
-    JAXCOLLECTIVE_CACHE_DIR sets the folder; an empty value turns it off."""
+    JAXCOLLECTIVE_CACHE_DIR sets the folder (an empty value turns it off) and
+    JAXCOLLECTIVE_CACHE_MIN_S the shortest compile worth keeping (default 0.5 s)."""
     import jax
 
     path = os.environ.get("JAXCOLLECTIVE_CACHE_DIR", "~/.cache/jaxcollective/xla")
     if path:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ.get("JAXCOLLECTIVE_CACHE_MIN_S", "0.5")))
 
 
 def setup_backend(cfg: Config) -> None:

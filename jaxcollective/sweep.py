@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,7 +61,9 @@ OPTIONS = {
             "stream derived from it",
     "population": "K trials whose compiled program is the same train together as the K "
                   "members of one vmapped program (default 1: one trial at a time); a "
-                  "finished or pruned member's slot takes the next trial at once",
+                  "finished or pruned member's slot takes the next trial at once; auto: "
+                  "1 on a CPU, else the largest power of 2 up to 256 whose members fit "
+                  "the device's memory",
     "worker": "this process's index among --parallel workers (set by --parallel)",
     "heartbeat": "seconds between a running trial's heartbeats (default 30); a trial whose "
                  "process died is failed and retried after 2x this",
@@ -462,6 +465,9 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
     say = lambda: print(progress_line(study, trials), file=sys.stderr, flush=True)  # noqa: E731
     say()
     failures = 0  # in a row: a space that only fails must not loop for ever
+    if population == 0:  # auto
+        population = auto_population(preflight(sw.base_cfg))
+        print(f"[sweep {name}] --population=auto: {population}", file=sys.stderr)
     if population > 1:
         with StopFlag() as stop:
             run_populations(sw, study, trials, storage, population, stop)
@@ -495,6 +501,29 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
         print(f"[sweep {name}] stopped; run the same command again to resume the study",
               file=sys.stderr)
     return 0
+
+
+def auto_population(resolved, largest: int = 256) -> int:
+    """1 on a CPU (compute-bound already: K members take K times as long); on an
+    accelerator the largest power of 2 up to `largest` whose members' parameters,
+    optimizer states and activations fit 80% of its free memory."""
+    import jax
+
+    from .data import TRAIN_SIZES
+    from .experiment import device_memory
+    from .sizing import memory_need
+
+    device = jax.devices()[0]
+    have = device_memory(device)
+    if device.platform == "cpu" or have is None:
+        return 1
+    cfg, k = resolved.cfg, largest
+    while k > 1:
+        r = replace(resolved, cfg=cfg.replace(num_seeds=k))
+        if sum(memory_need(r, TRAIN_SIZES.get(cfg.data_like, 60_000), 10_000).values()) <= 0.8 * have:
+            break
+        k //= 2
+    return k
 
 
 def conclude(study, trial, status: str, value: Optional[float]) -> None:
@@ -692,7 +721,8 @@ def main(argv: list[str]) -> int:
         seed = int_option(opts, "seed", 0, minimum=0)
         heartbeat = int_option(opts, "heartbeat", 30, minimum=1)
         worker = int_option(opts, "worker", 0, minimum=0)
-        population = int_option(opts, "population", 1, minimum=1)
+        population = 0 if opts.get("population") == "auto" else \
+            int_option(opts, "population", 1, minimum=1)
         overrides = parse_sets(opts.get("set", []))
         sw = Sweep(path, overrides, opts.get("results"))  # every error before any trial
         storage = opts.get("storage") or \

@@ -1,8 +1,13 @@
 import os
 import tempfile
 
-# Keep the persistent XLA cache of test runs out of the user's home.
-os.environ.setdefault("JAXCOLLECTIVE_CACHE_DIR", tempfile.mkdtemp(prefix="jaxcollective-xla-"))
+# Keep the persistent XLA cache of test runs out of the user's home, and share it between
+# pytest-xdist's workers and the subprocesses the tests start: many start the same
+# programs (tracing is still done by each process; compiling is done once).
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ.setdefault("JAXCOLLECTIVE_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"jaxcollective-xla-{_run}") if _run
+                      else tempfile.mkdtemp(prefix="jaxcollective-xla-"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 # The tests compile hundreds of small programs (and their subprocesses inherit this): at
 # these sizes XLA's backend optimisations cost more compile time than they save in run

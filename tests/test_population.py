@@ -182,3 +182,26 @@ def test_sigkill_during_a_population_then_the_same_command_loses_and_repeats_not
     seq = train_and_evaluate(Config.from_dict(r["config"]), Writer())
     assert r["final/test_loss"] == pytest.approx(seq["final/test_loss"], rel=1e-4)
     assert r["final/test_accuracy"] == pytest.approx(seq["final/test_accuracy"], abs=0.3)
+
+
+def test_population_auto_is_1_on_a_cpu_and_the_largest_that_fits_elsewhere(monkeypatch):
+    from dataclasses import replace
+
+    from jaxcollective import experiment, sweep
+    from jaxcollective.sizing import memory_need
+
+    r = resolve(debug_config(BASE))
+    assert sweep.auto_population(r) == 1  # this CPU
+
+    class Gpu:
+        platform = "gpu"
+
+    memory = 2**30
+    monkeypatch.setattr(jax, "devices", lambda *a: [Gpu()])
+    monkeypatch.setattr(experiment, "device_memory", lambda d: memory)
+    k = sweep.auto_population(r)
+
+    def need(k):
+        return sum(memory_need(replace(r, cfg=r.cfg.replace(num_seeds=k)), 60_000, 10_000).values())
+    assert 1 < k < 256 and k & (k - 1) == 0
+    assert need(k) <= 0.8 * memory < need(2 * k)

@@ -130,6 +130,7 @@ def test_gpu_bench_script_writes_every_figure_of_the_table_with_only_jax_flax_op
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_HEAVY)
     env = dict(os.environ, JAX_PLATFORMS="cpu", CONFIG="debug", EPOCHS="1", STEPS="10",
                BENCH_EPOCHS="0", SEEDS="2", SHAPE="digits", EXTRA="--dtype=float32",
+               POPULATIONS="1 3", PHASE1_EPOCHS="90",
                PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), str(ROOT)]))
     p = subprocess.run(["bash", "docs/gpu_bench.sh", str(tmp_path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
@@ -137,7 +138,14 @@ def test_gpu_bench_script_writes_every_figure_of_the_table_with_only_jax_flax_op
     assert "steady state" in p.stderr  # the benchmark's progress goes to stderr
     rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
     assert [r.get("model_type") for r in rows] == ["collective"] * 4 + ["shallow", "deep_resnet",
-                                                                         None]
+                                                                         None] + ["collective"] * 2 + [None]
+    # population scaling: K members as one program, timed over an epoch each
+    scaling = rows[-1]["population_scaling"]
+    assert [s["population"] for s in scaling] == [1, 3] and rows[-1]["phase1_epochs"] == 90
+    for s, r in zip(scaling, rows[7:9]):
+        assert s["epoch_s"] == r["epoch_s"] > 0 and r["num_seeds"] == s["population"]
+        assert s["phase1_sweep_min"] == pytest.approx(90 / s["population"] * r["epoch_s"] / 60, abs=0.06)
+    rows = rows[:7]
     for key in ("model_params", "batch_size", "compile_s", "train_samples_per_s",
                 "flops_per_step", "tflops"):
         assert key in rows[0], key
