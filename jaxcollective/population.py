@@ -40,7 +40,7 @@ class Population:
             raise ConfigError(f"--population={k}: expected 1 or more")
         cfg = resolved.cfg
         self.program = cfg.replace(num_seeds=1).program_key()
-        self.k, self.ds = k, ds
+        self.k, self.ds, self.resolved = k, ds, resolved
         # The program of K replicas; the seeds are placeholders until slots are assigned.
         self.trainer = Trainer(replace(resolved, cfg=cfg.replace(num_seeds=k)), ds)
         self.state = self.trainer.init()
@@ -79,6 +79,18 @@ class Population:
         self.trainer.rep = ReplicaData(*(jax.device_put(h, self.trainer.replicated)
                                          for h in self._host))
         self.configs[slot], self.epochs[slot] = cfg, epoch
+
+    def smaller(self, slots: list[int]) -> tuple["Population", list[int]]:
+        """A population of the smallest power of 2 that holds `slots` (one compile),
+        with those slots' runs moved into it, state and epoch counter as they are.
+        Returns it and each moved slot's new index."""
+        k = 1
+        while k < len(slots):
+            k *= 2
+        pop = Population(self.resolved, self.ds, k)
+        for j, i in enumerate(slots):
+            pop.assign(j, self.configs[i], state=self.member_state(i), epoch=self.epochs[i])
+        return pop, list(range(len(slots)))
 
     def release(self, slot: int) -> None:
         """An empty slot keeps training its last run's state (its results are not read)

@@ -664,12 +664,14 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
                 members[slot] = None
                 pop.release(slot)
 
-            def fill(initial):
+            def fill(initial) -> bool:
+                """Whether every free slot took a trial."""
                 for slot in pop.free:
                     t = next_trial(pop, first, initial)
                     if t is None:
-                        return
+                        return False
                     start(slot, t)
+                return True
 
             start(0, first)
             fill(initial=True)
@@ -693,8 +695,14 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
                     else:
                         mem.saved()
                 print(progress_line(study, trials), file=sys.stderr, flush=True)
-                if not stop.requested:
-                    fill(initial=False)
+                if stop.requested or fill(initial=False):
+                    continue
+                live = [i for i, mem in enumerate(members) if mem is not None]
+                if live and len(live) <= pop.k // 2:  # draining: shrink (one compile per halving or more)
+                    pop, slots = pop.smaller(live)
+                    members = [members[i] for i in live] + [None] * (pop.k - len(live))
+                    for mem, slot in zip(members, slots):
+                        mem.pop, mem.slot = pop, slot
             for slot, mem in enumerate(members):  # a signal: each is retried first next time
                 if mem is not None:
                     end(slot, "stopped")

@@ -65,6 +65,13 @@ def test_members_equal_sequential_runs_and_a_slot_is_refilled_without_compiling(
     close(second[1], sequential(c, 1)[0])  # a fresh run, not slot 1's old state
     # members really differ (their own seeds and learning rates)
     assert float(second[0]["train/loss"][0]) != float(second[1]["train/loss"][0])
+    # a draining population shrinks: slot 1's run moves, state and epoch counter as they
+    # are, into a population of 1, and its next epoch is the one it would have trained
+    small, slots = pop.smaller([1])
+    assert small.k == 1 and slots == [0] and small.epochs == [1] and small.configs == [c]
+    moved = small.epoch()[0]
+    stayed = pop.epoch()[1]
+    close(moved, {k: float(v[0]) for k, v in stayed.items()})
 
 
 def test_a_member_must_share_the_program():
@@ -117,10 +124,13 @@ def test_a_population_sweep_runs_every_trial_once_prunes_and_refills_without_com
     assert {r["status"] for r in recs} <= {"finished", "pruned"}
     assert any(r["status"] == "pruned" for r in recs)
     assert {r["population_slot"] for r in recs} == {0, 1, 2, 3}
-    # members of one program: a population per model type (2 programs), each compiled
-    # once however many trials passed through its slots
-    new = [train._PROGRAMS[k] for k in set(train._PROGRAMS) - before]
-    assert len(new) == 2 and [p[2]._cache_size() for p in new] == [1, 1]
+    # a population per model type (2 programs) of K=4, and as it drains at the end of
+    # the study at most one smaller one per halving; each compiled once however many
+    # trials passed through its slots
+    new = {key: train._PROGRAMS[key] for key in set(train._PROGRAMS) - before}
+    sizes = sorted(json.loads(key[0])["num_seeds"] for key in new)
+    assert sizes.count(4) == 2 and set(sizes) <= {1, 2, 4} and len(sizes) <= 6
+    assert all(p[2]._cache_size() == 1 for p in new.values())
     assert all(len(json.dumps(r["config"])) for r in recs)
     # two members equal sequential runs of their configs (the fewest epochs: float
     # noise grows with training)
