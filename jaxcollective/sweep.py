@@ -733,6 +733,8 @@ def main(argv: list[str]) -> int:
             int_option(opts, "population", 1, minimum=1)
         overrides = parse_sets(opts.get("set", []))
         sw = Sweep(path, overrides, opts.get("results"))  # every error before any trial
+        if population > 1:  # K members must fit the device (the sweep's first values)
+            preflight(sw.base_cfg.replace(num_seeds=population))
         storage = opts.get("storage") or \
             f"sqlite:///{Path(sw.results).expanduser().resolve().parent / 'sweeps.db'}"
         Path(sw.results).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)

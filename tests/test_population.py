@@ -215,3 +215,15 @@ def test_population_auto_is_1_on_a_cpu_and_the_largest_that_fits_elsewhere(monke
         return sum(memory_need(replace(r, cfg=r.cfg.replace(num_seeds=k)), 60_000, 10_000).values())
     assert 1 < k < 256 and k & (k - 1) == 0
     assert need(k) <= 0.8 * memory < need(2 * k)
+
+
+def test_an_impossible_population_is_one_line_before_any_trial(tmp_path, capsys):
+    from jaxcollective.sweep import main
+
+    (tmp_path / "pop.yaml").write_text(SWEEP)
+    rc = main([str(tmp_path / "pop.yaml"), "--trials=2", "--population=10000000",
+               f"--results={tmp_path / 'r.jsonl'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "x10000000" in err[0] and "free" in err[0]
+    assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "sweeps.db").exists()
+    assert main([str(tmp_path / "pop.yaml"), "--population=0"]) == 2
