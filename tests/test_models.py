@@ -14,6 +14,20 @@ from jaxcollective.sizing import resolve
 X = jax.random.normal(jax.random.key(0), (16, 784))
 
 
+# Compiled calls: a model called eagerly compiles each of its operations apart (seconds
+# per model at these sizes); nnx.jit compiles a call once and still updates the model's
+# BatchNorm statistics in place.
+@nnx.jit(static_argnames=("train",))
+def call(model, x, train=False, key=None):
+    return model(x, train=train, key=key)
+
+
+@nnx.jit
+def call_members(members, x):
+    from jaxcollective.layers import KeySeq
+    return members(x, False, KeySeq(None))
+
+
 def make(model_type="collective", **kw):
     r = resolve(Config.from_dict({"model_type": model_type, **kw}, preset="debug"))
     return build_model(r.cfg, r.hidden_dims, rngs=nnx.Rngs(0)), r.cfg
@@ -24,17 +38,17 @@ def make(model_type="collective", **kw):
 def test_output_shapes_and_eval_determinism(model_type):
     model, _ = make(model_type)
     stats0 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
-    y1, _ = model(X)
-    y2, _ = model(X)
+    y1, _ = call(model, X)
+    y2, _ = call(model, X)
     assert y1.shape == (16, 10)
     np.testing.assert_array_equal(y1, y2)
     # eval leaves running statistics alone, and is per-example (batch of 1 agrees)
     jax.tree.map(np.testing.assert_array_equal, stats0, nnx.state(model, nnx.BatchStat))
     scale = float(np.abs(y1).max())
-    np.testing.assert_allclose(model(X[:1])[0], y1[:1], rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(call(model, X[:1])[0], y1[:1], rtol=1e-5, atol=1e-5 * scale)
     # train mode: dropout depends on the key, running statistics move
-    t1, _ = model(X, train=True, key=jax.random.key(1))
-    t2, _ = model(X, train=True, key=jax.random.key(2))
+    t1, _ = call(model, X, train=True, key=jax.random.key(1))
+    t2, _ = call(model, X, train=True, key=jax.random.key(2))
     assert not np.allclose(t1, t2)
     moved = jax.tree.map(lambda a, b: not np.allclose(a, b), stats0, nnx.state(model, nnx.BatchStat))
     assert all(jax.tree.leaves(moved))
@@ -42,7 +56,7 @@ def test_output_shapes_and_eval_determinism(model_type):
 
 def test_collective_aux_outputs():
     model, cfg = make(use_drop_models=True)
-    logits, aux = model(X, train=True, key=jax.random.key(3))
+    logits, aux = call(model, X, train=True, key=jax.random.key(3))
     assert aux["experts"].shape == (2, 16, 32) and aux["analysts"].shape == (6, 16, 16)
 
 
@@ -77,8 +91,8 @@ def test_vary_members_keep_member_order():
     assert len(groups.stacks[2].dense) == 3
     x = (jax.random.normal(jax.random.key(1), (16, 784)),
          jax.random.normal(jax.random.key(2), (16, cfg.dims.expert_encoder_output_dim)))
-    out = groups(x, False, KeySeq(None))
-    per_group = [s(x, False, KeySeq(None)) for s in groups.stacks]
+    out = call_members(groups, x)
+    per_group = [call_members(s, x) for s in groups.stacks]
     expected = [per_group[0][0], per_group[1][0], per_group[2][0], per_group[3][0], per_group[0][1]]
     for i, e in enumerate(expected):
         np.testing.assert_array_equal(out[i], e)
