@@ -26,8 +26,30 @@ from .sizing import Resolved
 from .train import STEP_STREAMS, ReplicaData, Trainer, TrainState, init_state, pad_batches, stream_keys
 
 
+@partial(jax.jit, donate_argnums=(0,))
 def _set_row(tree, i, row):
     return jax.tree.map(lambda a, b: a.at[i].set(b), tree, row)
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _get_row(tree, i, keep_axis: bool):
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=keep_axis), tree)
+
+
+@partial(jax.jit, static_argnums=(1,))
+def _stack(tree, k: int):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (k, *a.shape)), tree)
+
+
+_INIT_ONE: dict[int, tuple] = {}  # id(step) -> (step, compiled init of one member)
+
+
+def _init_one(step):
+    """The compiled init of one member, one per program (steps are reused, see
+    train.Trainer._program), so that no population compiles it again."""
+    if id(step) not in _INIT_ONE:
+        _INIT_ONE[id(step)] = (step, jax.jit(partial(init_state, step)))
+    return _INIT_ONE[id(step)][1]
 
 
 class Population:
@@ -43,12 +65,13 @@ class Population:
         self.k, self.ds, self.resolved = k, ds, resolved
         # The program of K replicas; the seeds are placeholders until slots are assigned.
         self.trainer = Trainer(replace(resolved, cfg=cfg.replace(num_seeds=k)), ds)
-        self.state = self.trainer.init()
+        self._init_one = _init_one(self.trainer.step)
+        # K copies of one fresh state (not the vmapped init: one compile fewer per K)
+        one = self._init_one(stream_keys(cfg.seed)["params"])
+        self.state = jax.device_put(_stack(one, k), self.trainer.replicated)
         self.configs: list[Optional[Config]] = [None] * k
         self.epochs = [0] * k  # epochs each slot's run has completed
-        step = self.trainer.step
-        self._init_one = jax.jit(partial(init_state, step))
-        self._set_state = jax.jit(_set_row, donate_argnums=(0,))
+        self._set_state = _set_row
         rep = self.trainer.rep
         self._host = [np.array(a) for a in rep]  # each slot's split, on the host
 
@@ -100,9 +123,7 @@ class Population:
     def member_state(self, slot: int, keep_axis: bool = False) -> TrainState:
         """A slot's state; with `keep_axis`, as a one-replica run holds it (its checkpoint
         is then a sequential run's, and either resumes the other)."""
-        if keep_axis:
-            return jax.tree.map(lambda a: a[slot:slot + 1], self.state)
-        return jax.tree.map(lambda a: a[slot], self.state)
+        return _get_row(self.state, jnp.int32(slot), keep_axis)  # one compiled gather
 
     def epoch_keys(self) -> dict[str, jax.Array]:
         """Each slot's keys for its own next epoch, as a sequential run of its config."""

@@ -526,6 +526,21 @@ def auto_population(resolved, largest: int = 256) -> int:
     return k
 
 
+def shrink_pays(k: int, live: int, times: list[float], epochs_left: int) -> bool:
+    """Whether moving `live` members of a population of `k` into the smallest power of 2
+    that holds them saves more time than its compile costs: the epochs left at the
+    measured epoch time, less the share of the smaller program, against the compile
+    time measured on this population's first epoch (on a CPU, where K members cost K
+    times one, a small model's compile often costs more than its idle slots)."""
+    if len(times) < 2:
+        return False
+    small = 1
+    while small < live:
+        small *= 2
+    compile_s = max(0.0, times[0] - min(times[1:]))
+    return epochs_left * times[-1] * (1 - small / k) > compile_s
+
+
 def conclude(study, trial, status: str, value: Optional[float]) -> None:
     """Tell Optuna how a trial ended; a stopped one is queued to be retried first."""
     if status == "finished" and value is not None:
@@ -555,7 +570,7 @@ class Member:
             restored = self.checkpointer.restore(pop.member_state(slot, keep_axis=True), meta)
             if restored is not None:
                 state, history = restored
-                state = jax.tree.map(lambda a: a[0], state)
+                state = jax.tree.map(lambda a: a[0], state)  # once per resumed trial
                 self.seen.append(float(history_row(len(history), history, cfg,
                                                    resolved.model_params)[sw.metric]))
         self.results = ResultsWriter(cfg.results)
@@ -675,10 +690,12 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
 
             start(0, first)
             fill(initial=True)
+            times: list[float] = []  # this population's epochs (the first compiles)
             while any(members) and not stop.requested:
                 te = time.perf_counter()
                 metrics = pop.epoch()
                 dt = time.perf_counter() - te
+                times.append(dt)
                 for slot, m in enumerate(metrics):
                     mem = members[slot]
                     if mem is None:
@@ -698,8 +715,10 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
                 if stop.requested or fill(initial=False):
                     continue
                 live = [i for i, mem in enumerate(members) if mem is not None]
-                if live and len(live) <= pop.k // 2:  # draining: shrink (one compile per halving or more)
+                if live and len(live) <= pop.k // 2 and shrink_pays(pop.k, len(live), times, max(
+                        members[i].cfg.epochs - members[i].log.epoch for i in live)):
                     pop, slots = pop.smaller(live)
+                    times = []
                     members = [members[i] for i in live] + [None] * (pop.k - len(live))
                     for mem, slot in zip(members, slots):
                         mem.pop, mem.slot = pop, slot
