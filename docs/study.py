@@ -1,6 +1,6 @@
 """The parameter-efficiency study of README's "Results", on real Fashion-MNIST.
 
-    python docs/study.py                  # 2 collective sizes (~70 min on 2 CPU cores)
+    python docs/study.py                  # 2 collective sizes (~77 min on 2 CPU cores)
     python docs/study.py --sizes=full     # the original's range, 1.8M to 7.1M (a GPU)
 
 1. For each collective size: `sweeps/study_fashion.yaml` through the local sweep runner,
