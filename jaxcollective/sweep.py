@@ -296,11 +296,7 @@ class Sweep:
         run = self.wandb_run(cfg, values, trial)
         if run is not None:
             writers.append(WandbWriter(run))
-        retry_of = RETRY.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
-        extra = {"sweep_study": trial.study.study_name, "sweep_trial": trial.number,
-                 "sweep_worker": os.getpid()}
-        if retry_of is not None:
-            extra["sweep_retry_of"] = retry_of
+        extra = trial_info(trial)
         # a second Ctrl-C writes what this trial measured (train_and_evaluate sets it)
         stop.on_force = lambda: prune.on_force() if prune.on_force else None
         try:
@@ -314,14 +310,7 @@ class Sweep:
             raise
         finally:
             stop.on_force = None
-        status = record["status"]
-        # what the dashboard (optuna-dashboard) shows of each trial
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("results", f"{cfg.results}:{results.line}")
-        if record.get(TEST_ACCURACY) is not None:
-            trial.set_user_attr("test_accuracy", record[TEST_ACCURACY])
-        value = seen[-1] if seen and math.isfinite(seen[-1]) else None
-        return status, value
+        return trial_outcome(trial, record, f"{cfg.results}:{results.line}", seen)
 
     def wandb_run(self, cfg, values, trial):
         """Each trial its own W&B run, grouped by study, when W&B is there and not disabled."""
@@ -333,6 +322,26 @@ class Sweep:
         run, _ = wandb_run.start(values, mode, cfg, group=trial.study.study_name,
                                  name=f"{trial.study.study_name}-trial{trial.number}")
         return run
+
+
+def trial_info(trial) -> dict[str, Any]:
+    """What a trial's results line records of the study (and of the trial it retries)."""
+    extra = {"sweep_study": trial.study.study_name, "sweep_trial": trial.number,
+             "sweep_worker": os.getpid()}
+    retry_of = RETRY.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
+    if retry_of is not None:
+        extra["sweep_retry_of"] = retry_of
+    return extra
+
+
+def trial_outcome(trial, record: dict, line: str, seen: list[float]) -> tuple[str, Optional[float]]:
+    """What the dashboard (optuna-dashboard) shows of an ended trial, as user attributes;
+    returns its status and objective (its metric's last finite value, else None)."""
+    trial.set_user_attr("status", record["status"])
+    trial.set_user_attr("results", line)
+    if record.get(TEST_ACCURACY) is not None:
+        trial.set_user_attr("test_accuracy", record[TEST_ACCURACY])
+    return record["status"], (seen[-1] if seen and math.isfinite(seen[-1]) else None)
 
 
 def _ends(dist) -> list:
@@ -580,11 +589,7 @@ class Member:
             writers.append(WandbWriter(self.run))
         trial.set_user_attr("model_type", cfg.model_type)
         trial.set_user_attr("model_params", resolved.model_params)
-        extra = {"sweep_study": trial.study.study_name, "sweep_trial": trial.number,
-                 "sweep_worker": os.getpid(), "population_slot": slot}
-        retry_of = RETRY.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
-        if retry_of is not None:
-            extra["sweep_retry_of"] = retry_of
+        extra = {**trial_info(trial), "population_slot": slot}
         self.log = RunLog(resolved, pop.ds, MultiWriter(*writers),
                           unused=unused_keys(cfg, set(values)), history=history, extra_info=extra)
         pop.assign(slot, cfg, state=state, epoch=self.log.epoch)
@@ -601,13 +606,9 @@ class Member:
         close_checkpoints(self.checkpointer, status, self.pop.member_state(self.slot, keep_axis=True),
                           self.log.history, None, self.cfg.keep_checkpoint)
         record = self.log.finish(status)
-        trial = self.trial
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("results", f"{self.cfg.results}:{self.results.line}")
-        if record.get(TEST_ACCURACY) is not None:
-            trial.set_user_attr("test_accuracy", record[TEST_ACCURACY])
-        value = self.seen[-1] if self.seen and math.isfinite(self.seen[-1]) else None
-        conclude(trial.study, trial, status, value)
+        _, value = trial_outcome(self.trial, record, f"{self.cfg.results}:{self.results.line}",
+                                 self.seen)
+        conclude(self.trial.study, self.trial, status, value)
 
 
 def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
