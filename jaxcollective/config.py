@@ -76,19 +76,23 @@ class Role(str, enum.Enum):
 
 
 def _key(default, help, group, role: Role, why: str, *, trajectory: bool = True,
-         program_part=None, setting: bool = False):
+         program_part=None, setting: bool = False, step_value: bool = False):
     """A config field and its declaration: `help` for --help, `group` for its section,
     `role` and `why` (the role's reason; for NO_EFFECT the one word a run records).
     `trajectory=False`: the metrics do not depend on it although it shapes the program.
     `program_part(value)`: the part of a VALUE key that shapes the program.
-    `setting=True`: a training setting that runs compared in one report section share."""
+    `setting=True`: a training setting that runs compared in one report section share.
+    `step_value=True`: a VALUE key the train step reads from its replica's row of
+    train.ReplicaData (a number of the loss or the model), not a constant it compiles in."""
+    assert not step_value or role is Role.VALUE
     meta = {"help": help, "group": group, "role": role, "why": why, "trajectory": trajectory,
-            "program_part": program_part, "setting": setting}
+            "program_part": program_part, "setting": setting, "step_value": step_value}
     return field(default=tuple(default) if isinstance(default, list) else default, metadata=meta)
 
 
 P, V = Role.PROGRAM, Role.VALUE
 _ARCH = "an architecture key"
+_STEP_VALUE = "reaches the step as data (its replica's row), not compiled in"
 
 
 @dataclass(frozen=True)
@@ -130,18 +134,18 @@ class Config:
                                             "collective", P, _ARCH)
     use_drop_models: bool = _key(False, "model-level dropout of whole members", "collective", P,
                                  "adds the member-dropout computation")
-    drop_models_expert_rate: float = _key(0.1, "probability an expert is dropped", "collective", P,
-                                          "a constant of the compiled step")
+    drop_models_expert_rate: float = _key(0.1, "probability an expert is dropped", "collective", V,
+                                          _STEP_VALUE, step_value=True)
     drop_models_analyst_rate: float = _key(0.1, "probability an analyst is dropped", "collective",
-                                           P, "a constant of the compiled step")
+                                           V, _STEP_VALUE, step_value=True)
     use_expert_diversity: bool = _key(False, "add the expert diversity loss", "collective", P,
                                       "adds a loss term")
     use_analyst_diversity: bool = _key(False, "add the analyst diversity loss", "collective", P,
                                        "adds a loss term")
-    diversity_lambda: float = _key(0.01, "weight of each diversity loss", "collective", P,
-                                   "a constant of the compiled loss")
-    diversity_temperature: float = _key(1.0, "divisor of the diversity loss", "collective", P,
-                                        "a constant of the compiled loss")
+    diversity_lambda: float = _key(0.01, "weight of each diversity loss", "collective", V,
+                                   _STEP_VALUE, step_value=True)
+    diversity_temperature: float = _key(1.0, "divisor of the diversity loss", "collective", V,
+                                        _STEP_VALUE, step_value=True)
     # --- training
     optimizer: str = _key("adam", "adam (L2 in the gradient), adamw or sgd (momentum 0.9)",
                           "training", P, "the update rule")
@@ -481,6 +485,8 @@ VALUE_KEYS = keys_of(Role.VALUE)
 # What may differ between the members of one population (jaxcollective.population): the
 # VALUE keys no part of which shapes the program.
 MEMBER_KEYS = frozenset(k for k in VALUE_KEYS if FIELDS[k].metadata["program_part"] is None)
+# The VALUE keys the train step reads per replica (train.ReplicaData.values).
+STEP_VALUES = tuple(k for k, f in FIELDS.items() if f.metadata["step_value"])
 # Keys that decide what a run computes epoch by epoch (its checkpoint fingerprint).
 TRAJECTORY_KEYS = frozenset(k for k in keys_of(Role.PROGRAM, Role.VALUE)
                             if FIELDS[k].metadata["trajectory"])

@@ -152,17 +152,21 @@ class Collective(nnx.Module):
         self.drop_rates = ((cfg.drop_models_expert_rate, cfg.drop_models_analyst_rate)
                            if cfg.use_drop_models else None)
 
-    def __call__(self, x_BxD, *, train: bool = False, key: Optional[jax.Array] = None):
+    def __call__(self, x_BxD, *, train: bool = False, key: Optional[jax.Array] = None,
+                 drop_rates=None):
+        """`drop_rates` (expert, analyst) replace the config's (they may be traced values:
+        population members differ in them); whether members are dropped is the config's."""
         keys = KeySeq(key if train else None)
+        rates = drop_rates if drop_rates is not None else self.drop_rates
         experts_NxBxO = self.experts(x_BxD, train, keys)
         if train and self.drop_rates:
-            experts_NxBxO = drop_members(experts_NxBxO, self.drop_rates[0], keys())
+            experts_NxBxO = drop_members(experts_NxBxO, rates[0], keys())
         encoded_BxE = self.expert_encoder(flatten_members(experts_NxBxO), train, keys)
         # The analysts read concat[x, encoded]; passed as parts, so the first layer
         # computes no gradient for x (data).
         analysts_NxBxO = self.analysts((x_BxD, encoded_BxE.astype(x_BxD.dtype)), train, keys)
         if train and self.drop_rates:
-            analysts_NxBxO = drop_members(analysts_NxBxO, self.drop_rates[1], keys())
+            analysts_NxBxO = drop_members(analysts_NxBxO, rates[1], keys())
         collective_BxD = self.analyst_encoder(flatten_members(analysts_NxBxO), train, keys)
         logits = self.head(collective_BxD, train, keys)
         return logits, {"experts": experts_NxBxO, "analysts": analysts_NxBxO}

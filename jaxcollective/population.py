@@ -1,9 +1,11 @@
 """Population trials: K runs whose compiled program is the same, trained together as
 the K replicas of one vmapped epoch (docs/design.md, "Population trials").
 
-Members may differ in the config's VALUE keys (seed, learning rate, weight decay; each
-member's split, initialisation, shuffles and dropout come from its own seed, its
-hyperparameters sit in its row of the optimizer state). Each member keeps its own
+Members may differ in the config's VALUE keys (seed, learning rate, weight decay, the
+diversity weight and temperature, the member-dropout rates): each member's split,
+initialisation, shuffles and dropout come from its own seed, its learning rate and
+weight decay sit in its row of the optimizer state, the other numbers its step reads
+in its row of ReplicaData.values. Each member keeps its own
 epoch counter, so a slot whose run ended takes a new run at once, from its own fresh
 initialisation, without compiling anything: the replica axis keeps its length K.
 Member i after its epoch e equals a sequential run of its config after epoch e, to
@@ -20,10 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import Config, ConfigError
+from .config import STEP_VALUES, Config, ConfigError
 from .data import split_indices
 from .sizing import Resolved
-from .train import STEP_STREAMS, ReplicaData, Trainer, TrainState, init_state, pad_batches, stream_keys
+from .train import (STEP_STREAMS, ReplicaData, Trainer, TrainState, init_state, pad_batches,
+                    stream_keys)
 
 
 @partial(jax.jit, donate_argnums=(0,))
@@ -73,7 +76,8 @@ class Population:
         self.epochs = [0] * k  # epochs each slot's run has completed
         self._set_state = _set_row
         rep = self.trainer.rep
-        self._host = [np.array(a) for a in rep]  # each slot's split, on the host
+        self._host = [np.array(a) for a in rep[:3]]  # each slot's split, on the host
+        self._values = {k: np.array(v) for k, v in rep.values.items()}
 
     @property
     def free(self) -> list[int]:
@@ -99,8 +103,10 @@ class Population:
         val_idx, val_mask = pad_batches(val, self._host[1].shape[-1])
         for host, row in zip(self._host, (train, val_idx, val_mask)):
             host[slot] = row
-        self.trainer.rep = ReplicaData(*(jax.device_put(h, self.trainer.replicated)
-                                         for h in self._host))
+        for k in STEP_VALUES:
+            self._values[k][slot] = getattr(cfg, k)
+        put = partial(jax.device_put, device=self.trainer.replicated)
+        self.trainer.rep = ReplicaData(*map(put, self._host), jax.tree.map(put, self._values))
         self.configs[slot], self.epochs[slot] = cfg, epoch
 
     def smaller(self, slots: list[int]) -> tuple["Population", list[int]]:

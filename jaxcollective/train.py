@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .augment import AUGMENTATIONS, AugSpec, augment
-from .config import Config, ConfigError, DatasetInfo
+from .config import STEP_VALUES, Config, ConfigError, DatasetInfo
 from .data import split_indices
 from .metrics import CORRECT, LOSS_PARTS, SPLITS, count_names, name, rate_name
 from .models import build_model
@@ -92,10 +92,18 @@ class DeviceData(NamedTuple):
 
 
 class ReplicaData(NamedTuple):
-    """Per replica (leading axis R): its train/validation split of the training set."""
+    """Per replica (leading axis R): its train/validation split of the training set, and
+    the numbers its step reads (config.STEP_VALUES: the diversity weight and temperature,
+    the member-dropout rates), so that replicas (population members) may differ in them."""
     train_idx_RxN: jax.Array
     val_idx_RxMxE: jax.Array
     val_mask_RxMxE: jax.Array
+    values: dict[str, jax.Array]  # name -> (R,) float32
+
+
+def step_values(cfgs: list[Config]) -> dict[str, np.ndarray]:
+    """The STEP_VALUES of each replica's config, as ReplicaData.values holds them."""
+    return {k: np.array([getattr(c, k) for c in cfgs], np.float32) for k in STEP_VALUES}
 
 
 @dataclass(frozen=True)
@@ -143,8 +151,11 @@ def diversity_penalty(h_NxBxD: jax.Array, temperature: float) -> jax.Array:
     |batch mean of cos_sim(h_i, h_j)| / temperature (docs/design.md, "Loss")."""
     n, b, _ = h_NxBxD.shape
     h = h_NxBxD.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(h * h, axis=-1, keepdims=True))
-    unit = h / jnp.maximum(norm, 1e-8)  # a zeroed output gives 0, not NaN
+    # ||h|| floored at 1e-8 (as torch's cosine_similarity), the floor taken inside the
+    # square root: a zeroed output (a member dropped by model-level dropout) then has a
+    # zero gradient, not sqrt's infinite slope at 0 times 0 = NaN.
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(h * h, axis=-1, keepdims=True), 1e-16))
+    unit = h / norm
     cos_NxN = jnp.einsum("ibd,jbd->ij", unit, unit) / b
     iu = np.triu_indices(n, 1)
     return jnp.mean(jnp.abs(cos_NxN[iu])) / temperature
@@ -161,20 +172,26 @@ def correct(logits_BxC, y_B, topk: tuple[int, ...]) -> dict[str, jax.Array]:
     return out
 
 
-def loss_fn(step: Step, params, stats, x_BxD, y_B, key):
+def loss_fn(step: Step, params, stats, x_BxD, y_B, key, values=None):
     """Cross-entropy plus, for the collective, the weighted diversity penalty of its
-    experts and analysts (docs/design.md, "Loss"). Returns (loss, (new stats, metrics))."""
+    experts and analysts (docs/design.md, "Loss"). `values`: this replica's STEP_VALUES
+    (ReplicaData.values; None: the config's). Returns (loss, (new stats, metrics))."""
+    cfg, zero = step.cfg, jnp.zeros((), jnp.float32)
+    v = values if values is not None else {k: getattr(cfg, k) for k in STEP_VALUES}
     model = nnx.merge(step.graphdef, params, stats, copy=True)
-    logits_BxC, aux = model(x_BxD, train=True, key=key)
+    extra = {}
+    if cfg.model_type == "collective" and cfg.use_drop_models:
+        extra["drop_rates"] = (v["drop_models_expert_rate"], v["drop_models_analyst_rate"])
+    logits_BxC, aux = model(x_BxD, train=True, key=key, **extra)
     logits_BxC = logits_BxC.astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B).mean()
-    cfg, zero = step.cfg, jnp.zeros((), jnp.float32)
     div_e = div_a = zero
     if cfg.model_type == "collective":
+        lam, temp = v["diversity_lambda"], v["diversity_temperature"]
         if cfg.use_expert_diversity and aux["experts"].shape[0] >= 2:
-            div_e = cfg.diversity_lambda * diversity_penalty(aux["experts"], cfg.diversity_temperature)
+            div_e = lam * diversity_penalty(aux["experts"], temp)
         if cfg.use_analyst_diversity and aux["analysts"].shape[0] >= 2:
-            div_a = cfg.diversity_lambda * diversity_penalty(aux["analysts"], cfg.diversity_temperature)
+            div_a = lam * diversity_penalty(aux["analysts"], temp)
     loss = ce + div_e + div_a
     metrics = dict(zip(LOSS_PARTS, (loss, ce, div_e, div_a)))
     metrics.update({n: jnp.sum(c).astype(jnp.float32)
@@ -195,11 +212,12 @@ def prepare(step: Step, x_u8_BxHxWxCh, key: Optional[jax.Array]) -> jax.Array:
     return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1).astype(step.dtype)
 
 
-def train_step(step: Step, state: TrainState, idx_AxB, keys, data: DeviceData):
+def train_step(step: Step, state: TrainState, idx_AxB, keys, data: DeviceData, values=None):
     """One optimizer update from A micro-batches of the training split (gradients
-    averaged); `keys` holds this update's dropout and augment keys."""
+    averaged); `keys` holds this update's dropout and augment keys, `values` the
+    replica's STEP_VALUES (None: the config's)."""
     a = idx_AxB.shape[0]
-    grad_fn = jax.value_and_grad(partial(loss_fn, step), has_aux=True)
+    grad_fn = jax.value_and_grad(partial(loss_fn, step, values=values), has_aux=True)
 
     def micro(carry, i):
         stats, g_acc, m_acc = carry
@@ -223,18 +241,18 @@ def train_step(step: Step, state: TrainState, idx_AxB, keys, data: DeviceData):
     return TrainState(params, stats, opt_state), m
 
 
-def scan_steps(step: Step, state: TrainState, idx_UxAxB, keys, data: DeviceData):
+def scan_steps(step: Step, state: TrainState, idx_UxAxB, keys, data: DeviceData, values=None):
     """U updates over the batches idx_UxAxB as one lax.scan (no Python per update);
     each update's keys are this epoch's dropout and augment keys folded with its index."""
     def body(state, inp):
         idx_AxB, u = inp
         return train_step(step, state, idx_AxB, {n: jax.random.fold_in(keys[n], u)
-                                                 for n in STEP_STREAMS}, data)
+                                                 for n in STEP_STREAMS}, data, values)
 
     return jax.lax.scan(body, state, (idx_UxAxB, jnp.arange(idx_UxAxB.shape[0])))
 
 
-def train_epoch(step: Step, state: TrainState, data: DeviceData, train_idx_N, keys):
+def train_epoch(step: Step, state: TrainState, data: DeviceData, train_idx_N, keys, values=None):
     """One epoch over a fresh shuffle of the training split (the last partial update
     is dropped); the metrics are means over the epoch, accuracies in percent."""
     b, a = step.cfg.batch_size, step.cfg.gradient_accumulation_steps
@@ -244,7 +262,7 @@ def train_epoch(step: Step, state: TrainState, data: DeviceData, train_idx_N, ke
         raise ConfigError(f"{n} training examples are fewer than one update of "
                           f"batch_size * gradient_accumulation_steps = {b * a}")
     perm_N = jax.random.permutation(keys["shuffle"], train_idx_N)
-    state, m_U = scan_steps(step, state, perm_N[: u * a * b].reshape(u, a, b), keys, data)
+    state, m_U = scan_steps(step, state, perm_N[: u * a * b].reshape(u, a, b), keys, data, values)
     counts = count_names(step.topk)
     m = {n: v.sum() / (u * a) for n, v in m_U.items() if n not in counts}
     m.update({rate_name(n): 100.0 * m_U[n].sum() / (u * a * b) for n in counts})
@@ -274,7 +292,7 @@ def evaluate(step: Step, params, stats, x_all, y_all, idx_MxE, mask_MxE) -> dict
 
 def epoch_step(step: Step, state: TrainState, data: DeviceData, rep: ReplicaData, keys):
     """One replica's epoch: train, then evaluate validation and test."""
-    state, m = train_epoch(step, state, data, rep.train_idx_RxN, keys)
+    state, m = train_epoch(step, state, data, rep.train_idx_RxN, keys, rep.values)
     val = evaluate(step, state.params, state.stats, data.x_train, data.y_train,
                    rep.val_idx_RxMxE, rep.val_mask_RxMxE)
     test = evaluate(step, state.params, state.stats, data.x_test, data.y_test,
@@ -320,7 +338,8 @@ class Trainer:
         self.data = DeviceData(put(ds.x_train), put(ds.y_train), put(ds.x_test), put(ds.y_test),
                                put(test_idx), put(test_mask))
         self.rep = ReplicaData(put(np.stack([t for t, _ in splits])),
-                               put(np.stack([v for v, _ in vals])), put(np.stack([m for _, m in vals])))
+                               put(np.stack([v for v, _ in vals])), put(np.stack([m for _, m in vals])),
+                               jax.tree.map(put, step_values([cfg] * len(self.seeds))))
 
     def _program(self, resolved: Resolved, info: DatasetInfo, build):
         """(step, init, epoch) compiled for this program; a later run (a sweep's next
@@ -361,8 +380,9 @@ class Trainer:
         return self._epoch(state, self.data, self.rep, self.epoch_keys(epoch))
 
     def steps_fn(self):
-        """A compiled function (state, idx_UxAxB, keys) -> (state, metrics_U) that runs U
-        updates of every replica on fixed batches, as an epoch runs them (benchmarks)."""
-        def run(state, idx_UxAxB, keys):
-            return scan_steps(self.step, state, idx_UxAxB, keys, self.data)
-        return jax.jit(jax.vmap(run, in_axes=(0, None, 0)), donate_argnums=(0,))
+        """A compiled function (state, idx_UxAxB, keys, rep.values) -> (state, metrics_U)
+        that runs U updates of every replica on fixed batches, as an epoch runs them
+        (benchmarks)."""
+        def run(state, idx_UxAxB, keys, values):
+            return scan_steps(self.step, state, idx_UxAxB, keys, self.data, values)
+        return jax.jit(jax.vmap(run, in_axes=(0, None, 0, 0)), donate_argnums=(0,))

@@ -19,7 +19,8 @@ from jaxcollective.writers import Writer
 # first epoch 1e-3 apart in loss between 1 and 2 replicas, and bitwise equal at the
 # default level.)
 BASE = {"model_type": "collective", "dataset": "digits", "batch_size": 64,
-        "use_augmentation": True, "use_drop_models": True, "optimizer": "sgd"}
+        "use_augmentation": True, "use_drop_models": True, "optimizer": "sgd",
+        "use_expert_diversity": True, "use_analyst_diversity": True}
 
 
 class Rows(Writer):
@@ -36,12 +37,18 @@ def sequential(cfg, epochs):
     return w.rows
 
 
+@pytest.mark.slow
 def test_members_equal_sequential_runs_and_a_slot_is_refilled_without_compiling():
+    # members differ in every kind of VALUE key: seed, learning rate (optimizer state),
+    # the diversity weight and temperature and the member-dropout rates (step values)
     a = debug_config({**BASE, "seed": 5, "learning_rate": 0.02})
-    b = debug_config({**BASE, "seed": 6, "learning_rate": 0.01})
-    c = debug_config({**BASE, "seed": 7, "learning_rate": 0.03})
+    b = debug_config({**BASE, "seed": 6, "learning_rate": 0.01, "diversity_lambda": 0.2,
+                      "diversity_temperature": 0.5, "drop_models_expert_rate": 0.4})
+    c = debug_config({**BASE, "seed": 7, "learning_rate": 0.03, "diversity_lambda": 0.0,
+                      "drop_models_analyst_rate": 0.3})
     ds = load(a)
     pop = Population(resolve(a), ds, k=2)
+    assert pop.fits(b) and pop.fits(c)  # one program
     pop.assign(0, a)
     pop.assign(1, b)
     first = pop.epoch()
@@ -55,8 +62,9 @@ def test_members_equal_sequential_runs_and_a_slot_is_refilled_without_compiling(
     assert pop.epochs == [2, 1]
 
     def close(member, row):
+        # measured: <= 2.2e-5 relative (the member with the strongest diversity terms)
         for key in ("train/loss", "val/loss", "test/loss"):
-            assert float(member[key][0]) == pytest.approx(row[key], rel=2e-5), key
+            assert float(member[key][0]) == pytest.approx(row[key], rel=1e-4), key
         for key in ("val/accuracy", "test/accuracy"):
             assert float(member[key][0]) == pytest.approx(row[key], abs=1e-4), key
 
@@ -107,6 +115,7 @@ parameters:
 """
 
 
+@pytest.mark.slow
 def test_a_population_sweep_runs_every_trial_once_prunes_and_refills_without_compiling(tmp_path):
     import json
 

@@ -74,7 +74,10 @@ def test_derived_lists():
     assert C.NO_EFFECT == {"log_interval": "per-epoch-logging", "num_workers": "on-device-data",
                            "training_strategy": "single-strategy",
                            "use_torch_compile": "always-compiled"}
-    assert C.VALUE_KEYS == {"learning_rate", "weight_decay", "seed", "val_split"}
+    assert C.STEP_VALUES == ("drop_models_expert_rate", "drop_models_analyst_rate",
+                             "diversity_lambda", "diversity_temperature")
+    assert C.VALUE_KEYS == {"learning_rate", "weight_decay", "seed", "val_split", *C.STEP_VALUES}
+    assert C.MEMBER_KEYS == C.VALUE_KEYS - {"weight_decay", "val_split"}
     assert set(C.SHARED_SETTINGS) == {"epochs", "use_augmentation", "gradient_accumulation_steps",
                                       "dtype"}
 
