@@ -55,9 +55,10 @@ with open(out_file, "a") as f:
     f.write(json.dumps(row) + "\n")
 EOF
 # population scaling: a member is a replica of the vmapped program (as --num_seeds); the
-# largest K that fits is the last line that succeeds (an out-of-memory K is skipped)
+# largest K that fits is the last line that succeeds (an out-of-memory K is skipped);
+# each timed over one whole epoch (S=0: no separate timing of updates)
 for K in $POPULATIONS; do
-  S=10 E=1 bench --model_type=collective --use_augmentation=true --num_seeds="$K" \
+  S=0 E=1 bench --model_type=collective --use_augmentation=true --num_seeds="$K" \
     || echo "population $K did not run (out of memory?)" >&2
 done
 python - "$J" "$PHASE1_EPOCHS" <<'EOF'

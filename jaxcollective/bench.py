@@ -28,7 +28,8 @@ from .config import Config, ConfigError
 
 EXTRA = {
     "config": "preset applied first: debug or phase1",
-    "steps": "timed updates, in calls of 10, for the steady-state median (default 100)",
+    "steps": "timed updates, in calls of 10, for the steady-state median (default 100; 0: "
+             "time epochs only)",
     "epochs": "full epochs to time after the first (default 1); 0 skips epoch_s",
     "torch": "also time the PyTorch reference (needs torch): true/false (default false)",
     "help": "show this message",
@@ -84,8 +85,9 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
            "use_augmentation": cfg.use_augmentation, "synthetic": True,
            "dataset_shape": cfg.data_like, "device": jax.devices()[0].device_kind,
            "n_devices": len(jax.devices())}
-    out.update(time_steps(trainer, steps))
-    if jax.default_backend() == "gpu":
+    if steps > 0:
+        out.update(time_steps(trainer, steps))
+    if steps > 0 and jax.default_backend() == "gpu":
         mode = matmul_precision(cfg.dtype, jax.config.jax_default_matmul_precision)
         out["matmul_precision"] = mode
         peak = peak_tflops(jax.devices()[0], mode)
@@ -119,8 +121,9 @@ def time_steps(trainer, steps: int) -> dict:
     keys = {n: v for n, v in trainer.epoch_keys(0).items() if n != "shuffle"}
     state = trainer.init()
     t = time.perf_counter()
-    compiled = trainer.steps_fn().lower(state, idx_UxAxB, keys).compile()
-    state, m = compiled(state, idx_UxAxB, keys)
+    values = trainer.rep.values
+    compiled = trainer.steps_fn().lower(state, idx_UxAxB, keys, values).compile()
+    state, m = compiled(state, idx_UxAxB, keys, values)
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
@@ -130,7 +133,7 @@ def time_steps(trainer, steps: int) -> dict:
     times = []
     for _ in range(max(1, steps // UPDATES_PER_CALL)):
         t = time.perf_counter()
-        state, m = compiled(state, idx_UxAxB, keys)
+        state, m = compiled(state, idx_UxAxB, keys, values)
         jax.block_until_ready(m)
         times.append((time.perf_counter() - t) / UPDATES_PER_CALL)
     step_s = statistics.median(times)
@@ -172,7 +175,7 @@ def main(argv: list[str]) -> int:
         values.setdefault("batch_size", "256")
         values.setdefault("dataset", "fashion_mnist")
         cfg = Config.from_dict(values, opts.get("config"))
-        steps = int_option(opts, "steps", 100, minimum=1)
+        steps = int_option(opts, "steps", 100, minimum=0)
         epochs = int_option(opts, "epochs", 1, minimum=0)
         torch_ref = bool_option(opts, "torch")
         if torch_ref:

@@ -17,6 +17,8 @@ The train/validation split is not made here: it is a pair of index arrays per se
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import logging
 import os
@@ -70,12 +72,22 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 20240607  # fixed: the test set never moves with `seed`
 
 
-def load_digits() -> Dataset:
-    from sklearn.datasets import load_digits as sk_digits
+def digits_file() -> str:
+    """scikit-learn's copy of the UCI digits (1797 rows of 64 pixels in 0..16, then the
+    label), found without importing scikit-learn (its import costs ~2 s per process)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("--dataset=digits reads scikit-learn's bundled copy: "
+                          "`pip install scikit-learn` (it is in requirements.txt)")
+    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
 
-    d = sk_digits()
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # 1797 x 8 x 8 x 1
-    y = d.target.astype(np.int32)
+
+def load_digits() -> Dataset:
+    """The digits as sklearn.datasets.load_digits gives them (tests/test_data.py)."""
+    with gzip.open(digits_file(), "rt") as f:
+        rows = np.loadtxt(f, delimiter=",")
+    x = np.round(rows[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    y = rows[:, -1].astype(np.int32)  # 1797 x 8 x 8 x 1 images, labels 0..9
     perm = np.random.default_rng(DIGITS_TEST_SEED).permutation(len(y))
     n_test = int(round(len(y) * DIGITS_TEST_FRACTION))
     test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])

@@ -8,6 +8,9 @@ _run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 os.environ.setdefault("JAXCOLLECTIVE_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"jaxcollective-xla-{_run}") if _run
                       else tempfile.mkdtemp(prefix="jaxcollective-xla-"))
+# Every program is worth keeping here (the default threshold leaves out those that
+# compile in under 0.5 s, and the tests start many processes that compile them again).
+os.environ.setdefault("JAXCOLLECTIVE_CACHE_MIN_S", "0")
 os.environ.setdefault("WANDB_MODE", "disabled")
 # The tests compile hundreds of small programs (and their subprocesses inherit this): at
 # these sizes XLA's backend optimisations cost more compile time than they save in run
@@ -15,3 +18,15 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_backend_optimization_level=0").strip()
+
+# The tests in this process use the same cache as the subprocesses and the other workers.
+from jaxcollective.experiment import enable_compilation_cache  # noqa: E402
+
+enable_compilation_cache()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests (marked slow) first, so that pytest-xdist (one test at a time
+    to the next free worker, pyproject.toml) starts the longest work first and the run
+    ends with short tests. Expensive fixtures are made once per run (shared.made_once)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -15,6 +15,7 @@ from jaxcollective.checkpoint import Checkpointer, fingerprint, run_dir
 from jaxcollective.config import Config
 from jaxcollective.experiment import train_and_evaluate
 from jaxcollective.writers import Writer
+from shared import made_once
 from wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,14 +53,16 @@ def interrupt_after(proc, epochs: int, sig):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    out = {}
-    for seeds in (1, 2):
-        tmp = tmp_path_factory.mktemp(f"whole{seeds}")
-        p = launch(tmp, f"--num_seeds={seeds}")
-        assert p.returncode == 0, p.stderr[-2000:]
-        out[seeds] = records(tmp)[-1]
-        assert not any((tmp / "ck").iterdir())  # a finished run leaves no checkpoint
-    return out
+    def make(folder):
+        for seeds in (1, 2):
+            tmp = folder / f"whole{seeds}"
+            tmp.mkdir()
+            p = launch(tmp, f"--num_seeds={seeds}")
+            assert p.returncode == 0, p.stderr[-2000:]
+            assert not any((tmp / "ck").iterdir())  # a finished run leaves no checkpoint
+
+    folder = made_once(tmp_path_factory, "checkpoint_uninterrupted", make)
+    return {seeds: records(folder / f"whole{seeds}")[-1] for seeds in (1, 2)}
 
 
 @pytest.mark.parametrize("seeds", [1, 2])

@@ -17,6 +17,7 @@ from jaxcollective.data import load_digits, split_indices
 from jaxcollective.experiment import train_and_evaluate
 from jaxcollective.main import main
 from jaxcollective.writers import Writer
+from shared import made_once
 from spec_metrics import EPOCH_KEYS, FINAL_KEYS
 from test_sweeps import agent_launch
 from wandb_offline import read_offline_run
@@ -123,12 +124,15 @@ def original_run(tmp_path_factory):
     params.update(dataset="digits", input_dim=64, epochs=2, batch_size=256, topk="(1, 5)",
                   use_torch_compile=True, log_interval=10, training_strategy="standard",
                   use_gpu=True, wandb_name="original-sweep-run")
-    tmp = tmp_path_factory.mktemp("original")
-    p = agent_launch(tmp, params, "orig1")
-    assert p.returncode == 0, p.stderr[-3000:]
+    def make(folder):
+        p = agent_launch(folder, params, "orig1")
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    tmp = made_once(tmp_path_factory, "compat_original_run", make)
     return params, tmp, read_offline_run(tmp), json.loads((tmp / "results.jsonl").read_text())
 
 
+@pytest.mark.slow
 def test_original_sweep_run_logs_every_metric_name_of_both(original_run):
     params, tmp, run, rec = original_run
     rows = [h for h in run.history if "epoch" in h]

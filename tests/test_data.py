@@ -293,11 +293,12 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     ds = data.load_real("fashion_mnist")  # no flag: found where Debian installs it
     assert ds.x_train.shape == (60_000, 28, 28, 1) and ds.x_test.shape == (10_000, 28, 28, 1)
     assert np.bincount(ds.y_test).tolist() == [1000] * 10
+    # the study's smaller collective (README, Results): one epoch
     cfg = Config.from_dict({"model_type": "collective", "epochs": 1, "batch_size": 256,
                             "gradient_accumulation_steps": 1, "use_augmentation": False},
-                           preset="phase1")
+                           preset="debug")
     record = train_and_evaluate(cfg, Writer(), dataset=ds)
-    assert record["model_params"] == 2_969_887
+    assert record["model_params"] == 567_044
     assert record["final/test_accuracy"] >= 80.0, record["final/test_accuracy"]
 
 
@@ -306,6 +307,16 @@ def test_digits_are_real_and_test_split_is_fixed():
     assert a.x_train.shape == (1438, 8, 8, 1) and a.x_test.shape == (359, 8, 8, 1)
     assert a.x_train.max() == 255 and set(np.unique(a.y_test)) == set(range(10))
     np.testing.assert_array_equal(a.x_test, b.x_test)
+    # read from scikit-learn's bundled file without importing it: what load_digits gives
+    from sklearn.datasets import load_digits
+
+    sk = load_digits()
+    x = np.round(sk.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    np.testing.assert_array_equal(np.concatenate([a.x_train, a.x_test]).sum(0), x.sum(0))
+    perm = np.random.default_rng(data.DIGITS_TEST_SEED).permutation(len(sk.target))
+    test = np.sort(perm[:359])
+    np.testing.assert_array_equal(a.x_test, x[test])
+    np.testing.assert_array_equal(a.y_test, sk.target[test])
 
 
 def test_validation_split_is_ten_percent_fixed_by_seed():

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from presets import debug_config
+from shared import made_once
 from jaxcollective.experiment import StopFlag, train_and_evaluate
 from jaxcollective.report import main, make_report, load_results, wandb_to_run, welch_interval
 from jaxcollective.writers import ResultsWriter
@@ -15,23 +16,24 @@ from jaxcollective.writers import ResultsWriter
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    path = tmp_path_factory.mktemp("runs") / "results.jsonl"
-    w = ResultsWriter(str(path))
+    def make(folder):
+        w = ResultsWriter(str(folder / "results.jsonl"))
 
-    def run(stop=None, **kw):
-        cfg = debug_config({"dataset": "digits", "epochs": 2, "batch_size": 64, **kw})
-        train_and_evaluate(cfg, w, stop=stop)
+        def run(stop=None, **kw):
+            cfg = debug_config({"dataset": "digits", "epochs": 2, "batch_size": 64, **kw})
+            train_and_evaluate(cfg, w, stop=stop)
 
-    run(model_type="collective", seed=0)
-    run(model_type="collective", seed=1)
-    run(model_type="shallow", seed=0)
-    run(model_type="shallow", seed=1, num_seeds=2)  # one record, two replicas
-    run(model_type="deep", seed=0)
-    run(model_type="shallow", optimizer="sgd", learning_rate=1e30)  # diverges
-    stop = StopFlag()
-    stop.signal = 15  # as if SIGTERM arrived during the first epoch
-    run(model_type="deep", seed=3, epochs=5, stop=stop)
-    return path
+        run(model_type="collective", seed=0)
+        run(model_type="collective", seed=1)
+        run(model_type="shallow", seed=0)
+        run(model_type="shallow", seed=1, num_seeds=2)  # one record, two replicas
+        run(model_type="deep", seed=0)
+        run(model_type="shallow", optimizer="sgd", learning_rate=1e30)  # diverges
+        stop = StopFlag()
+        stop.signal = 15  # as if SIGTERM arrived during the first epoch
+        run(model_type="deep", seed=3, epochs=5, stop=stop)
+
+    return made_once(tmp_path_factory, "report_results", make) / "results.jsonl"
 
 
 def table_rows(text, header):
@@ -40,6 +42,7 @@ def table_rows(text, header):
             for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
 
 
+@pytest.mark.slow
 def test_report_files_and_table_equal_the_inputs_aggregates(results, tmp_path):
     recs = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["status"] for r in recs].count("diverged") == 1
@@ -86,6 +89,7 @@ def test_report_files_and_table_equal_the_inputs_aggregates(results, tmp_path):
     assert next(r for r in comp if r[1] == "deep")[5] == "–"  # one deep run: no interval
 
 
+@pytest.mark.slow
 def test_report_command(results, tmp_path, capsys):
     assert main([f"--results={results}", f"--out={tmp_path / 'out'}"]) == 0
     assert "digits: 6 runs in 3 groups, 2 excluded" in capsys.readouterr().out

@@ -15,6 +15,7 @@ import yaml
 
 from jaxcollective import describe
 from jaxcollective.config import Config, collective_dims
+from shared import made_once
 from spec_metrics import EPOCH_KEYS, FINAL_KEYS
 from wandb_offline import read_offline_run
 
@@ -40,17 +41,20 @@ def agent_launch(tmp: Path, params: dict, run_id: str, *, wait=True, extra_env=N
 
 @pytest.fixture(scope="module")
 def agent_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("agent")
     params = {"model_type": "shallow", "target_params": 6100000, "dataset": "digits",
               "epochs": 3, "batch_size": 128, "learning_rate": 1e-03, "use_augmentation": True,
               "expert_hidden": [512, 256], "n_experts": None, "collective_version": "simple_mlp",
               "device": "cuda", "num_workers": 4, "wandb_project": "collective-architecture",
               "num_classes": 10}
-    p = agent_launch(tmp, params, "agentrun1")
-    assert p.returncode == 0, p.stderr[-3000:]
+    def make(folder):
+        p = agent_launch(folder, params, "agentrun1")
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    tmp = made_once(tmp_path_factory, "sweeps_agent_run", make)
     return tmp, read_offline_run(tmp)
 
 
+@pytest.mark.slow
 def test_agent_launch_logs_config_history_and_finals(agent_run):
     tmp, run = agent_run
     assert run.run_id == "agentrun1" and run.sweep_id == "sweep123"
@@ -83,6 +87,7 @@ def test_contradicting_fixed_key_and_unknown_key_are_errors(tmp_path):
     assert p.returncode == 2 and "hidden_size" in p.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_cleanly_with_its_last_epoch_as_final(tmp_path):
     proc = agent_launch(tmp_path, {"model_type": "shallow", "dataset": "digits", "epochs": 100000,
                                    "target_params": 200000, "progress": False}, "term1", wait=False)
@@ -107,6 +112,7 @@ def test_sigterm_ends_the_run_cleanly_with_its_last_epoch_as_final(tmp_path):
     assert run.summary["status"] == "stopped" and run.exit_code == 0
 
 
+@pytest.mark.slow
 def test_hyperband_stops_a_bad_run_at_the_first_band(tmp_path, agent_run):
     sweeps = pytest.importorskip("sweeps")
     from sweeps import RunState, SweepRun
@@ -170,6 +176,7 @@ def test_every_sweep_value_is_a_valid_config(path):
         collective_dims(Config.from_values({**base, **dict(zip(shape_keys, combo))}))
 
 
+@pytest.mark.slow
 def test_phase1_sizes_every_baseline_at_every_target():
     params = yaml.safe_load((ROOT / "sweeps" / "phase1.yaml").read_text())["parameters"]
     for mt in params["model_type"]["values"][1:]:
