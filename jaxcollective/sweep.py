@@ -475,7 +475,7 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
     say()
     failures = 0  # in a row: a space that only fails must not loop for ever
     if population == 0:  # auto
-        population = auto_population(preflight(sw.base_cfg))
+        population = auto_population(preflight(sw.base_cfg), measure=epoch_timer(sw, sw.base_cfg))
         print(f"[sweep {name}] --population=auto: {population}", file=sys.stderr)
     if population > 1:
         with StopFlag() as stop:
@@ -512,10 +512,12 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
     return 0
 
 
-def auto_population(resolved, largest: int = 256) -> int:
+def auto_population(resolved, largest: int = 256, measure=None) -> int:
     """1 on a CPU (compute-bound already: K members take K times as long); on an
     accelerator the largest power of 2 up to `largest` whose members' parameters,
-    optimizer states and activations fit 80% of its free memory."""
+    optimizer states and activations fit 80% of its free memory, then, given
+    `measure(k)` (seconds per epoch of a population of k), grown from 1 only while
+    trials per hour still rise (`grow_population`)."""
     import jax
 
     from .data import TRAIN_SIZES
@@ -532,7 +534,43 @@ def auto_population(resolved, largest: int = 256) -> int:
         if sum(memory_need(r, TRAIN_SIZES.get(cfg.data_like, 60_000), 10_000).values()) <= 0.8 * have:
             break
         k //= 2
+    return grow_population(k, measure) if measure is not None else k
+
+
+AUTO_MIN_GAIN = 1.1  # doubling K must raise member-epochs per second by 10% to be kept
+
+
+def grow_population(cap: int, measure) -> int:
+    """K = 1, 2, 4, ... up to `cap`, each timed by `measure(k)` (seconds per epoch of a
+    population of k): the last K whose doubling still raised member-epochs per second
+    by AUTO_MIN_GAIN. A GPU runs a few small members in the time of one, then saturates."""
+    k, rate = 1, 1 / measure(1)
+    while 2 * k <= cap:
+        faster = 2 * k / measure(2 * k)
+        if faster < AUTO_MIN_GAIN * rate:
+            break
+        k, rate = 2 * k, faster
     return k
+
+
+def epoch_timer(sw, cfg):
+    """`measure(k)` for auto_population: one timed epoch (after a compiling one) of a
+    population of k members of `cfg` on its dataset. The program of the K chosen is
+    the one the sweep then runs (train._PROGRAMS), so its compile is not lost."""
+    def measure(k: int) -> float:
+        from .population import Population
+
+        pop = Population(preflight(cfg.replace(num_seeds=k)), sw.dataset(cfg), k)
+        for slot in range(k):
+            pop.assign(slot, cfg.replace(seed=cfg.seed + slot))
+        pop.epoch()  # compiles; each epoch returns its metrics on the host, so it has ended
+        t = time.perf_counter()
+        pop.epoch()
+        s = time.perf_counter() - t
+        print(f"[sweep] population {k}: {s:.3f}s per epoch, {3600 * k / s:,.0f} member-epochs "
+              "per hour", file=sys.stderr, flush=True)
+        return s
+    return measure
 
 
 def shrink_pays(k: int, live: int, times: list[float], epochs_left: int) -> bool:

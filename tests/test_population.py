@@ -224,6 +224,27 @@ def test_population_auto_is_1_on_a_cpu_and_the_largest_that_fits_elsewhere(monke
         return sum(memory_need(replace(r, cfg=r.cfg.replace(num_seeds=k)), 60_000, 10_000).values())
     assert 1 < k < 256 and k & (k - 1) == 0
     assert need(k) <= 0.8 * memory < need(2 * k)
+    # grown by measured throughput: a device that runs up to 8 members in the time of
+    # one, then takes longer with every member, stops at 8 (16 gains too little)
+    timed = []
+
+    def measure(n):
+        timed.append(n)
+        return 1.0 if n <= 8 else n / 8 * 0.95
+    assert sweep.auto_population(r, measure=measure) == min(8, k)
+    assert timed == [n for n in (1, 2, 4, 8, 16) if n <= k]  # 16 measured, not kept
+    assert sweep.grow_population(256, lambda n: 1.0) == 256  # never saturates: the cap
+    assert sweep.grow_population(256, lambda n: float(n)) == 1  # a CPU: no gain at all
+    assert sweep.grow_population(1, measure) == 1
+
+
+def test_auto_population_times_real_populations_of_the_sweep(tmp_path):
+    from jaxcollective.sweep import Sweep, epoch_timer
+
+    (tmp_path / "pop.yaml").write_text(SWEEP)
+    sw = Sweep(str(tmp_path / "pop.yaml"), {"model_type": "shallow", "target_params": "20000"},
+               str(tmp_path / "r.jsonl"))
+    assert epoch_timer(sw, sw.base_cfg)(2) > 0  # a population of 2 trained and timed
 
 
 def test_an_impossible_population_is_one_line_before_any_trial(tmp_path, capsys):
