@@ -206,14 +206,11 @@ def preflight(cfg: Config):
 def check_memory(resolved, devices) -> None:
     """Refuse, before any work, a run that cannot fit on its device (a raw out-of-memory
     error from XLA after W&B has started helps nobody)."""
-    from .sizing import memory_need
-
     have = device_memory(devices[0])
     if have is None:
         return
     cfg = resolved.cfg
-    need = memory_need(resolved, TRAIN_SIZES.get(cfg.data_like, 60_000), 10_000)
-    need["activations"] //= len(devices)  # the batch is split across the devices
+    need = memory_parts(resolved, len(devices))
     total = sum(need.values())
     if total > have:
         gb = lambda b: f"{b / 2**30:.1f} GB"  # noqa: E731
@@ -223,6 +220,16 @@ def check_memory(resolved, devices) -> None:
             f"{gb(need['state'])}, activations {gb(need['activations'])}, data "
             f"{gb(need['data'])}) but {devices[0].platform} has {gb(have)} free; use a smaller "
             "--target_params, --batch_size or --num_seeds")
+
+
+def memory_parts(resolved, n_devices: int = 1) -> dict[str, int]:
+    """Bytes a run needs on each device: its state, activations (the batch is split
+    across the devices) and data (sizing.memory_need at the dataset's sizes)."""
+    from .sizing import memory_need
+
+    need = memory_need(resolved, TRAIN_SIZES.get(resolved.cfg.data_like, 60_000), 10_000)
+    need["activations"] //= n_devices
+    return need
 
 
 def device_memory(device) -> Optional[int]:

@@ -44,6 +44,14 @@ def _stack(tree, k: int):
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (k, *a.shape)), tree)
 
 
+def holding(n: int) -> int:
+    """The smallest power of 2 that holds n members (the sizes populations shrink to)."""
+    k = 1
+    while k < n:
+        k *= 2
+    return k
+
+
 _INIT_ONE: dict[int, tuple] = {}  # id(step) -> (step, compiled init of one member)
 
 
@@ -74,10 +82,10 @@ class Population:
         self.state = jax.device_put(_stack(one, k), self.trainer.replicated)
         self.configs: list[Optional[Config]] = [None] * k
         self.epochs = [0] * k  # epochs each slot's run has completed
-        self._set_state = _set_row
         rep = self.trainer.rep
         self._host = [np.array(a) for a in rep[:3]]  # each slot's split, on the host
         self._values = {k: np.array(v) for k, v in rep.values.items()}
+        self._rows_changed = False
 
     @property
     def free(self) -> list[int]:
@@ -98,25 +106,21 @@ class Population:
             state = self._init_one(stream_keys(cfg.seed)["params"])
         hp = {k: jnp.asarray(getattr(cfg, k), jnp.float32) for k in state.opt_state.hyperparams}
         state = state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
-        self.state = self._set_state(self.state, jnp.int32(slot), state)
+        self.state = _set_row(self.state, jnp.int32(slot), state)
         train, val = split_indices(len(self.ds.y_train), cfg.seed, cfg.val_split)
         val_idx, val_mask = pad_batches(val, self._host[1].shape[-1])
         for host, row in zip(self._host, (train, val_idx, val_mask)):
             host[slot] = row
         for k in STEP_VALUES:
             self._values[k][slot] = getattr(cfg, k)
-        put = partial(jax.device_put, device=self.trainer.replicated)
-        self.trainer.rep = ReplicaData(*map(put, self._host), jax.tree.map(put, self._values))
+        self._rows_changed = True  # sent to the device once, before the next epoch
         self.configs[slot], self.epochs[slot] = cfg, epoch
 
     def smaller(self, slots: list[int]) -> tuple["Population", list[int]]:
         """A population of the smallest power of 2 that holds `slots` (one compile),
         with those slots' runs moved into it, state and epoch counter as they are.
         Returns it and each moved slot's new index."""
-        k = 1
-        while k < len(slots):
-            k *= 2
-        pop = Population(self.resolved, self.ds, k)
+        pop = Population(self.resolved, self.ds, holding(len(slots)))
         for j, i in enumerate(slots):
             pop.assign(j, self.configs[i], state=self.member_state(i), epoch=self.epochs[i])
         return pop, list(range(len(slots)))
@@ -140,6 +144,10 @@ class Population:
     def epoch(self) -> list[Optional[dict[str, np.ndarray]]]:
         """Every slot trains its next epoch; per slot its metrics (None if empty)."""
         t = self.trainer
+        if self._rows_changed:  # the slots assigned since the last epoch, in one transfer
+            put = partial(jax.device_put, device=t.replicated)
+            t.rep = ReplicaData(*map(put, self._host), jax.tree.map(put, self._values))
+            self._rows_changed = False
         self.state, m = t._epoch(self.state, t.data, t.rep, self.epoch_keys())
         m = jax.device_get(m)  # the one host round-trip per epoch
         out = []

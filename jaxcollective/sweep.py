@@ -520,9 +520,7 @@ def auto_population(resolved, largest: int = 256, measure=None) -> int:
     trials per hour still rise (`grow_population`)."""
     import jax
 
-    from .data import TRAIN_SIZES
-    from .experiment import device_memory
-    from .sizing import memory_need
+    from .experiment import device_memory, memory_parts
 
     device = jax.devices()[0]
     have = device_memory(device)
@@ -531,7 +529,7 @@ def auto_population(resolved, largest: int = 256, measure=None) -> int:
     cfg, k = resolved.cfg, largest
     while k > 1:
         r = replace(resolved, cfg=cfg.replace(num_seeds=k))
-        if sum(memory_need(r, TRAIN_SIZES.get(cfg.data_like, 60_000), 10_000).values()) <= 0.8 * have:
+        if sum(memory_parts(r).values()) <= 0.8 * have:
             break
         k //= 2
     return grow_population(k, measure) if measure is not None else k
@@ -579,11 +577,11 @@ def shrink_pays(k: int, live: int, times: list[float], epochs_left: int) -> bool
     measured epoch time, less the share of the smaller program, against the compile
     time measured on this population's first epoch (on a CPU, where K members cost K
     times one, a small model's compile often costs more than its idle slots)."""
+    from .population import holding
+
     if len(times) < 2:
         return False
-    small = 1
-    while small < live:
-        small *= 2
+    small = holding(live)
     compile_s = max(0.0, times[0] - min(times[1:]))
     return epochs_left * times[-1] * (1 - small / k) > compile_s
 
