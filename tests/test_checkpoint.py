@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # end-to-end, in subprocesses
 FINALS = ("final/test_accuracy", "final/test_loss", "final/best_val_accuracy", "best_epoch",
           "final_train_loss", "final_val_loss")
-BASE = ["--dataset=digits", "--model_type=shallow", "--target_params=150000", "--epochs=24",
+BASE = ["--dataset=digits", "--model_type=shallow", "--target_params=150000", "--epochs=12",
         "--batch_size=64", "--checkpoint_every=2", "--progress=false"]
 
 
@@ -74,8 +74,8 @@ def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(seeds, uninterrupte
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resuming from epoch" in p.stderr
     rec = records(tmp_path)[-1]
-    assert rec["status"] == "finished" and rec["epochs_completed"] == 24
-    assert 2 <= rec["resumed_from_epoch"] < 24 and rec["resumed_from_epoch"] % 2 == 0
+    assert rec["status"] == "finished" and rec["epochs_completed"] == 12
+    assert 2 <= rec["resumed_from_epoch"] < 12 and rec["resumed_from_epoch"] % 2 == 0
     for k in FINALS:
         assert rec[k] == pytest.approx(uninterrupted[seeds][k], rel=1e-6, abs=1e-6), k
     if seeds == 2:
@@ -92,7 +92,7 @@ def test_sigterm_saves_and_the_restart_resumes(uninterrupted, tmp_path):
     p = launch(tmp_path, "--checkpoint_every=0")
     assert p.returncode == 0, p.stderr[-2000:]
     rec = records(tmp_path)[-1]
-    assert rec["resumed_from_epoch"] == first["epochs_completed"] and rec["epochs_completed"] == 24
+    assert rec["resumed_from_epoch"] == first["epochs_completed"] and rec["epochs_completed"] == 12
     assert rec["final/test_loss"] == pytest.approx(uninterrupted[1]["final/test_loss"], rel=1e-6)
 
 
@@ -110,7 +110,7 @@ def test_a_retried_sweep_trial_with_a_new_run_id_resumes(tmp_path):
     resumed = run.config["resumed_from_epoch"]
     assert resumed >= 2
     rows = [h for h in run.history if "epoch" in h]
-    assert rows[0]["epoch"] == resumed + 1 and rows[-1]["epoch"] == 24
+    assert rows[0]["epoch"] == resumed + 1 and rows[-1]["epoch"] == 12
 
 
 def test_damaged_checkpoint_warns_and_starts_fresh_never_starts_over(tmp_path):
@@ -138,12 +138,12 @@ def test_an_interrupted_save_is_never_loaded(tmp_path):
     interrupt_after(proc, 5, signal.SIGKILL)
     (ck,) = [d for d in (tmp_path / "ck").iterdir() if d.is_dir()]  # beside it: its lock file
     # what a save cut off mid-write leaves: orbax's temporary folder, never committed
-    junk = ck / "22.orbax-checkpoint-tmp-1234567"
+    junk = ck / "10.orbax-checkpoint-tmp-1234567"
     (junk / "state").mkdir(parents=True)
     (junk / "state" / "half").write_bytes(b"\0" * 100)
     p = launch(tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert 2 <= records(tmp_path)[-1]["resumed_from_epoch"] < 22
+    assert 2 <= records(tmp_path)[-1]["resumed_from_epoch"] < 10
 
 
 def test_unwritable_checkpoint_dir_is_refused_before_training(tmp_path):

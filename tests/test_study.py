@@ -36,6 +36,7 @@ def test_the_choice_is_made_on_validation_over_the_seeds_every_candidate_has():
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_study_command_grid_choice_seeds_report_and_rerun(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, "docs/study.py", "--dataset=digits", "--epochs=1", "--sizes=0.57M",

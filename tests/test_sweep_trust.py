@@ -89,7 +89,7 @@ def test_a_bad_metric_or_value_is_one_line_before_any_trial(tmp_path, capsys):
 
 
 def test_ctrl_c_keeps_the_trial_and_the_rerun_resumes_it(tmp_path):
-    path = sweep_file(tmp_path, epochs=40)
+    path = sweep_file(tmp_path, epochs=12)
     args = ["--trials=3", *common(tmp_path)]
     p = launch(path, *args)
     while "1/3 done" not in p.stderr.readline():
@@ -106,7 +106,7 @@ def test_ctrl_c_keeps_the_trial_and_the_rerun_resumes_it(tmp_path):
     first = lines(tmp_path / "r.jsonl")
     assert [r["status"] for r in first] == ["finished", "stopped"]
     stopped = first[1]
-    assert 1 <= stopped["epochs_completed"] < 40
+    assert 1 <= stopped["epochs_completed"] < 12
     p = launch(path, *args)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-2000:]
@@ -170,9 +170,13 @@ def wandb_ids(folder: Path) -> set[str]:
     return {d.name.rsplit("-", 1)[1] for d in (folder / "wandb").glob("offline-run-*")}
 
 
+@pytest.mark.longest
 def test_two_identical_runs_never_share_a_checkpoint_folder(tmp_path):
     a = run_py(tmp_path, "a", "--epochs=100000")  # runs until stopped
     epochs_seen(a, 3)  # a holds the folder before b starts
+    # a stays alive and holds its folder's lock, paused (SIGSTOP) so that it does not
+    # take the CPU from b for the minute this test runs; SIGCONT before it is stopped
+    a.send_signal(signal.SIGSTOP)
     b = run_py(tmp_path, "b", "--epochs=100000")
     epochs_seen(b, 4)
     folders = sorted(d.name for d in (tmp_path / "ck").iterdir() if d.is_dir())
@@ -189,6 +193,8 @@ def test_two_identical_runs_never_share_a_checkpoint_folder(tmp_path):
                   if d.name.isdigit())
     b2 = run_py(tmp_path, "b", f"--epochs={reached + 2}")
     out_b, err_b = b2.communicate(timeout=300)
+    a.send_signal(signal.SIGCONT)
+    epochs_seen(a, 1)  # a trains on where it was paused
     a.send_signal(signal.SIGTERM)
     out_a, err_a = a.communicate(timeout=120)
     assert a.returncode == 0 and b2.returncode == 0, err_b[-2000:]

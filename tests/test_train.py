@@ -120,17 +120,18 @@ def test_accumulated_steps_equal_one_big_step(optimizer):
     ("shallow", {"target_params": 200_000}),
     ("collective", {}),
 ])
-def test_digits_reaches_95_percent_within_30_epochs(model_type, extra):
-    cfg = Config.from_dict({"model_type": model_type, "dataset": "digits", "epochs": 30,
+def test_digits_reaches_95_percent_within_10_epochs(model_type, extra):
+    # measured: 98.3% (collective) and 98.1% (shallow) after 10 epochs, 96-97% after 2-3
+    cfg = Config.from_dict({"model_type": model_type, "dataset": "digits", "epochs": 10,
                             "batch_size": 64, **extra})
     rec = Recorder()
     record = train_and_evaluate(cfg, rec)
-    assert record["status"] == "finished" and record["epochs_completed"] == 30
+    assert record["status"] == "finished" and record["epochs_completed"] == 10
     assert record["final/test_accuracy"] >= 95.0, record["final/test_accuracy"]
     if model_type == "shallow":
         assert abs(record["model_params"] - 200_000) / 200_000 < 0.01
     # one row per epoch, each with val and test evaluated
-    assert len(rec.rows) == 30
+    assert len(rec.rows) == 10
 
 
 def test_same_metric_set_for_every_model_type():
