@@ -3,6 +3,7 @@ stopped and ends with the same final metrics as an uninterrupted one."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,11 +66,27 @@ def uninterrupted(tmp_path_factory):
     return {seeds: records(folder / f"whole{seeds}")[-1] for seeds in (1, 2)}
 
 
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """The checkpoint folder of one run (1 seed) killed with SIGKILL after its 7th epoch;
+    a test copies it and goes on from there."""
+    def make(folder):
+        proc = launch(folder, wait=False)
+        interrupt_after(proc, 7, signal.SIGKILL)
+        assert not (folder / "r.jsonl").exists()  # killed: no record yet
+
+    return made_once(tmp_path_factory, "checkpoint_killed", make) / "ck"
+
+
 @pytest.mark.parametrize("seeds", [1, 2])
-def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(seeds, uninterrupted, tmp_path):
-    proc = launch(tmp_path, f"--num_seeds={seeds}", wait=False)
-    interrupt_after(proc, 7, signal.SIGKILL)
-    assert not (tmp_path / "r.jsonl").exists()  # killed: no record yet
+def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(seeds, uninterrupted, killed,
+                                                             tmp_path):
+    if seeds == 1:
+        shutil.copytree(killed, tmp_path / "ck")
+    else:
+        proc = launch(tmp_path, f"--num_seeds={seeds}", wait=False)
+        interrupt_after(proc, 7, signal.SIGKILL)
+        assert not (tmp_path / "r.jsonl").exists()  # killed: no record yet
     p = launch(tmp_path, f"--num_seeds={seeds}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resuming from epoch" in p.stderr
@@ -113,9 +130,8 @@ def test_a_retried_sweep_trial_with_a_new_run_id_resumes(tmp_path):
     assert rows[0]["epoch"] == resumed + 1 and rows[-1]["epoch"] == 12
 
 
-def test_damaged_checkpoint_warns_and_starts_fresh_never_starts_over(tmp_path):
-    proc = launch(tmp_path, wait=False)
-    interrupt_after(proc, 5, signal.SIGKILL)
+def test_damaged_checkpoint_warns_and_starts_fresh_never_starts_over(killed, tmp_path):
+    shutil.copytree(killed, tmp_path / "ck")
     (ck,) = [d for d in (tmp_path / "ck").iterdir() if d.is_dir()]  # beside it: its lock file
     for f in ck.rglob("*"):
         if f.is_file() and f.parent.name != "meta":
@@ -133,9 +149,8 @@ def test_damaged_checkpoint_warns_and_starts_fresh_never_starts_over(tmp_path):
     assert records(tmp_path)[-1]["resumed_from_epoch"] == 0
 
 
-def test_an_interrupted_save_is_never_loaded(tmp_path):
-    proc = launch(tmp_path, wait=False)
-    interrupt_after(proc, 5, signal.SIGKILL)
+def test_an_interrupted_save_is_never_loaded(killed, tmp_path):
+    shutil.copytree(killed, tmp_path / "ck")
     (ck,) = [d for d in (tmp_path / "ck").iterdir() if d.is_dir()]  # beside it: its lock file
     # what a save cut off mid-write leaves: orbax's temporary folder, never committed
     junk = ck / "10.orbax-checkpoint-tmp-1234567"

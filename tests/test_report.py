@@ -28,7 +28,7 @@ def results(tmp_path_factory):
         run(model_type="shallow", seed=0)
         run(model_type="shallow", seed=1, num_seeds=2)  # one record, two replicas
         run(model_type="deep", seed=0)
-        run(model_type="shallow", optimizer="sgd", learning_rate=1e30)  # diverges
+        run(model_type="shallow", learning_rate=1e30)  # diverges (the program of seed 0)
         stop = StopFlag()
         stop.signal = 15  # as if SIGTERM arrived during the first epoch
         run(model_type="deep", seed=3, epochs=5, stop=stop)

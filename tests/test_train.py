@@ -138,7 +138,7 @@ def test_same_metric_set_for_every_model_type():
     keys = []
     for mt in ("collective", "deep_resnet"):
         cfg = debug_config({"model_type": mt, "dataset": "digits", "epochs": 1,
-                                "batch_size": 128})
+                                "batch_size": 64})
         rec = Recorder()
         train_and_evaluate(cfg, rec)
         keys.append((set(rec.rows[0]), {k for k in rec.record if k.startswith("final/")}))
