@@ -119,8 +119,10 @@ def test_hyperband_stops_a_bad_run_at_the_first_band(tmp_path, agent_run):
 
     cfg = yaml.safe_load((ROOT / "sweeps" / "phase1.yaml").read_text())
     band = cfg["early_terminate"]["min_iter"]
-    histories = {}
-    for name, lr in (("good_a", 1e-3), ("good_b", 3e-3), ("bad", 1e-7)):
+    # good_a: the agent-launched run (lr 1e-3, `band` epochs); one more good and a bad one
+    assert [h["epoch"] for h in agent_run[1].history if "epoch" in h] == list(range(1, band + 1))
+    histories = {"good_a": agent_run[1].history}
+    for name, lr in (("good_b", 3e-3), ("bad", 1e-7)):
         p = agent_launch(tmp_path / name, {"model_type": "shallow", "dataset": "digits",
                                            "epochs": band, "target_params": 200000,
                                            "learning_rate": lr}, name)
