@@ -290,13 +290,19 @@ def evaluate(step: Step, params, stats, x_all, y_all, idx_MxE, mask_MxE) -> dict
     return {n: (v if n == "loss" else 100.0 * v) / count for n, v in sums.items()}
 
 
-def epoch_step(step: Step, state: TrainState, data: DeviceData, rep: ReplicaData, keys):
-    """One replica's epoch: train, then evaluate validation and test."""
-    state, m = train_epoch(step, state, data, rep.train_idx_RxN, keys, rep.values)
+def evaluate_splits(step: Step, state: TrainState, data: DeviceData, rep: ReplicaData):
+    """One replica's validation and test metrics, (val, test)."""
     val = evaluate(step, state.params, state.stats, data.x_train, data.y_train,
                    rep.val_idx_RxMxE, rep.val_mask_RxMxE)
     test = evaluate(step, state.params, state.stats, data.x_test, data.y_test,
                     data.test_idx_MxE, data.test_mask_MxE)
+    return val, test
+
+
+def epoch_step(step: Step, state: TrainState, data: DeviceData, rep: ReplicaData, keys):
+    """One replica's epoch: train, then evaluate validation and test."""
+    state, m = train_epoch(step, state, data, rep.train_idx_RxN, keys, rep.values)
+    val, test = evaluate_splits(step, state, data, rep)
     return state, {name(split, n): v for split, part in zip(SPLITS, (m, val, test))
                    for n, v in part.items()}
 

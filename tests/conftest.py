@@ -31,6 +31,7 @@ enable_compilation_cache()
 def pytest_collection_modifyitems(config, items):
     """The end-to-end tests (marked slow, the longest of them marked longest too) first, so
     that pytest-xdist (one test at a time to the next free worker, pyproject.toml) starts
-    the longest work first and the run ends with short tests. Expensive fixtures are made once per run (shared.made_once)."""
+    the longest work first and the run ends with short tests. Expensive fixtures are made
+    once per run (shared.made_once)."""
     items.sort(key=lambda item: (item.get_closest_marker("longest") is None,
                                  item.get_closest_marker("slow") is None))

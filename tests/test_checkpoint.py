@@ -66,16 +66,17 @@ def uninterrupted(tmp_path_factory):
     return {seeds: records(folder / f"whole{seeds}")[-1] for seeds in (1, 2)}
 
 
+def kill_after_7_epochs(tmp, *extra):
+    proc = launch(tmp, *extra, wait=False)
+    interrupt_after(proc, 7, signal.SIGKILL)
+    assert not (tmp / "r.jsonl").exists()  # killed: no record yet
+
+
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory):
     """The checkpoint folder of one run (1 seed) killed with SIGKILL after its 7th epoch;
     a test copies it and goes on from there."""
-    def make(folder):
-        proc = launch(folder, wait=False)
-        interrupt_after(proc, 7, signal.SIGKILL)
-        assert not (folder / "r.jsonl").exists()  # killed: no record yet
-
-    return made_once(tmp_path_factory, "checkpoint_killed", make) / "ck"
+    return made_once(tmp_path_factory, "checkpoint_killed", kill_after_7_epochs) / "ck"
 
 
 @pytest.mark.parametrize("seeds", [1, 2])
@@ -84,9 +85,7 @@ def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(seeds, uninterrupte
     if seeds == 1:
         shutil.copytree(killed, tmp_path / "ck")
     else:
-        proc = launch(tmp_path, f"--num_seeds={seeds}", wait=False)
-        interrupt_after(proc, 7, signal.SIGKILL)
-        assert not (tmp_path / "r.jsonl").exists()  # killed: no record yet
+        kill_after_7_epochs(tmp_path, f"--num_seeds={seeds}")
     p = launch(tmp_path, f"--num_seeds={seeds}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resuming from epoch" in p.stderr

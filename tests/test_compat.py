@@ -164,30 +164,29 @@ def test_eval_batch_size_does_not_change_the_metrics():
     import jax
 
     from jaxcollective.sizing import resolve
-    from jaxcollective.train import Trainer, evaluate
+    from jaxcollective.metrics import SPLITS
+    from jaxcollective.train import Trainer, evaluate_splits
 
     ds = load_digits()
     cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "batch_size": 64,
                             "target_params": 100_000, "topk": "(1, 3)"})
-    trainers = [Trainer(resolve(cfg.replace(eval_batch_size=e)), ds) for e in (7, 1024)]
-    state, _ = trainers[0].epoch(trainers[0].init(), 0)
+    small, large = [Trainer(resolve(cfg.replace(eval_batch_size=e)), ds) for e in (7, 1024)]
+    assert small.data.test_idx_MxE.shape[1] == 7 and large.data.test_idx_MxE.shape[1] == 1024
+    state, _ = small.epoch(small.init(), 0)
 
-    def metrics(tr):
-        ev = jax.jit(jax.vmap(partial(evaluate, tr.step), in_axes=(0, 0, None, None, 0, 0)))
-        d, r = tr.data, tr.rep
-        test = ev(state.params, state.stats, d.x_test, d.y_test, d.test_idx_MxE[None], d.test_mask_MxE[None])
-        val = ev(state.params, state.stats, d.x_train, d.y_train, r.val_idx_RxMxE, r.val_mask_RxMxE)
-        return {f"{split}/{k}": float(v[0]) for split, m in (("test", test), ("val", val))
-                for k, v in m.items()}
+    def metrics(tr):  # as the epoch evaluates, vmapped over the replicas
+        ev = jax.jit(jax.vmap(partial(evaluate_splits, tr.step), in_axes=(0, None, 0)))
+        parts = ev(state, tr.data, tr.rep)
+        return {f"{split}/{k}": float(v[0]) for split, part in zip(SPLITS[1:], parts)
+                for k, v in part.items()}
 
-    small, large = map(metrics, trainers)
-    assert trainers[0].data.test_idx_MxE.shape[1] == 7 and trainers[1].data.test_idx_MxE.shape[1] == 1024
-    assert {"test/accuracy", "test/accuracy_top3", "val/accuracy"} <= set(small), small
-    for k in small:
+    got, want = metrics(small), metrics(large)
+    assert {"test/accuracy", "test/accuracy_top3", "val/accuracy"} <= set(got), got
+    for k in got:
         if k.endswith("loss"):
-            assert small[k] == pytest.approx(large[k], rel=1e-6), k  # sums in another order
+            assert got[k] == pytest.approx(want[k], rel=1e-6), k  # sums in another order
         else:
-            assert small[k] == large[k], k  # counts: exactly equal
+            assert got[k] == want[k], k  # counts: exactly equal
 
 
 @pytest.mark.slow
