@@ -82,7 +82,6 @@ def test_stacked_members_equal_separate_members():
 
 
 def test_vary_members_keep_member_order():
-    from jaxcollective.layers import KeySeq
     model, cfg = make(n_total=9, expert_ratio=0.5, vary_analyst_architectures=True)
     groups = model.analysts
     # 5 analysts use variants 0, 1, 2, 3, 0: four stacks, the first holding analysts 0 and 4
