@@ -20,12 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_replica_i_equals_a_single_run_with_its_seed():
-    # The vmapped and the single program differ at float level; training amplifies that
-    # (Adam divides by sqrt(v) where gradients are ~0; a ReLU or mask boundary can flip),
-    # so compare after one epoch of SGD: 5 updates of 256 with augmentation, dropout and
-    # model-level dropout. Measured: <= 2.2e-7 relative with XLA:CPU's fusion emitters
-    # on or off (with 20 updates of 64, one replica in three ended 5e-3 apart with them
-    # off, as the tests compile; 3 epochs: up to 3e-3).
+    # The vmapped program of 3 replicas and the single run's program (one replica: not
+    # vmapped, train.over_replicas) differ at float level; training amplifies that (Adam
+    # divides by sqrt(v) where gradients are ~0; a ReLU or mask boundary can flip), so
+    # compare after one epoch of SGD: 5 updates of 256 with augmentation, dropout and
+    # model-level dropout. Measured: the epoch's training loss <= 2e-7 relative, the
+    # accuracies equal; the test loss up to 7e-5 relative (seed 5), as evaluation's
+    # BatchNorm divides by sqrt(running var + 1e-5) and a near-constant feature's running
+    # var is ~0 (x316). A replica with another's keys or data is off by > 10% (the three
+    # seeds' losses are 2.44, 3.14 and 2.76).
     base = {"model_type": "collective", "dataset": "digits", "epochs": 1, "batch_size": 256,
             "use_augmentation": True, "use_drop_models": True, "optimizer": "sgd",
             "learning_rate": 0.05}
@@ -33,7 +36,7 @@ def test_replica_i_equals_a_single_run_with_its_seed():
     assert [r["seed"] for r in multi["replicas"]] == [5, 6, 7]
     for rep in multi["replicas"]:
         single = train_and_evaluate(debug_config({**base, "seed": rep["seed"]}), Writer())
-        assert rep["test_loss"] == pytest.approx(single["final/test_loss"], rel=1e-5)
+        assert rep["test_loss"] == pytest.approx(single["final/test_loss"], rel=1e-3)
         assert rep["test_accuracy"] == pytest.approx(single["final/test_accuracy"], abs=1e-4)
         assert rep["best_val_accuracy"] == pytest.approx(single["final/best_val_accuracy"], abs=1e-4)
     accs = [r["test_accuracy"] for r in multi["replicas"]]
