@@ -23,6 +23,16 @@ def kaiming_normal(mode: str, in_axis: int, out_axis: int, batch_axis: tuple[int
         2.0, mode, "normal", in_axis=in_axis, out_axis=out_axis, batch_axis=batch_axis)
 
 
+class ShapesOnly(nnx.Rngs):
+    """Stands in for `nnx.Rngs` where only the parameters' shapes are wanted (counting
+    them under `jax.eval_shape`, sizing.py): layers then skip their random
+    initialisation and hold zeros, which saves most of the cost of tracing a model's
+    construction (the initialisers' random bits). Never for a model that trains."""
+
+    def __init__(self):
+        super().__init__(0)
+
+
 class Dense(nnx.Module):
     """A linear layer, or a stack of N (`stack=(N,)`).
 
@@ -42,7 +52,8 @@ class Dense(nnx.Module):
         else:
             shape, axes = (*stack, din, dout), (-2, -1, tuple(range(len(stack))))
         self.shared_input = bool(stack) and shared_input
-        full = kaiming_normal(fan, *axes)(rngs.params(), shape, jnp.float32)
+        full = (jnp.zeros(shape, jnp.float32) if isinstance(rngs, ShapesOnly)
+                else kaiming_normal(fan, *axes)(rngs.params(), shape, jnp.float32))
         in_parts = tuple(in_parts or (din,))
         if sum(in_parts) != din or (len(in_parts) > 1 and not self.shared_input):
             raise ValueError(f"in_parts {in_parts} must split a shared input of width {din}")

@@ -1,8 +1,9 @@
 """Parameter counting over `jax.eval_shape` and baseline sizing.
 
-`count_params` builds the model abstractly (shapes only, nothing allocated) and sums
-the sizes of its `nnx.Param`s: every trainable parameter, BatchNorm scale and bias
-included, running statistics excluded, as PyTorch's `parameters()` counts.
+`count_params` builds the model abstractly (shapes only: nothing allocated, no random
+initialisation traced, `layers.ShapesOnly`) and sums the sizes of its `nnx.Param`s:
+every trainable parameter, BatchNorm scale and bias included, running statistics
+excluded, as PyTorch's `parameters()` counts.
 
 Each baseline family is a one-parameter family of widths `widths(s)`; its count grows
 with `s` (nearly as a quadratic), so a search on `s` guided by the counter finds the
@@ -20,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from .config import BASELINE_TYPES, Config, ConfigError, collective_dims
+from .layers import ShapesOnly
 from .models import BASELINE_FAMILIES, build_model
 
 MIN_TARGET, MAX_TARGET = 1, 10**10
@@ -31,16 +33,21 @@ def count_params(cfg: Config, hidden_dims: Optional[tuple[int, ...]] = None) -> 
     return _count(cfg.shape_key(), tuple(hidden_dims) if hidden_dims is not None else None)
 
 
+def abstract_params(cfg: Config, hidden_dims: Optional[tuple[int, ...]] = None):
+    """The model's `nnx.Param` state as shapes (jax.ShapeDtypeStruct): built under
+    `jax.eval_shape`, nothing allocated, no random initialisation traced (ShapesOnly)."""
+    return jax.eval_shape(
+        lambda: nnx.state(build_model(cfg, hidden_dims, rngs=ShapesOnly()), nnx.Param))
+
+
 @functools.lru_cache(maxsize=4096)
 def _count(cfg: Config, hidden_dims: Optional[tuple[int, ...]]) -> int:
-    params = jax.eval_shape(
-        lambda: nnx.state(build_model(cfg, hidden_dims, rngs=nnx.Rngs(0)), nnx.Param))
-    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(abstract_params(cfg, hidden_dims)))
 
 
 def component_params(cfg: Config) -> dict[str, int]:
     """Parameters per top-level component of the collective (experts, encoders, ...)."""
-    params = jax.eval_shape(lambda: nnx.state(build_model(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    params = abstract_params(cfg)
     out: dict[str, int] = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         name = str(getattr(path[0], "key", path[0]))
@@ -169,8 +176,7 @@ def resolve(cfg: Config) -> Resolved:
 def _biases(cfg: Config, hidden_dims: Optional[tuple[int, ...]]) -> int:
     """Entries of every bias (Linear and BatchNorm), members included: one per unit whose
     activations the backward pass keeps."""
-    params = jax.eval_shape(
-        lambda: nnx.state(build_model(cfg, hidden_dims, rngs=nnx.Rngs(0)), nnx.Param))
+    params = abstract_params(cfg, hidden_dims)
     return sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params)
                if "bias" in jax.tree_util.keystr(path))
 

@@ -9,7 +9,7 @@ from flax import nnx
 from jaxcollective.config import Config
 from jaxcollective.layers import drop_members
 from jaxcollective.models import MLP, MemberStack, build_model
-from jaxcollective.sizing import resolve
+from jaxcollective.sizing import abstract_params, count_params, resolve
 
 X = jax.random.normal(jax.random.key(0), (16, 784))
 
@@ -36,7 +36,12 @@ def make(model_type="collective", **kw):
 @pytest.mark.parametrize("model_type", ["collective", "shallow", "balanced", "deep",
                                         "very_deep", "deep_resnet", "very_deep_resnet"])
 def test_output_shapes_and_eval_determinism(model_type):
-    model, _ = make(model_type)
+    model, cfg = make(model_type)
+    # the counter's shapes-only build (no random initialisation) has this model's shapes
+    dims = resolve(cfg).hidden_dims
+    real = jax.tree.map(lambda p: (p.shape, p.dtype), nnx.state(model, nnx.Param))
+    assert real == jax.tree.map(lambda p: (p.shape, p.dtype), abstract_params(cfg, dims))
+    assert count_params(cfg, dims) == sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     stats0 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     y1, _ = call(model, X)
     y2, _ = call(model, X)
