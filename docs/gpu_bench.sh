@@ -2,7 +2,7 @@
 # The speed figures of README's performance table, in one go (needs only jax, flax
 # and optax; no data, no network). On a GPU machine:
 #   bash docs/gpu_bench.sh [OUT_DIR]          # writes OUT_DIR/bench.jsonl, prints it
-# Each bench line is the JSON object of `python -m jaxcollective.bench`; the last line
+# Each bench line is a JSON object of `python -m jaxcollective.bench`; the last line
 # is the wall time of one whole run.py trial (interpreter start, compile with an empty
 # cache, EPOCHS epochs of training + validation + test), Fashion-MNIST-sized synthetic data.
 # Then the population scaling (docs/design.md, "Population trials"): K phase1 collective
@@ -28,15 +28,19 @@ TIMING="--batch_size=256 --gradient_accumulation_steps=1 --weight_decay=0 ${EXTR
 mkdir -p "$OUT"
 J="$OUT/bench.jsonl"
 : > "$J"
+# the bench lines, one process for all (one interpreter start and device set-up): one
+# JSON object per line
 bench() {
-  python -m jaxcollective.bench --config="$CONFIG" --dataset="$SHAPE" $TIMING --steps="${S:-$STEPS}" --epochs="${E:-$BENCH_EPOCHS}" "$@" | tail -n 1 >> "$J"
+  python -m jaxcollective.bench --config="$CONFIG" --dataset="$SHAPE" $TIMING --lines=- "$@" >> "$J"
 }
-bench --model_type=collective --use_augmentation=true
-bench --model_type=collective --use_augmentation=true --num_seeds="$SEEDS"
-bench --model_type=collective --use_augmentation=true --dtype=bfloat16
-JAX_DEFAULT_MATMUL_PRECISION=highest bench --model_type=collective --use_augmentation=true
-bench --model_type=shallow --use_augmentation=false
-bench --model_type=deep_resnet --use_augmentation=false
+bench --steps="$STEPS" --epochs="$BENCH_EPOCHS" <<LINES
+--model_type=collective --use_augmentation=true
+--model_type=collective --use_augmentation=true --num_seeds=$SEEDS
+--model_type=collective --use_augmentation=true --dtype=bfloat16
+--model_type=collective --use_augmentation=true --matmul_precision=highest
+--model_type=shallow --use_augmentation=false
+--model_type=deep_resnet --use_augmentation=false
+LINES
 
 python - "$J" "$OUT" "$CONFIG" "$EPOCHS" "$SHAPE" $TIMING <<'EOF'
 import json, os, subprocess, sys, time
@@ -55,12 +59,10 @@ with open(out_file, "a") as f:
     f.write(json.dumps(row) + "\n")
 EOF
 # population scaling: a member is a replica of the vmapped program (as --num_seeds); the
-# largest K that fits is the last line that succeeds (an out-of-memory K is skipped);
-# each timed over one whole epoch (S=0: no separate timing of updates)
-for K in $POPULATIONS; do
-  S=0 E=1 bench --model_type=collective --use_augmentation=true --num_seeds="$K" \
-    || echo "population $K did not run (out of memory?)" >&2
-done
+# largest K that fits is the last line that succeeds (the bench skips a K out of device
+# memory); each timed over one whole epoch (--steps=0: no separate timing of updates)
+for K in $POPULATIONS; do echo "--num_seeds=$K"; done |
+  bench --steps=0 --epochs=1 --model_type=collective --use_augmentation=true
 python - "$J" "$PHASE1_EPOCHS" <<'EOF'
 import json, sys
 path, phase1_epochs = sys.argv[1], int(sys.argv[2])

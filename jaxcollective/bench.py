@@ -2,7 +2,9 @@
 
 Synthetic data shaped like a real dataset (Fashion-MNIST by default: 54,000 training,
 6,000 validation, 10,000 test examples), so it runs where only jax, flax and optax
-are installed. Progress goes to stderr; the last stdout line is one JSON object:
+are installed. Progress goes to stderr; the last stdout line is one JSON object (with
+`--lines=FILE`, one per line of FILE, each line's options added to the command line's,
+all in this one process: later lines compile in a warm process):
 
   compile_s            first call of the training step (tracing + XLA compilation)
   train_samples_per_s  steady state: batch (x seeds) / median time of one update, timed
@@ -12,13 +14,15 @@ are installed. Progress goes to stderr; the last stdout line is one JSON object:
   flops_per_step       XLA's cost analysis of one update; tflops = achieved rate
   peak_fraction        tflops / the GPU's dense peak for the matmul precision in use
                        (GPU only; float32 matmuls run as TF32 unless
-                       JAX_DEFAULT_MATMUL_PRECISION=highest, see matmul_precision)
+                       --matmul_precision=highest, see matmul_precision)
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -32,6 +36,11 @@ EXTRA = {
              "time epochs only)",
     "epochs": "full epochs to time after the first (default 1); 0 skips epoch_s",
     "torch": "also time the PyTorch reference (needs torch): true/false (default false)",
+    "matmul_precision": "jax_default_matmul_precision for this line, e.g. highest (true "
+                        "float32 matmuls on a GPU; default: JAX's, TF32 there)",
+    "lines": "a file (- for stdin) of bench lines, run one after another in this process: "
+             "each line holds more options (the same forms), added to the command line's; "
+             "one JSON object per line; a line out of device memory is skipped (stderr)",
     "help": "show this message",
 }
 
@@ -166,24 +175,69 @@ def time_epochs(trainer, epochs: int) -> dict:
     return out
 
 
+def read_lines(path: str) -> list[list[str]]:
+    """The bench lines of a --lines file: each non-empty line's options, as shell words
+    (a comment after # is left out)."""
+    try:
+        text = sys.stdin.read() if path == "-" else open(path).read()
+    except OSError as e:
+        raise ConfigError(f"--lines={path}: cannot read it ({e.strerror}); give a file of "
+                          "bench lines, one line of options each, or - for stdin") from None
+    lines = [shlex.split(line, comments=True) for line in text.splitlines()]
+    return [line for line in lines if line]
+
+
+def out_of_memory(e: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
+
+
+def bench_line(values: dict, opts: dict) -> dict:
+    """One bench line's JSON object, from its parsed options."""
+    values = dict(values)
+    values.setdefault("batch_size", "256")
+    values.setdefault("dataset", "fashion_mnist")
+    cfg = Config.from_dict(values, opts.get("config"))
+    steps = int_option(opts, "steps", 100, minimum=0)
+    epochs = int_option(opts, "epochs", 1, minimum=0)
+    torch_ref = bool_option(opts, "torch")
+    if torch_ref and importlib.util.find_spec("torch") is None:
+        raise ConfigError("--torch=true times the PyTorch reference and needs PyTorch: "
+                          "`pip install torch --index-url https://download.pytorch.org/whl/cpu`"
+                          " (or leave --torch out)")
+    if "matmul_precision" not in opts:
+        return run(cfg, steps, epochs, torch_ref)
+    import jax
+
+    with jax.default_matmul_precision(opts["matmul_precision"]):
+        return run(cfg, steps, epochs, torch_ref)
+
+
 def main(argv: list[str]) -> int:
     def _main():
         values, opts = parse_argv(argv, EXTRA, flags=("help",))
         if "help" in opts:
             print(help_text("python -m jaxcollective.bench", __doc__.strip().splitlines()[0], EXTRA))
             return 0
-        values.setdefault("batch_size", "256")
-        values.setdefault("dataset", "fashion_mnist")
-        cfg = Config.from_dict(values, opts.get("config"))
-        steps = int_option(opts, "steps", 100, minimum=0)
-        epochs = int_option(opts, "epochs", 1, minimum=0)
-        torch_ref = bool_option(opts, "torch")
-        if torch_ref:
-            if importlib.util.find_spec("torch") is None:
-                raise ConfigError("--torch=true times the PyTorch reference and needs PyTorch: "
-                                  "`pip install torch --index-url https://download.pytorch.org/whl/cpu`"
-                                  " (or leave --torch out)")
-        print(json.dumps(run(cfg, steps, epochs, torch_ref)), flush=True)
+        if "lines" not in opts:
+            print(json.dumps(bench_line(values, opts)), flush=True)
+            return 0
+        lines = [parse_argv(words, EXTRA) for words in read_lines(opts.pop("lines"))]
+        for i, (line_values, line_opts) in enumerate(lines, 1):
+            if "lines" in line_opts:
+                raise ConfigError(f"--lines: line {i} names --lines itself; a line holds the "
+                                  "options of one bench")
+        for i, (line_values, line_opts) in enumerate(lines, 1):
+            try:
+                row = bench_line({**values, **line_values}, {**opts, **line_opts})
+            except Exception as e:  # noqa: BLE001 (only running out of memory is skipped)
+                if not out_of_memory(e):
+                    raise
+                named = " ".join(f"--{k}={v}" for k, v in {**line_values, **line_opts}.items())
+                log(f"line {i} ({named}) did not run: out of device memory; skipped")
+                continue
+            finally:
+                gc.collect()  # the line's data and state leave the device before the next
+            print(json.dumps(row), flush=True)
         return 0
     return guarded(_main)
 

@@ -148,3 +148,38 @@ def test_bench_refuses_torch_it_does_not_have_and_benches_the_shape_asked(capsys
                   "--steps=10", "--epochs=0"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["dataset_shape"] == "digits"
+
+
+def test_bench_lines_run_in_one_process_and_skip_only_a_line_out_of_memory(tmp_path, capsys,
+                                                                            monkeypatch):
+    from jaxcollective import bench
+
+    def fake_run(cfg, steps, epochs, torch_ref):  # the lines' configs, no training
+        import jax
+        if cfg.num_seeds == 4:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+        if cfg.num_seeds == 5:
+            raise RuntimeError("INTERNAL: something else")
+        return {"num_seeds": cfg.num_seeds, "model_type": cfg.model_type, "steps": steps,
+                "precision": jax.config.jax_default_matmul_precision}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    lines = tmp_path / "lines.txt"
+    lines.write_text("--num_seeds=2  # two replicas\n\n--num_seeds=4\n"
+                     "--num_seeds 3 --model_type=shallow --steps=7 --matmul_precision=highest\n")
+    assert bench.main(["--model_type=collective", "--dataset=digits", "--steps=5",
+                       f"--lines={lines}"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows == [{"num_seeds": 2, "model_type": "collective", "steps": 5, "precision": None},
+                    {"num_seeds": 3, "model_type": "shallow", "steps": 7, "precision": "highest"}]
+    assert "line 2 (--num_seeds=4) did not run: out of device memory; skipped" in err
+    # any other error ends the run; a bad line is refused before any line runs
+    lines.write_text("--num_seeds=5\n")
+    with pytest.raises(RuntimeError, match="something else"):
+        bench.main(["--dataset=digits", f"--lines={lines}"])
+    lines.write_text("--num_seeds=2\n--lines=x\n")
+    assert bench.main(["--dataset=digits", f"--lines={lines}"]) == 2
+    assert bench.main(["--dataset=digits", f"--lines={tmp_path / 'none.txt'}"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "line 2 names --lines itself" in err and "cannot read it" in err
