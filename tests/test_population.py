@@ -13,8 +13,8 @@ from jaxcollective.sizing import resolve
 from jaxcollective.writers import Writer
 
 # As the replica test (test_speed.py): SGD, dropout, model-level dropout, augmentation;
-# compared after an epoch, where the vmapped and single programs agree to ~1e-7 for these
-# seeds. (Not for every seed: float noise that moves a value across a ReLU or dropout
+# compared after an epoch, where the vmapped program of K members and a sequential run's
+# (one replica, not vmapped) agree to float noise for these seeds. (Not for every seed: float noise that moves a value across a ReLU or dropout
 # boundary grows; seed 3 at XLA's optimisation level 0, as the tests compile, ends its
 # first epoch 1e-3 apart in loss between 1 and 2 replicas, and bitwise equal at the
 # default level.)
@@ -62,9 +62,12 @@ def test_members_equal_sequential_runs_and_a_slot_is_refilled_without_compiling(
     assert pop.epochs == [2, 1]
 
     def close(member, row):
-        # measured: <= 2.2e-5 relative (the member with the strongest diversity terms)
-        for key in ("train/loss", "val/loss", "test/loss"):
-            assert float(member[key][0]) == pytest.approx(row[key], rel=1e-4), key
+        # measured: the training loss <= 3.7e-6 relative, validation and test losses <=
+        # 7.6e-5 (evaluation's BatchNorm divides by sqrt(running var + eps), and a
+        # near-constant feature's running var is ~0: see the replica test), accuracies equal
+        assert float(member["train/loss"][0]) == pytest.approx(row["train/loss"], rel=1e-4)
+        for key in ("val/loss", "test/loss"):
+            assert float(member[key][0]) == pytest.approx(row[key], rel=1e-3), key
         for key in ("val/accuracy", "test/accuracy"):
             assert float(member[key][0]) == pytest.approx(row[key], abs=1e-4), key
 
