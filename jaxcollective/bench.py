@@ -191,8 +191,9 @@ def out_of_memory(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
 
 
-def bench_line(values: dict, opts: dict) -> dict:
-    """One bench line's JSON object, from its parsed options."""
+def line_job(values: dict, opts: dict) -> tuple:
+    """One bench line's checked arguments, from its parsed options: (cfg, steps, epochs,
+    torch_ref, matmul_precision); a bad one raises before any line runs."""
     values = dict(values)
     values.setdefault("batch_size", "256")
     values.setdefault("dataset", "fashion_mnist")
@@ -204,11 +205,19 @@ def bench_line(values: dict, opts: dict) -> dict:
         raise ConfigError("--torch=true times the PyTorch reference and needs PyTorch: "
                           "`pip install torch --index-url https://download.pytorch.org/whl/cpu`"
                           " (or leave --torch out)")
-    if "matmul_precision" not in opts:
+    if "lines" in opts:
+        raise ConfigError("--lines: a line names --lines itself; a line holds the options "
+                          "of one bench")
+    return cfg, steps, epochs, torch_ref, opts.get("matmul_precision")
+
+
+def run_job(cfg, steps, epochs, torch_ref, precision) -> dict:
+    """One bench line's JSON object (`run`), under its matmul precision if it names one."""
+    if precision is None:
         return run(cfg, steps, epochs, torch_ref)
     import jax
 
-    with jax.default_matmul_precision(opts["matmul_precision"]):
+    with jax.default_matmul_precision(precision):
         return run(cfg, steps, epochs, torch_ref)
 
 
@@ -219,21 +228,23 @@ def main(argv: list[str]) -> int:
             print(help_text("python -m jaxcollective.bench", __doc__.strip().splitlines()[0], EXTRA))
             return 0
         if "lines" not in opts:
-            print(json.dumps(bench_line(values, opts)), flush=True)
+            print(json.dumps(run_job(*line_job(values, opts))), flush=True)
             return 0
-        lines = [parse_argv(words, EXTRA) for words in read_lines(opts.pop("lines"))]
-        for i, (line_values, line_opts) in enumerate(lines, 1):
-            if "lines" in line_opts:
-                raise ConfigError(f"--lines: line {i} names --lines itself; a line holds the "
-                                  "options of one bench")
-        for i, (line_values, line_opts) in enumerate(lines, 1):
+        jobs = []
+        for i, words in enumerate(read_lines(opts.pop("lines")), 1):
             try:
-                row = bench_line({**values, **line_values}, {**opts, **line_opts})
+                line_values, line_opts = parse_argv(words, EXTRA)
+                jobs.append((" ".join(words), line_job({**values, **line_values},
+                                                       {**opts, **line_opts})))
+            except ConfigError as e:
+                raise ConfigError(f"--lines, line {i}: {e}") from None
+        for i, (words, job) in enumerate(jobs, 1):
+            try:
+                row = run_job(*job)
             except Exception as e:  # noqa: BLE001 (only running out of memory is skipped)
                 if not out_of_memory(e):
                     raise
-                named = " ".join(f"--{k}={v}" for k, v in {**line_values, **line_opts}.items())
-                log(f"line {i} ({named}) did not run: out of device memory; skipped")
+                log(f"line {i} ({words}) did not run: out of device memory; skipped")
                 continue
             finally:
                 gc.collect()  # the line's data and state leave the device before the next

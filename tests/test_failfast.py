@@ -178,8 +178,13 @@ def test_bench_lines_run_in_one_process_and_skip_only_a_line_out_of_memory(tmp_p
     lines.write_text("--num_seeds=5\n")
     with pytest.raises(RuntimeError, match="something else"):
         bench.main(["--dataset=digits", f"--lines={lines}"])
-    lines.write_text("--num_seeds=2\n--lines=x\n")
-    assert bench.main(["--dataset=digits", f"--lines={lines}"]) == 2
+    for bad, says in (("--lines=x", "line 2: --lines: a line names --lines itself"),
+                      ("--num_seeds=0", "line 2: invalid num_seeds=0"),
+                      ("--optimiser=adam", "line 2: unknown config key 'optimiser'"),
+                      ("--steps", "line 2: option --steps needs a value")):
+        lines.write_text(f"--num_seeds=2\n{bad}\n")
+        assert bench.main(["--dataset=digits", f"--lines={lines}"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and says in err and len(err.strip().splitlines()) == 1, err
     assert bench.main(["--dataset=digits", f"--lines={tmp_path / 'none.txt'}"]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and "line 2 names --lines itself" in err and "cannot read it" in err
+    assert "cannot read it" in capsys.readouterr().err
