@@ -41,7 +41,7 @@ def agent_launch(tmp: Path, params: dict, run_id: str, *, wait=True, extra_env=N
 
 @pytest.fixture(scope="module")
 def agent_run(tmp_path_factory):
-    params = {"model_type": "shallow", "target_params": 6100000, "dataset": "digits",
+    params = {"model_type": "shallow", "target_params": 1800000, "dataset": "digits",
               "epochs": 3, "batch_size": 128, "learning_rate": 1e-03, "use_augmentation": True,
               "expert_hidden": [512, 256], "n_experts": None, "collective_version": "simple_mlp",
               "device": "cuda", "num_workers": 4, "wandb_project": "collective-architecture",
@@ -59,13 +59,13 @@ def test_agent_launch_logs_config_history_and_finals(agent_run):
     tmp, run = agent_run
     assert run.run_id == "agentrun1" and run.sweep_id == "sweep123"
     c = run.config
-    assert c["model_type"] == "shallow" and c["target_params"] == 6_100_000
+    assert c["model_type"] == "shallow" and c["target_params"] == 1_800_000
     assert c["use_augmentation"] is True and c["learning_rate"] == 1e-3
-    assert len(c["hidden_dims"]) == 2 and abs(c["model_params"] - 6_100_000) / 6_100_000 < 0.01
+    assert len(c["hidden_dims"]) == 2 and abs(c["model_params"] - 1_800_000) / 1_800_000 < 0.01
     assert c["unused_keys"] == {"collective_version": "collective-only",
                                 "expert_hidden": "collective-only", "n_experts": "collective-only",
                                 "num_workers": "on-device-data"}
-    assert run.name.startswith("shallow-6.10M-digits") and "shallow" in run.tags
+    assert run.name.startswith("shallow-1.80M-digits") and "shallow" in run.tags
     rows = [h for h in run.history if "epoch" in h]
     assert [h["epoch"] for h in rows] == [1, 2, 3]
     for h in rows:

@@ -120,18 +120,19 @@ def test_accumulated_steps_equal_one_big_step(optimizer):
     ("shallow", {"target_params": 200_000}),
     ("collective", {}),
 ])
-def test_digits_reaches_95_percent_within_10_epochs(model_type, extra):
-    # measured: 98.3% (collective) and 98.1% (shallow) after 10 epochs, 96-97% after 2-3
-    cfg = Config.from_dict({"model_type": model_type, "dataset": "digits", "epochs": 10,
+def test_digits_reaches_95_percent_within_5_epochs(model_type, extra):
+    # measured after 5 epochs: 98.9% (collective) and 98.6% (shallow); with seeds 1 and
+    # 2, 96.4-98.1% (after 10 epochs: 98.3% and 98.1%)
+    cfg = Config.from_dict({"model_type": model_type, "dataset": "digits", "epochs": 5,
                             "batch_size": 64, **extra})
     rec = Recorder()
     record = train_and_evaluate(cfg, rec)
-    assert record["status"] == "finished" and record["epochs_completed"] == 10
+    assert record["status"] == "finished" and record["epochs_completed"] == 5
     assert record["final/test_accuracy"] >= 95.0, record["final/test_accuracy"]
     if model_type == "shallow":
         assert abs(record["model_params"] - 200_000) / 200_000 < 0.01
     # one row per epoch, each with val and test evaluated
-    assert len(rec.rows) == 10
+    assert len(rec.rows) == 5
 
 
 def test_same_metric_set_for_every_model_type():
