@@ -1,13 +1,16 @@
 import os
+import shutil
 import tempfile
 
 # Keep the persistent XLA cache of test runs out of the user's home, and share it between
 # pytest-xdist's workers and the subprocesses the tests start: many start the same
-# programs (tracing is still done by each process; compiling is done once).
-_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-os.environ.setdefault("JAXCOLLECTIVE_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"jaxcollective-xla-{_run}") if _run
-                      else tempfile.mkdtemp(prefix="jaxcollective-xla-"))
+# programs (tracing is still done by each process; compiling is done once). The workers
+# inherit the controller's environment, so all use the folder made here; it is this
+# run's and is removed when the run ends (pytest_sessionfinish), unless the caller named
+# one.
+_OWN_CACHE = "JAXCOLLECTIVE_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAXCOLLECTIVE_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxcollective-xla-")
 # Every program is worth keeping here (the default threshold leaves out those that
 # compile in under 0.5 s, and the tests start many processes that compile them again).
 os.environ.setdefault("JAXCOLLECTIVE_CACHE_MIN_S", "0")
@@ -35,3 +38,10 @@ def pytest_collection_modifyitems(config, items):
     once per run (shared.made_once)."""
     items.sort(key=lambda item: (item.get_closest_marker("longest") is None,
                                  item.get_closest_marker("slow") is None))
+
+
+def pytest_sessionfinish(session):
+    """The run's XLA cache goes with the run: the controller's session (or a run without
+    xdist) ends after every test and every worker."""
+    if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(os.environ["JAXCOLLECTIVE_CACHE_DIR"], ignore_errors=True)
