@@ -165,7 +165,7 @@ def test_eval_batch_size_does_not_change_the_metrics():
 
     from jaxcollective.sizing import resolve
     from jaxcollective.metrics import SPLITS
-    from jaxcollective.train import Trainer, evaluate_splits
+    from jaxcollective.train import Trainer, evaluate_splits, over_replicas
 
     ds = load_digits()
     cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "batch_size": 64,
@@ -174,8 +174,8 @@ def test_eval_batch_size_does_not_change_the_metrics():
     assert small.data.test_idx_MxE.shape[1] == 7 and large.data.test_idx_MxE.shape[1] == 1024
     state, _ = small.epoch(small.init(), 0)
 
-    def metrics(tr):  # as the epoch evaluates, vmapped over the replicas
-        ev = jax.jit(jax.vmap(partial(evaluate_splits, tr.step), in_axes=(0, None, 0)))
+    def metrics(tr):  # as the epoch evaluates, mapped over the replicas
+        ev = jax.jit(over_replicas(partial(evaluate_splits, tr.step), in_axes=(0, None, 0)))
         parts = ev(state, tr.data, tr.rep)
         return {f"{split}/{k}": float(v[0]) for split, part in zip(SPLITS[1:], parts)
                 for k, v in part.items()}
