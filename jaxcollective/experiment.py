@@ -176,9 +176,11 @@ def check_results_file(path: str) -> None:
                           "pass a file in a writable folder, e.g. --results=runs/results.jsonl") from None
 
 
-def preflight(cfg: Config):
+def preflight(cfg: Config, replicas: str = "--num_seeds"):
     """Every check that needs no data and no compilation: devices and batch, the size
-    of the training split, the baseline's sizing. Returns the resolved architecture."""
+    of the training split, the baseline's sizing. Returns the resolved architecture.
+    `replicas` is the option that set cfg.num_seeds (a sweep's --population), which a
+    memory error advises lowering."""
     import jax
 
     from .sizing import resolve
@@ -199,11 +201,11 @@ def preflight(cfg: Config):
                           f"update of batch_size * gradient_accumulation_steps = {need}; use a "
                           "smaller --batch_size")
     resolved = resolve(cfg)
-    check_memory(resolved, jax.devices())
+    check_memory(resolved, jax.devices(), replicas)
     return resolved
 
 
-def check_memory(resolved, devices) -> None:
+def check_memory(resolved, devices, replicas: str = "--num_seeds") -> None:
     """Refuse, before any work, a run that cannot fit on its device (a raw out-of-memory
     error from XLA after W&B has started helps nobody)."""
     have = device_memory(devices[0])
@@ -219,7 +221,7 @@ def check_memory(resolved, devices) -> None:
             f"needs about {gb(total)} (parameters, gradients and optimizer state "
             f"{gb(need['state'])}, activations {gb(need['activations'])}, data "
             f"{gb(need['data'])}) but {devices[0].platform} has {gb(have)} free; use a smaller "
-            "--target_params, --batch_size or --num_seeds")
+            f"--target_params, --batch_size or {replicas}")
 
 
 def memory_parts(resolved, n_devices: int = 1) -> dict[str, int]:

@@ -15,7 +15,10 @@ several processes or machines share; `--study=NAME` resumes one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
+import itertools
+import json
 import math
 import os
 import socket
@@ -133,20 +136,45 @@ def search_space(parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return fixed, space
 
 
-class GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler for an ask-and-tell loop: its after_trial calls
-    `study.stop()`, which raises outside `study.optimize`; instead `claim` asks
-    `points_left` and ends the study when every point has started (a grid point is never
-    run twice, whatever --trials says)."""
+class GridSampler(optuna.samplers.RandomSampler):
+    """A W&B grid as a set of points, claimed one by one (`claim`): each point runs once,
+    across workers, reruns, extensions and interruptions, in the file's order (the first
+    key varies slowest), whatever a process's seed. A point is held by any trial of it
+    that is finished, pruned, running or queued (a stopped or dead trial's retry carries
+    it on), or that ended for good (diverged, or a config that fails); the next claim
+    takes the first point no trial holds. (Optuna's GridSampler picks
+    points at random per process and does not count running trials or retries as
+    holding theirs: two workers could run one point and skip another.)"""
 
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
+    def __init__(self, space: dict[str, list]):
+        super().__init__(seed=0)
+        keys = list(space)
+        self.points = [dict(zip(keys, combo)) for combo in itertools.product(*space.values())]
 
-    def points_left(self, study) -> int:
-        started = {t.system_attrs["grid_id"] for t in study._storage.get_all_trials(
-            study._study_id, deepcopy=False) if "grid_id" in t.system_attrs
-            and self._same_search_space(t.system_attrs["search_space"])}
-        return len(set(range(self._n_min_trials)) - started)
+    @staticmethod
+    def key(point: dict) -> str:
+        return json.dumps(point, sort_keys=True)
+
+    def held(self, trials) -> set[str]:
+        return {t.system_attrs[GRID_POINT] for t in trials if GRID_POINT in t.system_attrs
+                and (t.state != TrialState.FAIL or t.user_attrs.get("status") in ("failed", "diverged"))}
+
+    def next_point(self, trials) -> Optional[dict]:
+        held = self.held(trials)
+        return next((p for p in self.points if self.key(p) not in held), None)
+
+    def queue(self, study, point: dict) -> None:
+        """The point as a waiting trial (study.enqueue_trial's, with its name)."""
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            system_attrs={"fixed_params": point, GRID_POINT: self.key(point)}))
+
+    def sample_independent(self, study, trial, name, dist):
+        raise RuntimeError(f"grid trial {trial.number} has no value for {name!r}: a grid's "
+                           "trials are claimed with their whole point (sweep.claim)")
+
+
+GRID_POINT = "jaxcollective_grid_point"
 
 
 def sampler_of(sweep: dict, space: dict, seed: int):
@@ -162,7 +190,7 @@ def sampler_of(sweep: dict, space: dict, seed: int):
         if bad:
             raise ConfigError(f"method grid needs a values list for every varied key; "
                               f"{bad[0]!r} has a distribution")
-        return GridSampler({k: list(v.choices) for k, v in space.items()}, seed=seed)
+        return GridSampler({k: list(v.choices) for k, v in space.items()})
     raise ConfigError(f"sweep method {method!r} cannot be run locally; use bayes, random or grid")
 
 
@@ -184,8 +212,26 @@ def pruner_of(sweep: dict, epochs: int):
     else:
         raise ConfigError("early_terminate: hyperband needs min_iter or max_iter")
     max_iter = int(et.get("max_iter", epochs))
-    return optuna.pruners.HyperbandPruner(min_resource=min_iter, max_resource=max(max_iter, min_iter),
-                                          reduction_factor=eta)
+    return Hyperband(min_resource=min_iter, max_resource=max(max_iter, min_iter),
+                     reduction_factor=eta)
+
+
+class Hyperband(optuna.pruners.HyperbandPruner):
+    """Optuna's Hyperband, with a retried trial in its original's place. Optuna picks a
+    trial's bracket from its number, and a retry has a new number: here it takes the
+    bracket of the trial it retries. The retry carries the original's reported values and
+    completed rungs (`Retry`), so the stopped or dead original, which no longer trains,
+    no longer competes at the rungs either. A retried trial is pruned or kept exactly as
+    the original would have been."""
+
+    def _get_bracket_id(self, study, trial) -> int:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("status") in (None, "stopped"):
+            return -1  # in no bracket: stopped or dead, its retry competes in its place
+        first = RETRY.retried_trial_number(trial)
+        if first is not None:
+            trial = copy.copy(trial)
+            trial.number = first
+        return super()._get_bracket_id(study, trial)
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -253,6 +299,12 @@ class Sweep:
                                           f"{with_type} is invalid: {err}") from None
         return base
 
+    def grid_size(self) -> Optional[int]:
+        """The number of points of a `method: grid` sweep, else None."""
+        if self.sweep.get("method") != "grid":
+            return None
+        return math.prod(len(dist.choices) for dist in self.space.values())
+
     def dataset(self, cfg):
         key = (cfg.dataset, cfg.synthetic_like, cfg.data_dir, cfg.manual_dir,
                cfg.seed if cfg.dataset == "synthetic" else None)
@@ -279,6 +331,7 @@ class Sweep:
 
         class Report(Writer):
             def start(self, info):
+                started(trial)
                 trial.set_user_attr("model_type", info["model_type"])
                 trial.set_user_attr("model_params", info["model_params"])
 
@@ -319,8 +372,11 @@ class Sweep:
         mode = wandb_run.wandb_mode()
         if not mode:
             return None
+        # create_new: a population's members are W&B runs open at once, each finished
+        # when its member ends
         run, _ = wandb_run.start(values, mode, cfg, group=trial.study.study_name,
-                                 name=f"{trial.study.study_name}-trial{trial.number}")
+                                 name=f"{trial.study.study_name}-trial{trial.number}",
+                                 reinit="create_new")
         return run
 
 
@@ -360,9 +416,13 @@ def suggest(trial, key: str, dist):
 
 
 def progress_line(study, total: int) -> str:
+    """Trials done (finished or pruned) of `total`, those training now, and those claimed
+    or queued but not training yet (retries, a population's next program)."""
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     done = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+    training = sum(t.state == TrialState.RUNNING and TRAINING in t.system_attrs for t in trials)
+    queued = count[TrialState.RUNNING] - training + count[TrialState.WAITING]
     best = ""
     try:
         bt = study.best_trial
@@ -370,8 +430,13 @@ def progress_line(study, total: int) -> str:
     except ValueError:
         pass
     return (f"[sweep {study.study_name}] {done}/{total} done ({count[TrialState.PRUNED]} pruned, "
-            f"{count[TrialState.FAIL]} failed or stopped), {count[TrialState.RUNNING]} running"
-            f"{best}")
+            f"{count[TrialState.FAIL]} failed or stopped), {training} running"
+            f"{f', {queued} queued' if queued else ''}{best}")
+
+
+def started(trial) -> None:
+    """Mark a claimed trial as training (progress_line counts it as running)."""
+    trial.study._storage.set_trial_system_attr(trial._trial_id, TRAINING, True)
 
 
 @contextlib.contextmanager
@@ -396,7 +461,31 @@ def study_lock(url: Optional[str]):
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # we run ask/tell with optimize()'s heartbeat thread (see run_study), as optimize() does
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-RETRY = RetryHeartbeatStaleTrialCallback(max_retry=None)
+# a retry resumed from a checkpoint older than its original's last report reports those
+# epochs again (the same values: the run is deterministic); Optuna keeps the first
+warnings.filterwarnings("ignore", message="The reported value is ignored because this `step`")
+TRAINING = "jaxcollective_training"  # set when a claimed trial starts training
+WORKER = "jaxcollective_worker"  # (host, pid) of the process that claimed a trial
+
+
+class Retry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stopped or dead trial (same parameters, `failed_trial` naming the
+    first of the chain), carrying its reported values and system attributes (completed
+    Hyperband rungs, grid point) so that the retry takes its place (see `Hyperband`), but
+    not what belonged to the process that ran it or to how it ended."""
+
+    def __init__(self):
+        super().__init__(max_retry=None, inherit_intermediate_values=True)
+
+    def __call__(self, study, trial) -> None:
+        trial = copy.copy(trial)
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in (TRAINING, WORKER)}
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items()
+                            if k not in ("status", "results", "test_accuracy")}
+        super().__call__(study, trial)
+
+
+RETRY = Retry()
 
 
 def storage_of(url: str, heartbeat: int):
@@ -420,36 +509,58 @@ def reap_dead_workers(study) -> None:
     for the heartbeat's grace period."""
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.system_attrs.get("jaxcollective_worker")
+        owner = t.system_attrs.get(WORKER)
         if owner and owner[0] == host and not alive(owner[1]):
             study.tell(t.number, state=TrialState.FAIL)
             RETRY(study, study._storage.get_trial(t._trial_id))
 
 
 def claim(study, total: int, url: Optional[str]):
-    """The next trial (a waiting retry first), or None when the study has its `total`
-    trials finished, pruned, running or waiting. A trial claimed beyond `total` in a race
-    between machines is failed at once and not run."""
+    """The next trial (a waiting retry first; a grid's next point), or None when the study
+    has its `total` trials finished, pruned, running or waiting (or a grid has no point
+    left). A trial claimed beyond `total`, or a grid point claimed twice, in a race
+    between machines (a server database has no lock that spans them) is failed at once
+    as `surplus` and not run; on one machine the lock makes that impossible."""
+    grid = study.sampler if isinstance(study.sampler, GridSampler) else None
     with study_lock(url):
         if is_heartbeat_enabled(study._storage):
             optuna.storages.fail_stale_trials(study)
         if url and url.startswith("sqlite:///"):
             reap_dead_workers(study)
         trials = study.get_trials(deepcopy=False)
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        if not waiting and sum(t.state.name in ACTIVE for t in trials) >= total:
-            return None
-        if not waiting and isinstance(study.sampler, GridSampler) and not study.sampler.points_left(study):
-            return None
+        if not any(t.state == TrialState.WAITING for t in trials):
+            if sum(t.state.name in ACTIVE for t in trials) >= total:
+                return None
+            if grid is not None:
+                point = grid.next_point(trials)
+                if point is None:
+                    return None
+                grid.queue(study, point)
         trial = study.ask()
-        study._storage.set_trial_system_attr(trial._trial_id, "jaxcollective_worker",
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER,
                                             [socket.gethostname(), os.getpid()])
     ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-    if sum(t.state.name in ACTIVE for t in ahead) >= total:
+    point = study._storage.get_trial(trial._trial_id).system_attrs.get(GRID_POINT)
+    if sum(t.state.name in ACTIVE for t in ahead) >= total or (
+            grid is not None and point in grid.held(ahead)):
         trial.set_user_attr("status", "surplus")
         study.tell(trial, state=TrialState.FAIL)
         return None
     return trial
+
+
+def check_choices(study, space: dict) -> None:
+    """Optuna cannot change a parameter's choices within a study: a sweep file whose
+    `values` differ from those the study was run with is one line before any trial."""
+    for t in study.get_trials(deepcopy=False):
+        for key, had in t.distributions.items():
+            now = space.get(key)
+            if isinstance(had, d.CategoricalDistribution) and \
+                    isinstance(now, d.CategoricalDistribution) and had != now:
+                raise ConfigError(
+                    f"the study {study.study_name!r} was run with {key} values {list(had.choices)}, "
+                    f"the sweep file has {list(now.choices)}; Optuna cannot change a study's "
+                    "choices: pass a new --study")
 
 
 def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
@@ -471,6 +582,7 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
                                     pruner=pruner, direction=sw.direction, load_if_exists=True)
         study.sampler = sampler_of(sw.sweep, sw.space,
                                    sampler_seed(seed, worker, len(study.trials)))
+    check_choices(study, sw.space)
     say = lambda: print(progress_line(study, trials), file=sys.stderr, flush=True)  # noqa: E731
     say()
     failures = 0  # in a row: a space that only fails must not loop for ever
@@ -558,7 +670,7 @@ def epoch_timer(sw, cfg):
     def measure(k: int) -> float:
         from .population import Population
 
-        pop = Population(preflight(cfg.replace(num_seeds=k)), sw.dataset(cfg), k)
+        pop = Population(preflight(cfg.replace(num_seeds=k), "--population"), sw.dataset(cfg), k)
         for slot in range(k):
             pop.assign(slot, cfg.replace(seed=cfg.seed + slot))
         pop.epoch()  # compiles; each epoch returns its metrics on the host, so it has ended
@@ -623,6 +735,7 @@ class Member:
         self.run = sw.wandb_run(cfg, values, trial)
         if self.run is not None:
             writers.append(WandbWriter(self.run))
+        started(trial)
         trial.set_user_attr("model_type", cfg.model_type)
         trial.set_user_attr("model_params", resolved.model_params)
         extra = {**trial_info(trial), "population_slot": slot}
@@ -645,6 +758,15 @@ class Member:
         _, value = trial_outcome(self.trial, record, f"{self.cfg.results}:{self.results.line}",
                                  self.seen)
         conclude(self.trial.study, self.trial, status, value)
+
+
+def check_population(sw: Sweep) -> None:
+    """A population's members are single runs (one seed each): num_seeds > 1 is refused
+    before the study is touched."""
+    if "num_seeds" in sw.space or sw.base_cfg.num_seeds > 1:
+        raise ConfigError("--population trains each trial as one member of a vmapped program, so "
+                          "its trials cannot have num_seeds > 1 (set by --set or the sweep file); "
+                          "drop num_seeds, or use --population=1")
 
 
 def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
@@ -673,19 +795,20 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
         conclude(study, trial, status, value)
         beats.pop(trial._trial_id).close()
 
-    def full() -> bool:
-        now = study.get_trials(deepcopy=False)
-        return sum(t.state.name in ACTIVE for t in now) >= trials and not any(
-            t.state == TrialState.WAITING for t in now)
-
     def next_trial(pop, first, initial: bool):
         """A trial for a free slot of `pop`, or None."""
         for i, t in enumerate(pending):
             if pop.fits(sw.config_of(t)[0]):
                 return pending.pop(i)
-        if len(pending) >= k or full():
+        if len(pending) >= k:
             return None
-        if initial and not isinstance(study.sampler, GridSampler):  # a grid's points are its own
+        now = study.get_trials(deepcopy=False)
+        # a queued trial (a retry) is taken as it is; a new one is asked for, with this
+        # population's program, only while the study has room for it (a grid's points
+        # are its own)
+        if initial and not isinstance(study.sampler, GridSampler) and not any(
+                t.state == TrialState.WAITING for t in now) and \
+                sum(t.state.name in ACTIVE for t in now) < trials:
             study.enqueue_trial({n: v for n, v in first.params.items() if n not in MEMBER_KEYS})
         t = take(claim(study, trials, url))
         if t is None or pop.fits(sw.config_of(t)[0]):
@@ -700,7 +823,7 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
                 return
             cfg, _ = sw.config_of(first)
             # K members' parameters, optimizer states and activations must fit: one line before work
-            pop = Population(preflight(cfg.replace(num_seeds=k)), sw.dataset(cfg), k)
+            pop = Population(preflight(cfg.replace(num_seeds=k), "--population"), sw.dataset(cfg), k)
             members: list[Optional[Member]] = [None] * k
 
             def start(slot, trial):
@@ -789,8 +912,15 @@ def main(argv: list[str]) -> int:
             int_option(opts, "population", 1, minimum=1)
         overrides = parse_sets(opts.get("set", []))
         sw = Sweep(path, overrides, opts.get("results"))  # every error before any trial
+        if population != 1:
+            check_population(sw)
         if population > 1:  # K members must fit the device (the sweep's first values)
-            preflight(sw.base_cfg.replace(num_seeds=population))
+            preflight(sw.base_cfg.replace(num_seeds=population), "--population")
+        points = sw.grid_size()
+        if points is not None and trials > points:
+            print(f"note: the grid has {points} points; --trials={trials} runs each of them once",
+                  file=sys.stderr)
+            trials = opts["trials"] = points
         storage = opts.get("storage") or \
             f"sqlite:///{Path(sw.results).expanduser().resolve().parent / 'sweeps.db'}"
         Path(sw.results).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)

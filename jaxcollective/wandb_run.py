@@ -59,8 +59,11 @@ def _server_reachable(timeout: float = 3.0) -> bool:
 
 
 def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] = None,
-          group: Optional[str] = None, name: Optional[str] = None):
+          group: Optional[str] = None, name: Optional[str] = None,
+          reinit: str = "finish_previous"):
     """wandb.init, then the sweep's values (if any) merged over the command line's.
+    `reinit="create_new"` leaves runs already open in this process open (a population's
+    members log at once, each to its own run).
     Online, a server that does not answer within INIT_TIMEOUT_S seconds (or refuses)
     makes the run log offline instead, saying so in one line."""
     import wandb
@@ -70,7 +73,7 @@ def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] 
     entity = cfg.wandb_entity if cfg is not None else values.get("wandb_entity")
     if entity in ("None", ""):
         entity = None
-    kw = dict(project=str(project), entity=entity, reinit="finish_previous")
+    kw = dict(project=str(project), entity=entity, reinit=reinit)
     if resume_id:
         kw.update(id=resume_id, resume="allow")
     if group:

@@ -46,12 +46,21 @@ def _key(item):
 
 
 def read_offline_run(wandb_dir) -> OfflineRun:
+    """The one offline run under `wandb_dir`/wandb."""
+    (run,) = read_offline_runs(wandb_dir)
+    return run
+
+
+def read_offline_runs(wandb_dir) -> list[OfflineRun]:
+    """Every offline run under `wandb_dir`/wandb, in the order their folders sort."""
+    return [_read(path) for path in sorted(glob.glob(f"{wandb_dir}/wandb/offline-run-*/run-*.wandb"))]
+
+
+def _read(path) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    files = glob.glob(f"{wandb_dir}/wandb/offline-run-*/run-*.wandb")
-    assert len(files) == 1, files
     out = OfflineRun()
-    with open(files[0], "rb") as f:
+    with open(path, "rb") as f:
         blob = f.read()
     for data in _records(blob):
         r = pb.Record()

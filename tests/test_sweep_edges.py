@@ -1,0 +1,265 @@
+"""Sweeps at their edges: a population logging to W&B (one run per member, open at
+once), a grid as a set claimed point by point (across workers, reruns, extensions,
+Ctrl-C and kill -9), a retried trial keeping its place in Hyperband, and the small
+promises of the progress line and the checks before a study."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+optuna = pytest.importorskip("optuna")
+
+from jaxcollective.sweep import GridSampler, main as sweep_main  # noqa: E402
+from wandb_offline import read_offline_runs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LRS, SEEDS = [0.001, 0.003, 0.01], [0, 1]
+POINTS = [(lr, s) for lr in LRS for s in SEEDS]  # the file's order: the first key slowest
+
+
+def write(tmp, spec, name="sweep.yaml"):
+    path = tmp / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def grid_file(tmp, epochs=1, **params):
+    return write(tmp, {
+        "program": "run.py", "method": "grid",
+        "metric": {"name": "val/accuracy", "goal": "maximize"},
+        "parameters": {"learning_rate": {"values": LRS}, "seed": {"values": SEEDS},
+                       "model_type": {"value": "shallow"}, "dataset": {"value": "digits"},
+                       "target_params": {"value": 20000}, "batch_size": {"value": 64},
+                       "epochs": {"value": epochs}, "progress": {"value": False},
+                       "checkpoint_dir": {"value": str(tmp / "ck")},
+                       "checkpoint_every": {"value": 1}, **params}})
+
+
+def lines(path):
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def args(tmp, study="g"):
+    return [f"--results={tmp / 'r.jsonl'}", f"--storage=sqlite:///{tmp / 's.db'}",
+            f"--study={study}"]
+
+
+def launch(path, *extra, env=None):
+    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "jaxcollective.sweep", str(path), *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def point(rec):
+    return rec["config"]["learning_rate"], rec["config"]["seed"]
+
+
+def finished_points(path):
+    return sorted(point(r) for r in lines(path) if r["status"] == "finished")
+
+
+def study_of(tmp, study="g"):
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp / 's.db'}")
+
+
+def wait_for(cond, proc, what, timeout=300):
+    deadline = time.time() + timeout
+    while not cond():
+        assert proc.poll() is None, f"exited before {what}: " + proc.stderr.read()[-3000:]
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def saved_steps(ck: Path) -> list[int]:
+    """The checkpoint steps orbax has committed (one folder per run, one step kept)."""
+    return [int(d.name) for d in ck.glob("*/*") if d.name.isdigit()] if ck.exists() else []
+
+
+# ------------------------------------------------------------------ grids
+def test_the_grid_order_is_the_files_and_does_not_depend_on_the_seed():
+    g = GridSampler({"learning_rate": LRS, "seed": SEEDS})
+    assert [(p["learning_rate"], p["seed"]) for p in g.points] == POINTS
+    assert GridSampler({"learning_rate": LRS, "seed": SEEDS}).points == g.points
+
+
+@pytest.mark.slow
+def test_a_grid_is_every_point_once_across_extensions_and_workers(tmp_path, capsys):
+    path = grid_file(tmp_path)
+    # a seed of its own: the order of the points is the file's all the same
+    assert sweep_main([str(path), "--trials=3", "--seed=7", *args(tmp_path)]) == 0
+    assert [point(r) for r in lines(tmp_path / "r.jsonl")] == POINTS[:3]
+    capsys.readouterr()
+    # extended past its size: the grid says so, and runs each point left once
+    assert sweep_main([str(path), "--trials=10", *args(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "the grid has 6 points" in err and "6/6 done" in err and "/10" not in err
+    assert [point(r) for r in lines(tmp_path / "r.jsonl")] == POINTS
+    assert sweep_main([str(path), "--trials=6", *args(tmp_path)]) == 0  # done: runs nothing
+    assert len(lines(tmp_path / "r.jsonl")) == 6
+    assert {t.state.name for t in study_of(tmp_path).trials} == {"COMPLETE"}
+    # another grid under the same study name: one line (Optuna cannot change choices)
+    spec = yaml.safe_load(path.read_text())
+    spec["parameters"]["learning_rate"]["values"] = [*LRS, 0.03]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    capsys.readouterr()
+    assert sweep_main([str(path), "--trials=8", *args(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "learning_rate" in err[0] and "--study" in err[0], err
+    assert len(lines(tmp_path / "r.jsonl")) == 6
+
+    # two workers on a fresh study: six distinct points, both workers busy
+    other = tmp_path / "two"
+    other.mkdir()
+    p = launch(grid_file(other), "--parallel=2", "--trials=6", *args(other))
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    recs = lines(other / "r.jsonl")
+    assert sorted(point(r) for r in recs) == sorted(POINTS)
+    assert len({r["sweep_worker"] for r in recs}) == 2
+    assert {t.state.name for t in study_of(other).trials} == {"COMPLETE"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_a_stopped_grid_point_is_resumed_never_run_twice_never_skipped(tmp_path, sig):
+    path = grid_file(tmp_path, epochs=6)
+    ck = tmp_path / "ck"
+    p = launch(path, "--trials=6", "--heartbeat=2", *args(tmp_path))
+    # stopped in the second point, once it has saved an epoch
+    wait_for(lambda: len(lines(tmp_path / "r.jsonl")) == 1 and saved_steps(ck), p,
+             "the second point's first checkpoint")
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == (0 if sig == signal.SIGINT else -signal.SIGKILL), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    # the same command, then the same command with more trials than the grid has
+    for _ in range(2):
+        p = launch(path, "--trials=6", "--heartbeat=2", *args(tmp_path))
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    recs = lines(tmp_path / "r.jsonl")
+    assert finished_points(tmp_path / "r.jsonl") == sorted(POINTS)
+    (retry,) = [r for r in recs if "sweep_retry_of" in r]
+    assert point(retry) == POINTS[1] and retry["resumed_from_epoch"] >= 1
+    states = [t.state.name for t in study_of(tmp_path).trials]
+    # the stopped (or killed) trial and its retry; no surplus, nothing left running
+    assert states.count("COMPLETE") == 6 and states.count("FAIL") == 1 and len(states) == 7
+    assert not any(t.user_attrs.get("status") == "surplus" for t in study_of(tmp_path).trials)
+
+
+# ------------------------------------------------------------------ populations
+POP = {"program": "run.py", "method": "random",
+       "metric": {"name": "val/accuracy", "goal": "maximize"},
+       "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3},
+       "parameters": {"dataset": {"value": "digits"}, "model_type": {"value": "shallow"},
+                      "target_params": {"value": 20000}, "batch_size": {"value": 64},
+                      "optimizer": {"value": "sgd"}, "progress": {"value": False},
+                      "epochs": {"value": 3},
+                      "learning_rate": {"distribution": "log_uniform_values",
+                                        "min": 1e-4, "max": 0.1},
+                      "seed": {"distribution": "int_uniform", "min": 0, "max": 999}}}
+
+
+@pytest.mark.slow
+def test_a_population_logs_each_member_to_its_own_wandb_run(tmp_path):
+    """W&B on (offline, as the default install without a key logs): a run per member,
+    open at once, each with its own history and summary."""
+    path = write(tmp_path, POP)
+    p = launch(path, "--trials=4", "--population=2", *args(tmp_path, "b8"),
+               env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)})
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    recs = {r["sweep_trial"]: r for r in lines(tmp_path / "r.jsonl")}
+    assert sorted(recs) == [0, 1, 2, 3] and {r["population_slot"] for r in recs.values()} == {0, 1}
+    runs = read_offline_runs(tmp_path)
+    assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
+    for run in runs:
+        rec = recs[run.config["sweep_trial"]]
+        assert [row["epoch"] for row in run.history] == list(range(1, rec["epochs_completed"] + 1))
+        assert run.summary["final/test_accuracy"] == pytest.approx(rec["final/test_accuracy"])
+        assert run.history[-1]["val/accuracy"] == pytest.approx(rec["final_val_accuracy"])
+        assert run.exit_code == 0
+    study = study_of(tmp_path, "b8")
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+
+
+@pytest.mark.slow
+def test_a_retried_trial_is_pruned_or_kept_as_the_uninterrupted_one(tmp_path):
+    """SIGTERM a Hyperband population mid-study, rerun: every trial ends as it does in the
+    same study run without a stop (its bracket is its original's, and the stopped
+    original no longer competes beside its retry)."""
+    spec = json.loads(json.dumps(POP))
+    spec["parameters"]["epochs"] = {"value": 12}  # rungs at 1, 3, 9 (bracket 0)
+    spec["parameters"]["learning_rate"] = {"distribution": "log_uniform_values",
+                                           "min": 1e-3, "max": 0.1}
+    # one study name in two stores: Optuna hashes the name and trial number to brackets
+    outcomes = {}
+    for name in ("whole", "stopped"):
+        tmp = tmp_path / name
+        tmp.mkdir()
+        spec["parameters"]["checkpoint_dir"] = {"value": str(tmp / "ck")}
+        spec["parameters"]["checkpoint_every"] = {"value": 1}
+        path = write(tmp, spec)
+        cmd = ["--trials=6", "--population=6", *args(tmp, "h")]
+        if name == "stopped":
+            p = launch(path, *cmd)
+            wait_for(lambda: max(saved_steps(tmp / "ck"), default=0) >= 5, p, "epoch 5")
+            p.send_signal(signal.SIGTERM)
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+            assert "stopped" in {r["status"] for r in lines(tmp / "r.jsonl")}
+        p = launch(path, *cmd)
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        recs = [r for r in lines(tmp / "r.jsonl") if r["status"] != "stopped"]
+        assert len(recs) == 6
+        outcomes[name] = {point(r): (r["status"], r["epochs_completed"]) for r in recs}
+    assert outcomes["stopped"] == outcomes["whole"]
+    statuses = [s for s, _ in outcomes["whole"].values()]
+    assert "pruned" in statuses and "finished" in statuses, outcomes  # Hyperband had work
+
+
+@pytest.mark.slow
+def test_a_population_rerun_leaves_no_surplus_and_counts_right(tmp_path):
+    spec = json.loads(json.dumps(POP))
+    spec.pop("early_terminate")
+    spec["parameters"].update(epochs={"value": 8}, checkpoint_dir={"value": str(tmp_path / "ck")},
+                              checkpoint_every={"value": 1})
+    path = write(tmp_path, spec)
+    cmd = ["--trials=4", "--population=4", *args(tmp_path, "p")]
+    p = launch(path, *cmd)
+    wait_for(lambda: len(saved_steps(tmp_path / "ck")) == 4, p, "four members' checkpoints")
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-3000:]
+    p = launch(path, *cmd)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    progress = [line for line in err.splitlines() if line.startswith("[sweep p]")]
+    assert progress[0].endswith("0/4 done (0 pruned, 4 failed or stopped), 0 running, 4 queued")
+    assert all(int(line.split(" running")[0].rsplit(" ", 1)[1]) <= 4 for line in progress)
+    assert "4/4 done" in progress[-1]
+    trials = study_of(tmp_path, "p").trials
+    assert [t.state.name for t in trials] == ["FAIL"] * 4 + ["COMPLETE"] * 4
+    assert not any(t.user_attrs.get("status") == "surplus" for t in trials)
+    assert [r["status"] for r in lines(tmp_path / "r.jsonl")] == ["stopped"] * 4 + ["finished"] * 4
+
+
+def test_a_population_of_multi_seed_trials_is_refused_before_the_study(tmp_path, capsys):
+    path = write(tmp_path, POP)
+    rc = sweep_main([str(path), "--population=2", "--set", "num_seeds=2", *args(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "num_seeds" in err[0] and "--population" in err[0]
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "r.jsonl").exists()
+    rc = sweep_main([str(path), "--population=100000", *args(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--population" in err[0] and "--num_seeds" not in err[0]
