@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from .config import (
     SHARED_SETTINGS,
     TRAJECTORY_KEYS,
     ConfigError,
+    Role,
+    keys_of,
 )
 from .metrics import (
     ACCURACY_PER_LOG10,
@@ -245,9 +248,16 @@ def select_on_validation(g: Group) -> Selection:
 
 
 def split_runs(runs: Iterable[Run]) -> tuple[list[Run], list[Run]]:
-    """(finished runs with a test accuracy, the rest: diverged, stopped, failed, ...)."""
+    """(finished runs with a test accuracy, the rest: diverged, stopped, failed, ...). A
+    stopped run's record that a later record of the same experiment supersedes (the run
+    resumed from its checkpoint, or its sweep trial retried, to the end) is neither: it is
+    the same run, part-way, so an interrupted study reports as an uninterrupted one."""
+    runs = list(runs)
+    ended = {experiment_key(r) for r in runs if r.status != "stopped"}
     good, excluded = [], []
     for r in runs:
+        if r.status == "stopped" and experiment_key(r) in ended:
+            continue
         (good if r.status == "finished" and r.test_accuracy is not None else excluded).append(r)
     return good, excluded
 
@@ -480,19 +490,33 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
 
 
 def _non_defaults(config: dict, model_type: str) -> str:
-    skip = {"model_type", "results", "progress", "wandb_project", "wandb_entity", "data_dir",
-            "manual_dir", "device", "num_workers", "input_dim", "num_classes"}
-    if model_type != "collective":
-        skip |= COLLECTIVE_ONLY
+    """The keys that decide what the run computed (declared program or value, and read by
+    its model type: docs/design.md, "Config keys and their roles") whose value differs
+    from the resolved default's; not the model type and dataset, which the row and the
+    section name, and use_mixed_precision, which is dtype's other name. The run's length
+    counts; output, logging and location keys are no settings."""
+    ignored = (BASELINE_ONLY if model_type == "collective" else COLLECTIVE_ONLY) | {
+        "model_type", "dataset", "use_mixed_precision"}
+    settings = TRAJECTORY_KEYS | set(keys_of(Role.LENGTH))
     out = []
     for k, v in config.items():
-        if k in skip or k not in FIELDS:
-            continue
-        default = FIELDS[k].default
-        default = list(default) if isinstance(default, tuple) else default
-        if v != default:
+        if k in settings and k not in ignored and v != _resolved_default(k):
             out.append(f"{k}={v}")
     return ", ".join(out) or "defaults"
+
+
+def _resolved_default(key: str):
+    """A key's value in the default config as a run records it (use_mixed_precision: the
+    default dtype's false, not None)."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        from .config import Config
+
+        _DEFAULTS = json.loads(json.dumps(Config.from_dict({}).to_dict(), default=list))
+    return _DEFAULTS.get(key)
+
+
+_DEFAULTS: Optional[dict] = None
 
 
 NARROW = 1.5  # sizes spanning less than this factor are drawn on a linear axis
@@ -624,7 +648,10 @@ def plot_scaling(good: list[Run], types: list[str], out: Path, title: str) -> No
         ax.set_ylabel("test accuracy (%)")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.suptitle("Scaling with size, per model type (line: least-squares trend in log size)" + title)
+    # wrapped to the figure's width (~9 characters per inch at the default size): one or
+    # two model types make a narrow figure that would cut a one-line title
+    fig.suptitle(textwrap.fill("Scaling with size, per model type (line: least-squares trend in "
+                               "log size)" + title, width=int(3.6 * cols * 9)))
     fig.savefig(out / "scaling.png", dpi=130)
     plt.close(fig)
 

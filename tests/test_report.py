@@ -202,3 +202,32 @@ def test_damaged_input_is_skipped_or_one_line(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
     assert main([f"--results={tmp_path}", f"--out={tmp_path / 'o'}"]) == 2   # a folder
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_the_scaling_figure_of_one_model_type_keeps_its_title_inside(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxcollective.report import Run, plot_scaling
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    runs = [Run(f"r{i}", "shallow", 1000 * (i + 1), 90.0 + i, "finished") for i in range(2)]
+    plot_scaling(runs, ["shallow"], tmp_path, " (fashion_mnist)")
+    (fig,) = figures
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent()
+    width, height = fig.canvas.get_width_height()
+    assert 0 <= box.x0 and box.x1 <= width and box.y1 <= height
+
+
+def test_the_best_configuration_lists_settings_not_output_keys():
+    from jaxcollective.report import _non_defaults
+
+    config = {"dataset": "digits", "learning_rate": 0.01, "epochs": 6, "dtype": "float32",
+              "use_mixed_precision": False, "checkpoint_dir": "/tmp/ck", "results": "r.jsonl",
+              "progress": False, "expert_output": 32, "target_params": 5000}
+    assert _non_defaults(config, "collective") == "learning_rate=0.01, epochs=6, expert_output=32"
+    assert _non_defaults(config, "shallow") == "learning_rate=0.01, epochs=6, target_params=5000"
+    assert _non_defaults({"dtype": "bfloat16", "use_mixed_precision": True}, "deep") == "dtype=bfloat16"
