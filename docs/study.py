@@ -11,9 +11,13 @@
 3. `python -m jaxcollective.report --select=validation` over all of it; the results file,
    summary.md, the figures and study.json (wall time, machine) are copied to --out.
 
-Resumable: the same command continues a stopped study (the sweep's Optuna storage and
-the runs' checkpoints live in --work); finished runs are never trained again. A second
-copy running at the same time is refused.
+Stoppable at any moment: Ctrl-C or SIGTERM stops the step in flight cleanly (a sweep
+trial is recorded as stopped and keeps its checkpoint, as does a run), says so in one
+line and exits 130 (143 for SIGTERM); the same command continues the study (the sweep's
+Optuna storage and the runs' checkpoints live in --work) to exactly the study an
+uninterrupted run gives. Finished runs are never trained again. A second copy running
+at the same time is refused. The console shows a line per finished run, with the
+study's count and the time left; each step's own output goes to <work>/log.txt.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from jaxcollective.cli import console_script, guarded, help_text, int_option, parse_argv
 from jaxcollective.config import ConfigError
+from jaxcollective.signals import StopFlag
 
 SWEEP = ROOT / "sweeps" / "study_fashion.yaml"
 # The collective's widths at each size (n_total 8, expert_ratio 0.2: 2 experts, 6
@@ -79,18 +84,103 @@ def sizes_of(spec: str) -> list[str]:
     return names
 
 
-def run(cmd: list[str], log) -> None:
-    print("+", " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"study: `{' '.join(cmd[1:])}` failed with exit code {rc}; its output "
-                         f"is in {log.name}; fix it and run the same command again to continue")
+class Stopped(Exception):
+    """The study was asked to stop (Ctrl-C, SIGTERM) and its step in flight has stopped."""
 
 
-def study_sweep(opts: dict, work: Path) -> tuple[Path, dict[str, str], int]:
+def run(cmd: list[str], log, stop: StopFlag, progress: "Progress") -> None:
+    """One step of the study in a process of its own session, its output to the log: a
+    signal reaches this process only, which passes it on once (a second one at once, and
+    leaves), so the step stops as it would on its own (a sweep trial recorded as stopped,
+    its checkpoint kept). Meanwhile its finished runs are shown as they come."""
+    if stop.requested:  # between two steps
+        raise Stopped
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    stop.on_force = lambda: _force(proc, stop.signal)
+    try:
+        passed = False
+        while proc.poll() is None:
+            if stop.requested and not passed:
+                proc.send_signal(stop.signal)
+                passed = True
+            progress.show()
+            time.sleep(0.2)
+    finally:
+        stop.on_force = None
+    progress.show()
+    if stop.requested:
+        raise Stopped
+    if proc.returncode != 0:
+        raise SystemExit(f"study: `{' '.join(cmd[1:])}` failed with exit code {proc.returncode}; "
+                         f"its output is in {log.name}; fix it and run the same command again "
+                         "to continue")
+
+
+def _force(proc, signum) -> None:
+    """A second signal: the step in flight writes what it measured and ends at once too."""
+    if proc.poll() is None:
+        proc.send_signal(signum)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class Progress:
+    """A console line per finished run (read from the results file as it grows), with the
+    study's count of runs and the time left at this invocation's pace."""
+
+    def __init__(self, results: Path, total: int):
+        self.results, self.total, self.start = results, total, time.time()
+        self.seen = self.lines()
+        self.done_before = self.count(self.seen)
+        self.done = self.done_before
+
+    def lines(self) -> list[dict]:
+        if not self.results.exists():
+            return []
+        out = []
+        for line in self.results.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written
+                break
+        return out
+
+    @staticmethod
+    def count(recs: list[dict]) -> int:
+        """Runs ended (a record of K seeds is K runs; a stopped one is continued later)."""
+        return sum(len(rec.get("replicas") or [0]) for rec in recs if rec.get("status") != "stopped")
+
+    def show(self) -> None:
+        recs = self.lines()
+        for rec in recs[len(self.seen):]:
+            self.seen.append(rec)
+            if rec.get("status") == "stopped":
+                continue
+            self.done = self.count(self.seen)
+            new = self.done - self.done_before
+            left = ""
+            if new and self.done < self.total:
+                s = (time.time() - self.start) / new * (self.total - self.done)
+                left = f", about {s / 60:.0f} min left" if s >= 60 else f", about {s:.0f} s left"
+            cfg = rec.get("config", {})
+            seeds = cfg.get("seed", 0), cfg.get("seed", 0) + cfg.get("num_seeds", 1) - 1
+            acc = rec.get("final/test_accuracy")
+            print(f"[study] {self.done}/{self.total} runs: {rec.get('model_type')} "
+                  f"{rec.get('model_params', 0):,} params lr={cfg.get('learning_rate')} "
+                  f"seed{'s' if seeds[1] > seeds[0] else ''} "
+                  f"{seeds[0] if seeds[0] == seeds[1] else f'{seeds[0]}-{seeds[1]}'} "
+                  f"{rec.get('status')}: val {rec.get('final/best_val_accuracy', float('nan')):.2f}% "
+                  f"test {float('nan') if acc is None else acc:.2f}%{left}",
+                  file=sys.stderr, flush=True)
+
+
+def study_sweep(opts: dict, work: Path) -> tuple[Path, dict[str, str], dict, int]:
     """The sweep file this study runs (the repository's, or a copy in `work` with the
     options' model types, learning rates, dataset and epochs), its fixed keys (what every
-    run of the study shares) and its grid size."""
+    run of the study shares), the keys its grid varies, and its grid size."""
     import yaml
 
     from jaxcollective.sweep import read_sweep, search_space
@@ -111,7 +201,7 @@ def study_sweep(opts: dict, work: Path) -> tuple[Path, dict[str, str], int]:
     grid = 1
     for dist in space.values():
         grid *= len(dist.choices)
-    return path, {k: str(v) for k, v in fixed.items()}, grid
+    return path, {k: str(v) for k, v in fixed.items()}, space, grid
 
 
 def selections(results: Path):
@@ -123,49 +213,70 @@ def selections(results: Path):
 
 
 def main(argv: list[str]) -> int:
-    def _main():
-        _, opts = parse_argv(argv, OPTIONS, flags=("help",), config_keys=False)
-        if "help" in opts:
-            print(help_text("python docs/study.py", SUMMARY, OPTIONS, config_keys=False))
-            return 0
-        names = sizes_of(opts.get("sizes", "cpu"))
-        seeds = int_option(opts, "seeds", 3, minimum=1)
-        work, out = Path(opts.get("work", "runs/study_fashion")), Path(opts.get("out", "docs/study"))
-        work.mkdir(parents=True, exist_ok=True)
-        lock = open(work / "study.lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another `docs/study.py` is running in {work}; wait for it, or "
-                              "pass another --work") from None
-        sweep, fixed, grid = study_sweep(opts, work)
-        os.environ.setdefault("WANDB_MODE", "disabled")  # the local study needs no W&B
-        results, start = work / "results.jsonl", time.time()
-        checkpoints = f"checkpoint_dir={work / 'checkpoints'}"
-        try:
-            with open(work / "log.txt", "a") as log:
-                for name in names:  # 1. the grid, per collective size
-                    run([sys.executable, "-m", "jaxcollective.sweep", str(sweep), f"--trials={grid}",
-                         f"--study=fashion_{name}", f"--results={results}",
-                         f"--storage=sqlite:///{(work / 'sweeps.db').resolve()}",
-                         f"--set={checkpoints}", *(f"--set={k}={v}" for k, v in SIZES[name].items())],
-                        log)
-                counts = {n: collective_params(n, fixed) for n in names}
-                for s in selections(results):  # 2. more seeds of each chosen configuration
-                    have = {r.config.get("seed") for r in s.group.runs}
-                    if all(k in have for k in range(seeds)):
-                        continue
-                    size = min(names, key=lambda n: abs(s.group.params - counts[n]))
-                    keys = {**fixed, **SIZES[size], "model_type": s.group.model_type,
-                            **{k: str(v) for k, v in s.varied.items()},
-                            "seed": "1", "num_seeds": str(seeds - 1)}
-                    run([sys.executable, "run.py", *(f"--{k}={v}" for k, v in keys.items()),
-                         f"--results={results}", f"--{checkpoints}"], log)
-        finally:
-            _record_time(work, time.time() - start, names, seeds)
-        run_report(results, work, out)
+    # installed first: a signal at any moment stops the study between or inside its steps
+    with StopFlag(announce=False) as stop:
+        return guarded(lambda: study(argv, stop))
+
+
+def study(argv: list[str], stop: StopFlag) -> int:
+    _, opts = parse_argv(argv, OPTIONS, flags=("help",), config_keys=False)
+    if "help" in opts:
+        print(help_text("python docs/study.py", SUMMARY, OPTIONS, config_keys=False))
         return 0
-    return guarded(_main)
+    names = sizes_of(opts.get("sizes", "cpu"))
+    seeds = int_option(opts, "seeds", 3, minimum=1)
+    work, out = Path(opts.get("work", "runs/study_fashion")), Path(opts.get("out", "docs/study"))
+    work.mkdir(parents=True, exist_ok=True)
+    lock = open(work / "study.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"another `docs/study.py` is running in {work}; wait for it, or "
+                          "pass another --work") from None
+    sweep, fixed, varied, grid = study_sweep(opts, work)
+    os.environ.setdefault("WANDB_MODE", "disabled")  # the local study needs no W&B
+    results, start = work / "results.jsonl", time.time()
+    checkpoints = f"checkpoint_dir={work / 'checkpoints'}"
+    types = len(varied["model_type"].choices) if "model_type" in varied else 1
+    progress = Progress(results, len(names) * (grid + types * (seeds - 1)))
+    prefix = {"fashion_mnist": "fashion"}.get(fixed["dataset"], fixed["dataset"])
+    try:
+        with open(work / "log.txt", "a") as log:
+            for name in names:  # 1. the grid, per collective size
+                run([sys.executable, "-m", "jaxcollective.sweep", str(sweep), f"--trials={grid}",
+                     f"--study={prefix}_{name}", f"--results={results}",
+                     f"--storage=sqlite:///{(work / 'sweeps.db').resolve()}",
+                     f"--set={checkpoints}", *(f"--set={k}={v}" for k, v in SIZES[name].items())],
+                    log, stop, progress)
+            counts = {n: collective_params(n, fixed) for n in names}
+            for s in selections(results):  # 2. more seeds of each chosen configuration
+                have = {r.config.get("seed") for r in s.group.runs}
+                if all(k in have for k in range(seeds)):
+                    continue
+                size = min(names, key=lambda n: abs(s.group.params - counts[n]))
+                # the chosen configuration: its value of every key the grid varies (also
+                # where the grid has one value of a key, which `s.varied` then leaves out)
+                chosen = s.group.runs[0].config
+                keys = {**fixed, **SIZES[size], **{k: str(chosen[k]) for k in varied if k in chosen},
+                        "seed": "1", "num_seeds": str(seeds - 1)}
+                run([sys.executable, "run.py", *(f"--{k}={v}" for k, v in keys.items()),
+                     f"--results={results}", f"--{checkpoints}"], log, stop, progress)
+    except Stopped:
+        pass
+    finally:  # the time of the invocations that trained (a rerun of a done study adds none)
+        if progress.done > progress.done_before or stop.requested:
+            _record_time(work, time.time() - start, names, seeds)
+    try:
+        if not stop.requested:
+            run_report(results, work, out, stop)
+    except Stopped:
+        pass
+    if stop.requested:
+        print(f"study stopped ({progress.done}/{progress.total} runs done); run the same "
+              "command again to continue", file=sys.stderr)
+        return 128 + stop.signal
+    print(f"study done: {out}/summary.md, its figures in {out}/<dataset>/", file=sys.stderr)
+    return 0
 
 
 def collective_params(size: str, fixed: dict[str, str]) -> int:
@@ -192,15 +303,14 @@ def _record_time(work: Path, seconds: float, names: list[str], seeds: int) -> No
     path.write_text(json.dumps(info, indent=1) + "\n")
 
 
-def run_report(results: Path, work: Path, out: Path) -> None:
+def run_report(results: Path, work: Path, out: Path, stop: StopFlag) -> None:
     with open(work / "log.txt", "a") as log:
         run([sys.executable, "-m", "jaxcollective.report", f"--results={results}",
-             f"--out={work / 'report'}", "--select=validation"], log)
+             f"--out={work / 'report'}", "--select=validation"], log, stop, Progress(results, 0))
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(results, out / "results.jsonl")
     shutil.copy(work / "study.json", out / "study.json")
     shutil.copytree(work / "report", out, dirs_exist_ok=True)
-    print(f"study done: {out}/summary.md, its figures in {out}/<dataset>/", file=sys.stderr)
 
 
 if __name__ == "__main__":

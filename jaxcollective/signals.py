@@ -19,7 +19,8 @@ FORCED_EXIT = 130
 class StopFlag:
     """Set by SIGTERM / SIGINT; the training loop stops after the epoch in flight."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
+        self.announce = announce  # a line when the first signal comes
         self.signal: Optional[int] = None
         self.status = "stopped"  # what a run stopped by this flag is recorded as
         self.on_force: Optional[Callable[[], None]] = None
@@ -33,8 +34,9 @@ class StopFlag:
         if self.signal is None:
             self.signal = signum
             name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-            print(f"\n{name}: stopping after the epoch in flight (again to stop at once)",
-                  file=sys.stderr, flush=True)
+            if self.announce:
+                print(f"\n{name}: stopping after the epoch in flight (again to stop at once)",
+                      file=sys.stderr, flush=True)
             return
         # A second signal: write what was measured, then leave without unwinding
         # through JAX (whose callbacks would swallow a KeyboardInterrupt).

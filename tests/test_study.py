@@ -3,13 +3,17 @@ runner, the learning rate chosen on validation, more seeds of the choice, the re
 --select=validation; and that choice itself (report.select_on_validation)."""
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from jaxcollective.report import Group, Run, select_on_validation
+from shared import made_once
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,42 +39,114 @@ def test_the_choice_is_made_on_validation_over_the_seeds_every_candidate_has():
     assert s.scores == {"learning_rate=0.001": 90.0, "learning_rate=0.003": 89.0}
 
 
+def study_cmd(work, out, *extra):
+    return [sys.executable, "docs/study.py", "--dataset=digits", "--epochs=2", "--sizes=0.57M",
+            "--model_types=collective,shallow", "--learning_rates=0.001,0.01", "--seeds=3",
+            f"--work={work}", f"--out={out}", *extra]
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The study run once without a stop: (work, out, the command's stderr)."""
+    def make(folder):
+        p = subprocess.run(study_cmd(folder / "work", folder / "out"), cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr + (folder / "work" / "log.txt").read_text()
+        (folder / "stderr.txt").write_text(p.stderr)
+    folder = made_once(tmp_path_factory, "study_whole", make)
+    return folder / "work", folder / "out", (folder / "stderr.txt").read_text()
+
+
 @pytest.mark.slow
 @pytest.mark.longest
-def test_study_command_grid_choice_seeds_report_and_rerun(tmp_path):
-    work, out = tmp_path / "work", tmp_path / "out"
-    cmd = [sys.executable, "docs/study.py", "--dataset=digits", "--epochs=1", "--sizes=0.57M",
-           "--model_types=collective,shallow", "--learning_rates=0.001,0.01", "--seeds=2",
-           f"--work={work}", f"--out={out}"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
-    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+def test_study_command_grid_choice_seeds_report_and_rerun(whole, tmp_path):
+    work, out, err = whole
+    recs = records(out)
     grid = [(r["model_type"], r["config"]["learning_rate"]) for r in recs if r["config"]["seed"] == 0]
     # every grid point once, seed 0
     assert sorted(grid) == sorted((t, lr) for t in ("collective", "shallow") for lr in (0.001, 0.01))
     for t in ("collective", "shallow"):
         seed0 = {r["config"]["learning_rate"]: r["final/best_val_accuracy"] for r in recs
                  if r["model_type"] == t and r["config"]["seed"] == 0}
-        more = [r for r in recs if r["model_type"] == t and r["config"]["seed"] == 1]
-        # one more seed, of the rate with the best validation accuracy
-        assert len(more) == 1 and more[0]["config"]["learning_rate"] == max(seed0, key=seed0.get)
+        (more,) = [r for r in recs if r["model_type"] == t and r["config"]["seed"] == 1]
+        # two more seeds (one run of 2 replicas), of the rate with the best validation accuracy
+        assert more["config"]["learning_rate"] == max(seed0, key=seed0.get)
+        assert [x["seed"] for x in more["replicas"]] == [1, 2]
+    assert {r["sweep_study"] for r in recs if "sweep_study" in r} == {"digits_0.57M"}
+    # the console: a line per finished run with the study's count, then where it went
+    progress = [line for line in err.splitlines() if line.startswith("[study]")]
+    assert len(progress) == 6 and progress[0].startswith("[study] 1/8 runs: ")
+    assert progress[-1].startswith("[study] 8/8 runs: ") and "left" in progress[0]
+    assert err.strip().splitlines()[-1].startswith("study done:")
     text = (out / "summary.md").read_text()
     assert "Selected on validation" in text and "| ~" in text
     assert (out / "digits" / "accuracy_vs_params.png").exists()
     assert json.loads((out / "study.json").read_text())["wall_s"] > 0
 
-    # the same command again: nothing is trained twice
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # the same command again (on a copy): nothing is trained, no time is added
+    import shutil
+
+    shutil.copytree(work, tmp_path / "work")
+    p = subprocess.run(study_cmd(tmp_path / "work", tmp_path / "out"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert len((out / "results.jsonl").read_text().splitlines()) == len(recs)
-    assert len(json.loads((out / "study.json").read_text())["invocations_s"]) == 2
+    assert len(records(tmp_path / "out")) == len(recs)
+    assert len(json.loads((tmp_path / "out" / "study.json").read_text())["invocations_s"]) == 1
     # and the grid's sweep asked for more trials than it has points: none is run again
     p = subprocess.run([sys.executable, "-m", "jaxcollective.sweep", str(work / "sweep.yaml"),
-                        "--trials=9", "--study=fashion_0.57M", f"--results={work / 'results.jsonl'}",
-                        f"--storage=sqlite:///{work / 'sweeps.db'}"],
+                        "--trials=9", "--study=digits_0.57M", f"--results={tmp_path / 'work' / 'results.jsonl'}",
+                        f"--storage=sqlite:///{tmp_path / 'work' / 'sweeps.db'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert len((work / "results.jsonl").read_text().splitlines()) == len(recs)
+    assert "the grid has 4 points" in p.stderr
+    assert len((tmp_path / "work" / "results.jsonl").read_text().splitlines()) == len(recs)
+
+
+@pytest.mark.slow
+@pytest.mark.longest
+def test_a_study_stopped_at_any_moment_resumes_to_the_same_study(whole, tmp_path):
+    """Ctrl-C in the grid, SIGTERM in the extra seeds: each stops the step in flight
+    cleanly, one line, exit 130 / 143; the same command ends as the uninterrupted study."""
+    import optuna
+
+    _, whole_out, _ = whole
+    work, out = tmp_path / "work", tmp_path / "out"
+    cmd = study_cmd(work, out)
+    results = work / "results.jsonl"
+
+    def count():
+        return len(results.read_text().splitlines()) if results.exists() else 0
+
+    for sig, after in ((signal.SIGINT, 1), (signal.SIGTERM, 4)):
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while count() < after:
+            assert p.poll() is None and time.time() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.05)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 128 + sig, err[-3000:]
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("study stopped ("), err
+        study = optuna.load_study(study_name="digits_0.57M", storage=f"sqlite:///{work / 'sweeps.db'}")
+        assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
+
+    def ended(folder):
+        return sorted((r["model_type"], r["config"]["learning_rate"], r["config"]["seed"],
+                       r["config"]["num_seeds"], round(r["final/best_val_accuracy"], 3))
+                      for r in records(folder) if r["status"] != "stopped")
+    assert ended(out) == ended(whole_out)
+    # the report: the same runs counted, the same choices, the same tables (a run is
+    # named by its line in the results file, where the stopped records stand too)
+    def section(folder):
+        return re.sub(r"results\.jsonl:\d+", "LINE",
+                      (folder / "summary.md").read_text().split("## Dataset")[1])
+    assert section(out) == section(whole_out)
 
 
 def test_study_refuses_a_bad_size_in_one_line(tmp_path):
