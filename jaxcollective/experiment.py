@@ -19,7 +19,15 @@ import numpy as np
 from .checkpoint import check_writable
 from .config import Config, ConfigError
 from .data import TRAIN_SIZES, load, train_split_size
-from .metrics import EPOCH_TIME, LOSSES, final_metrics, history_row, replica_finals
+from .metrics import (
+    EPOCH_TIME,
+    LOSSES,
+    VAL_CURVES,
+    final_metrics,
+    history_row,
+    replica_finals,
+    val_curves,
+)
 from .signals import StopFlag
 from .writers import Writer
 
@@ -77,6 +85,7 @@ class RunLog:
         if self.history:
             record.update(final_metrics(self.history, self.params))
             record["replicas"] = replica_finals(self.history, self.cfg.seeds)
+            record[VAL_CURVES] = val_curves(self.history)
         return record
 
     def finish(self, status: str) -> dict[str, Any]:

@@ -99,6 +99,15 @@ def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str
     return out
 
 
+VAL_CURVES = "val_accuracy_curves"  # in a results record: per replica, val/accuracy per epoch
+
+
+def val_curves(history: list[dict[str, np.ndarray]]) -> list[list[float]]:
+    """Per replica, the validation accuracy after each epoch (the report's curves and the
+    epoch of the best validation accuracy)."""
+    return np.round(np.stack([h["val/accuracy"] for h in history]).T.astype(np.float64), 4).tolist()
+
+
 def replica_finals(history: list[dict[str, np.ndarray]], seeds: list[int]) -> list[dict[str, float]]:
     last = history[-1]
     best_val = best_val_accuracy(history)

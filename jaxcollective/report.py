@@ -45,6 +45,7 @@ from .metrics import (
     PARAM_EFFICIENCY,
     TEST_ACCURACY,
     TEST_LOSS,
+    VAL_CURVES,
     efficiency_metrics,
 )
 from .util import describe_error
@@ -68,6 +69,7 @@ class Run:
     metrics: dict = field(default_factory=dict)
     dataset: str = "unknown"
     synthetic: bool = False
+    val_curve: list = field(default_factory=list)  # val/accuracy after each epoch, if recorded
 
     @property
     def size_key(self) -> int:
@@ -114,20 +116,22 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
     where = dict(dataset=dataset_of(config, rec), synthetic=bool(rec.get("synthetic")) or
                  config.get("dataset") == "synthetic")
     replicas = rec.get("replicas") or []
+    curves = rec.get(VAL_CURVES) or []
     if len(replicas) > 1:
         runs = []
-        for r in replicas:
+        for i, r in enumerate(replicas):
             acc = r["test_accuracy"]
             metrics = {TEST_ACCURACY: acc, TEST_LOSS: r["test_loss"],
                        BEST_VAL_ACCURACY: r["best_val_accuracy"],
                        MODEL_PARAMS: params, **efficiency_metrics(acc, params)}
             runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
-                            dict(config, seed=r["seed"], num_seeds=1), metrics, **where))
+                            dict(config, seed=r["seed"], num_seeds=1), metrics, **where,
+                            val_curve=curves[i] if i < len(curves) else []))
         return runs
     metrics = {k: v for k, v in rec.items() if k.startswith(FINAL_PREFIX) and not k.endswith("_std")}
     return [Run(name=rec.get("name", name), model_type=rec["model_type"], params=params,
                 test_accuracy=rec.get(TEST_ACCURACY), status=status, config=config,
-                metrics=metrics, **where)]
+                metrics=metrics, **where, val_curve=curves[0] if curves else [])]
 
 
 def dataset_of(config: dict, rec: Optional[dict] = None) -> str:
@@ -430,7 +434,8 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
              f"{len(good)} finished runs in the tables below; {len(excluded)} excluded "
              "(diverged, stopped early or failed), listed at the end." + dup + " Figures: "
              f"`{dataset}/accuracy_vs_params.png`, `{dataset}/efficiency_by_type.png`, "
-             f"`{dataset}/scaling.png`.", ""]
+             f"`{dataset}/scaling.png`" + (f", `{dataset}/val_curves.png`" if any(
+                 r.val_curve for r in good) else "") + ".", ""]
     if selections:
         lines += selection_lines(selections)
     mixed = mixed_settings(good)
@@ -447,6 +452,7 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
         lines.append(f"| {g.model_type} | {fmt_params(g.size)} | {len(g.runs)} | {g.mean():.2f} | "
                      f"{_std(g.std())} | {g.params:,.0f} | {g.mean(PARAM_EFFICIENCY):.3f} | "
                      f"{g.mean(ACCURACY_PER_LOG10):.3f} |")
+    lines += convergence_lines(groups)
     lines += ["", "### Best configuration per model type", "",
               "Selected by validation (`final/best_val_accuracy`, the best validation accuracy "
               "over the run's epochs), never by test accuracy; the test accuracy is that run's.", "",
@@ -487,6 +493,68 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
     else:
         lines.append("None.")
     return lines + [""]
+
+
+def best_epoch(curve: list[float]) -> int:
+    """The 1-based epoch of a curve's highest value (the first, on ties)."""
+    return max(range(len(curve)), key=lambda i: (curve[i], -i)) + 1
+
+
+def convergence_lines(groups: list[Group]) -> list[str]:
+    """Where the runs record their validation curves: per type and size, the epoch of the
+    best validation accuracy (mean and range over the runs) against the epochs trained,
+    and the mean curve's gain over its last quarter: has training stopped improving?"""
+    rows = []
+    for g in groups:
+        curves = [r.val_curve for r in g.runs if r.val_curve]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        best = [best_epoch(c) for c in curves]
+        mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+        quarter = max(1, n // 4)
+        gain = max(mean) - max(mean[:n - quarter])
+        rows.append(f"| {g.model_type} | {fmt_params(g.size)} | {n} | {sum(best) / len(best):.1f} "
+                    f"({min(best)}-{max(best)}) | {gain:+.2f} |")
+    if not rows:
+        return []
+    return ["", "### Convergence: the epoch of the best validation accuracy", "",
+            "Per run, the epoch whose validation accuracy is the run's best (mean and range over "
+            "the runs), and how much the best of the mean validation curve rose in the last "
+            "quarter of the epochs (0 or near it: training had stopped improving).", "",
+            "| model type | size | epochs | best epoch: mean (range) | gain in the last quarter (points) |",
+            "| --- | --- | ---: | ---: | ---: |", *rows]
+
+
+def plot_val_curves(groups: list[Group], types: list[str], out: Path, title: str) -> None:
+    """Per size, the mean validation curve over the runs of each type (runs that record
+    their curves)."""
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({g.size for g in groups if any(r.val_curve for r in g.runs)})
+    if not sizes:
+        return
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4), squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax, size in zip(axes[0], sizes):
+        for g in groups:
+            curves = [r.val_curve for r in g.runs if r.val_curve]
+            if g.size != size or not curves:
+                continue
+            n = min(len(c) for c in curves)
+            mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+            ax.plot(range(1, n + 1), mean, color=COLORS[g.model_type], label=f"{g.model_type} "
+                    f"({len(curves)})", marker=MARKERS[g.model_type], markevery=max(1, n // 8),
+                    markersize=4)
+        ax.set_title(f"{fmt_params(size)} parameters", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].set_ylabel("validation accuracy (%)")
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(textwrap.fill("Validation accuracy per epoch, mean over seeds (runs)" + title,
+                               width=int(5.2 * len(sizes) * 9)))
+    fig.savefig(out / "val_curves.png", dpi=130)
+    plt.close(fig)
 
 
 def _non_defaults(config: dict, model_type: str) -> str:
@@ -664,6 +732,7 @@ def plot_all(groups: list[Group], good: list[Run], out: Path, title: str = "") -
     plot_accuracy_vs_params(groups, types, out, title)
     plot_efficiency(groups, types, out, title)
     plot_scaling(good, types, out, title)
+    plot_val_curves(groups, types, out, title)
 
 
 def linear_fit(xs: list[float], ys: list[float]) -> Optional[tuple[float, float]]:
