@@ -2,6 +2,9 @@
 
     python docs/study.py                  # 2 collective sizes (~77 min on 2 CPU cores)
     python docs/study.py --sizes=full     # the original's range, 1.8M to 7.1M (a GPU)
+    python docs/study.py --schedule=long  # converged: augmentation, 36 epochs, tuned (hours)
+
+The short schedule (README's first answer):
 
 1. For each collective size: `sweeps/study_fashion.yaml` through the local sweep runner,
    a grid of the 7 model types x 3 learning rates, seed 0 (the baselines take the
@@ -9,7 +12,14 @@
 2. Per model type and size, the learning rate with the best validation accuracy
    (report.select_on_validation: the test set plays no part) trains two more seeds.
 3. `python -m jaxcollective.report --select=validation` over all of it; the results file,
-   summary.md, the figures and study.json (wall time, machine) are copied to --out.
+   summary.md, the figures and study.json (wall and CPU time, machine) are copied to --out.
+
+The long schedule (`Halving`), as the original trains (augmentation on) and to convergence:
+per collective size and model type, six candidates (learning rate 3e-4, 1e-3, 3e-3 x weight
+decay 0, 1e-4; seed 0) by successive halving on validation: all to epoch 4, the best two
+extended to 12, the best of those to 36; the choice then trains seeds 1 and 2. The report
+adds the validation curves, the epoch of the best validation accuracy per type, and the
+candidates' table.
 
 Stoppable at any moment: Ctrl-C or SIGTERM stops the step in flight cleanly (a sweep
 trial is recorded as stopped and keeps its checkpoint, as does a run), says so in one
@@ -59,17 +69,27 @@ SIZES = {
                  analyst_hidden="[512, 256]", analyst_output=96),   # 7,138,105
 }
 SIZE_SETS = {"cpu": ["0.57M", "2.97M"], "full": ["1.8M", "2.97M", "4.0M", "4.9M", "6.1M", "7.1M"]}
+# README's 6-epoch study, and the converged one (issue: trained as the original trains)
+SCHEDULES = {
+    "short": dict(work="runs/study_fashion", out="docs/study"),
+    # the long study spans sessions: its work folder's records are committed as they grow
+    "long": dict(work="docs/study_long/work", out="docs/study_long"),
+}
 OPTIONS = {
+    "schedule": "short (default: README's grid of 3 learning rates, 6 epochs, no augmentation) "
+                "or long (augmentation on, 36 epochs, learning rate x weight decay chosen by "
+                "successive halving on validation at epochs 4, 12 and 36)",
+    "weight_decays": "long only: comma list (default 0,0.0001)",
     "sizes": "cpu (default: 0.57M and phase1's 2.97M) or full (1.8M to 7.1M, six sizes) or a "
              "comma list of " + ", ".join(SIZES),
     "seeds": "seeds of each chosen configuration (default 3: seed 0 of the grid, then 1, 2)",
-    "epochs": "epochs of every run (default: the sweep file's, 6)",
+    "epochs": "epochs of every run (default: the sweep file's, 6; long: 36)",
     "model_types": "comma list (default: the sweep file's seven)",
     "learning_rates": "comma list (default: the sweep file's 0.0003,0.001,0.003)",
     "dataset": "default: the sweep file's fashion_mnist (digits for a quick check)",
     "work": "folder of the running study: Optuna storage, results, checkpoints "
-            "(default runs/study_fashion)",
-    "out": "where the finished study is copied (default docs/study)",
+            "(default runs/study_fashion; long: docs/study_long/work, whose records are committed)",
+    "out": "where the finished study is copied (default docs/study; long: docs/study_long)",
     "help": "show this message",
 }
 SUMMARY = "Runs the Fashion-MNIST parameter-efficiency study (grid, selection, seeds, report)."
@@ -127,54 +147,66 @@ def _force(proc, signum) -> None:
             proc.kill()
 
 
+COPY = "study_copy_of"  # a record copied from the halving file (the chosen candidate's)
+
+
 class Progress:
-    """A console line per finished run (read from the results file as it grows), with the
-    study's count of runs and the time left at this invocation's pace."""
+    """A console line per run ended (read from the study's results files as they grow),
+    with the study's count of runs and the time left at this invocation's pace of
+    epochs trained."""
 
-    def __init__(self, results: Path, total: int):
-        self.results, self.total, self.start = results, total, time.time()
-        self.seen = self.lines()
-        self.done_before = self.count(self.seen)
-        self.done = self.done_before
+    def __init__(self, files: list[Path], runs: int, epochs: int):
+        self.files, self.total, self.total_epochs, self.start = files, runs, epochs, time.time()
+        self.seen = {f: self.lines(f) for f in files}
+        self.done_before, self.epochs_before = self.count()
+        self.done, self.epochs_done = self.done_before, self.epochs_before
 
-    def lines(self) -> list[dict]:
-        if not self.results.exists():
+    @staticmethod
+    def lines(path: Path) -> list[dict]:
+        if not path.exists():
             return []
         out = []
-        for line in self.results.read_text().splitlines():
+        for line in path.read_text().splitlines():
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:  # a line being written
                 break
         return out
 
-    @staticmethod
-    def count(recs: list[dict]) -> int:
-        """Runs ended (a record of K seeds is K runs; a stopped one is continued later)."""
-        return sum(len(rec.get("replicas") or [0]) for rec in recs if rec.get("status") != "stopped")
+    def count(self) -> tuple[int, int]:
+        """(runs ended: a record of K seeds is K runs, a stopped one is continued later;
+        epochs trained, K per epoch of K seeds, a stopped record's too)."""
+        recs = [r for rs in self.seen.values() for r in rs if COPY not in r]
+        runs = sum(len(r.get("replicas") or [0]) for r in recs if r.get("status") != "stopped")
+        epochs = sum((r.get("epochs_completed", 0) - r.get("resumed_from_epoch", 0)) *
+                     r.get("num_seeds", 1) for r in recs)
+        return runs, epochs
 
     def show(self) -> None:
-        recs = self.lines()
-        for rec in recs[len(self.seen):]:
-            self.seen.append(rec)
-            if rec.get("status") == "stopped":
-                continue
-            self.done = self.count(self.seen)
-            new = self.done - self.done_before
-            left = ""
-            if new and self.done < self.total:
-                s = (time.time() - self.start) / new * (self.total - self.done)
-                left = f", about {s / 60:.0f} min left" if s >= 60 else f", about {s:.0f} s left"
-            cfg = rec.get("config", {})
-            seeds = cfg.get("seed", 0), cfg.get("seed", 0) + cfg.get("num_seeds", 1) - 1
-            acc = rec.get("final/test_accuracy")
-            print(f"[study] {self.done}/{self.total} runs: {rec.get('model_type')} "
-                  f"{rec.get('model_params', 0):,} params lr={cfg.get('learning_rate')} "
-                  f"seed{'s' if seeds[1] > seeds[0] else ''} "
-                  f"{seeds[0] if seeds[0] == seeds[1] else f'{seeds[0]}-{seeds[1]}'} "
-                  f"{rec.get('status')}: val {rec.get('final/best_val_accuracy', float('nan')):.2f}% "
-                  f"test {float('nan') if acc is None else acc:.2f}%{left}",
-                  file=sys.stderr, flush=True)
+        for f in self.files:
+            recs = self.lines(f)
+            for rec in recs[len(self.seen[f]):]:
+                self.seen[f].append(rec)
+                self.done, self.epochs_done = self.count()
+                if rec.get("status") != "stopped" and COPY not in rec:
+                    self.say(rec)
+
+    def say(self, rec: dict) -> None:
+        left = ""
+        trained = self.epochs_done - self.epochs_before
+        if trained and self.epochs_done < self.total_epochs:
+            s = (time.time() - self.start) / trained * (self.total_epochs - self.epochs_done)
+            left = f", about {s / 60:.0f} min left" if s >= 60 else f", about {s:.0f} s left"
+        cfg = rec.get("config", {})
+        first, last = cfg.get("seed", 0), cfg.get("seed", 0) + cfg.get("num_seeds", 1) - 1
+        seeds = f"seed {first}" if first == last else f"seeds {first}-{last}"
+        acc = rec.get("final/test_accuracy")
+        wd = f" wd={cfg['weight_decay']}" if cfg.get("weight_decay") else ""
+        print(f"[study] {self.done}/{self.total} runs: {rec.get('model_type')} "
+              f"{rec.get('model_params', 0):,} params lr={cfg.get('learning_rate')}{wd} {seeds}, "
+              f"{rec.get('epochs_completed')} epochs {rec.get('status')}: val "
+              f"{rec.get('final/best_val_accuracy', float('nan')):.2f}% test "
+              f"{float('nan') if acc is None else acc:.2f}%{left}", file=sys.stderr, flush=True)
 
 
 def study_sweep(opts: dict, work: Path) -> tuple[Path, dict[str, str], dict, int]:
@@ -223,9 +255,16 @@ def study(argv: list[str], stop: StopFlag) -> int:
     if "help" in opts:
         print(help_text("python docs/study.py", SUMMARY, OPTIONS, config_keys=False))
         return 0
+    schedule = opts.get("schedule", "short")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule={schedule}: expected short or long")
+    sched = SCHEDULES[schedule]
+    if schedule == "short" and "weight_decays" in opts:
+        raise ConfigError("--weight_decays belongs to --schedule=long (the short study trains "
+                          "without weight decay)")
     names = sizes_of(opts.get("sizes", "cpu"))
     seeds = int_option(opts, "seeds", 3, minimum=1)
-    work, out = Path(opts.get("work", "runs/study_fashion")), Path(opts.get("out", "docs/study"))
+    work, out = Path(opts.get("work", sched["work"])), Path(opts.get("out", sched["out"]))
     work.mkdir(parents=True, exist_ok=True)
     lock = open(work / "study.lock", "w")
     try:
@@ -236,36 +275,29 @@ def study(argv: list[str], stop: StopFlag) -> int:
     sweep, fixed, varied, grid = study_sweep(opts, work)
     os.environ.setdefault("WANDB_MODE", "disabled")  # the local study needs no W&B
     results, start = work / "results.jsonl", time.time()
-    checkpoints = f"checkpoint_dir={work / 'checkpoints'}"
-    types = len(varied["model_type"].choices) if "model_type" in varied else 1
-    progress = Progress(results, len(names) * (grid + types * (seeds - 1)))
-    prefix = {"fashion_mnist": "fashion"}.get(fixed["dataset"], fixed["dataset"])
+    cpu0 = _children_cpu()
+    types = list(varied["model_type"].choices) if "model_type" in varied else [fixed["model_type"]]
+    epochs = int(fixed["epochs"]) if schedule == "short" else int(opts.get("epochs", 36))
+    if schedule == "short":
+        progress = Progress([results], len(names) * (grid + len(types) * (seeds - 1)),
+                            len(names) * epochs * (grid + len(types) * (seeds - 1)))
+        steps = lambda log: short_study(names, seeds, sweep, fixed, varied, grid, work, log,  # noqa: E731
+                                        stop, progress)
+    else:
+        plan = Halving.plan(opts, epochs)
+        progress = Progress([work / "halving.jsonl", results],
+                            len(names) * len(types) * (plan.runs + seeds - 1),
+                            len(names) * len(types) * (plan.epochs + (seeds - 1) * plan.rungs[-1]))
+        steps = lambda log: long_study(names, types, seeds, fixed, plan, work, log, stop,  # noqa: E731
+                                       progress)
     try:
         with open(work / "log.txt", "a") as log:
-            for name in names:  # 1. the grid, per collective size
-                run([sys.executable, "-m", "jaxcollective.sweep", str(sweep), f"--trials={grid}",
-                     f"--study={prefix}_{name}", f"--results={results}",
-                     f"--storage=sqlite:///{(work / 'sweeps.db').resolve()}",
-                     f"--set={checkpoints}", *(f"--set={k}={v}" for k, v in SIZES[name].items())],
-                    log, stop, progress)
-            counts = {n: collective_params(n, fixed) for n in names}
-            for s in selections(results):  # 2. more seeds of each chosen configuration
-                have = {r.config.get("seed") for r in s.group.runs}
-                if all(k in have for k in range(seeds)):
-                    continue
-                size = min(names, key=lambda n: abs(s.group.params - counts[n]))
-                # the chosen configuration: its value of every key the grid varies (also
-                # where the grid has one value of a key, which `s.varied` then leaves out)
-                chosen = s.group.runs[0].config
-                keys = {**fixed, **SIZES[size], **{k: str(chosen[k]) for k in varied if k in chosen},
-                        "seed": "1", "num_seeds": str(seeds - 1)}
-                run([sys.executable, "run.py", *(f"--{k}={v}" for k, v in keys.items()),
-                     f"--results={results}", f"--{checkpoints}"], log, stop, progress)
+            steps(log)
     except Stopped:
         pass
     finally:  # the time of the invocations that trained (a rerun of a done study adds none)
-        if progress.done > progress.done_before or stop.requested:
-            _record_time(work, time.time() - start, names, seeds)
+        if progress.epochs_done > progress.epochs_before or stop.requested:
+            _record_time(work, time.time() - start, _children_cpu() - cpu0, names, seeds, schedule)
     try:
         if not stop.requested:
             run_report(results, work, out, stop)
@@ -279,17 +311,192 @@ def study(argv: list[str], stop: StopFlag) -> int:
     return 0
 
 
+def short_study(names, seeds, sweep, fixed, varied, grid, work, log, stop, progress) -> None:
+    """README's 6-epoch study: the grid per size through the sweep runner, then more seeds
+    of the configuration validation chose."""
+    results = work / "results.jsonl"
+    checkpoints = f"checkpoint_dir={work / 'checkpoints'}"
+    prefix = {"fashion_mnist": "fashion"}.get(fixed["dataset"], fixed["dataset"])
+    for name in names:  # 1. the grid, per collective size
+        run([sys.executable, "-m", "jaxcollective.sweep", str(sweep), f"--trials={grid}",
+             f"--study={prefix}_{name}", f"--results={results}",
+             f"--storage=sqlite:///{(work / 'sweeps.db').resolve()}",
+             f"--set={checkpoints}", *(f"--set={k}={v}" for k, v in SIZES[name].items())],
+            log, stop, progress)
+    counts = {n: collective_params(n, fixed) for n in names}
+    for s in selections(results):  # 2. more seeds of each chosen configuration
+        have = {r.config.get("seed") for r in s.group.runs}
+        if all(k in have for k in range(seeds)):
+            continue
+        size = min(names, key=lambda n: abs(s.group.params - counts[n]))
+        # the chosen configuration: its value of every key the grid varies (also where the
+        # grid has one value of a key, which `s.varied` then leaves out)
+        chosen = s.group.runs[0].config
+        keys = {**fixed, **SIZES[size], **{k: str(chosen[k]) for k in varied if k in chosen},
+                "seed": "1", "num_seeds": str(seeds - 1)}
+        run([sys.executable, "run.py", *(f"--{k}={v}" for k, v in keys.items()),
+             f"--results={results}", f"--{checkpoints}"], log, stop, progress)
+
+
+class Halving:
+    """Successive halving of one (model type, size)'s candidates (learning rate x weight
+    decay) on validation: every candidate trains to the first rung, the best third (by
+    best validation accuracy so far; at least one) is extended to the next rung from its
+    checkpoint, and so on to the last rung, whose survivor is the choice. Synchronous, so
+    the choice depends on no order of arrival (Optuna's pruners are asynchronous: the
+    first trial at a rung always passes); and each step is a run.py run whose checkpoint
+    the next rung extends, so a stop at any moment loses nothing."""
+
+    def __init__(self, rungs: list[int], eta: int, candidates: list[dict]):
+        self.rungs, self.eta, self.candidates = rungs, eta, candidates
+
+    @classmethod
+    def plan(cls, opts: dict, epochs: int) -> "Halving":
+        lrs = [float(v) for v in opts.get("learning_rates", "0.0003,0.001,0.003").split(",")]
+        wds = [float(v) for v in opts.get("weight_decays", "0,0.0001").split(",")]
+        eta = 3
+        # rungs at epochs/9, epochs/3 and epochs (4, 12, 36 by default)
+        rungs = sorted({max(1, epochs // eta**k) for k in (2, 1, 0)})
+        return cls(rungs, eta, [{"learning_rate": lr, "weight_decay": wd} for lr in lrs for wd in wds])
+
+    def alive_counts(self) -> list[int]:
+        n, out = len(self.candidates), []
+        for _ in self.rungs:
+            out.append(n)
+            n = max(1, n // self.eta)
+        return out
+
+    @property
+    def runs(self) -> int:
+        return sum(self.alive_counts())
+
+    @property
+    def epochs(self) -> int:
+        starts = [0] + self.rungs[:-1]
+        return sum(n * (r - s) for n, r, s in zip(self.alive_counts(), self.rungs, starts))
+
+
+def long_study(names, types, seeds, fixed, plan: Halving, work, log, stop, progress) -> None:
+    """The converged study: per size and model type, successive halving over learning
+    rate and weight decay (seed 0), then the chosen candidate at seeds 1.. seeds-1."""
+    halving, results = work / "halving.jsonl", work / "results.jsonl"
+    base = {**fixed, "use_augmentation": "true"}
+    for name in names:
+        for model_type in types:
+            keys = {**base, **SIZES[name], "model_type": model_type}
+            folder = work / "checkpoints" / name / model_type
+            alive = list(plan.candidates)
+            for i, rung in enumerate(plan.rungs):
+                for c in alive:
+                    if find(halving, {**keys, **c, "epochs": rung, "seed": 0}) is None:
+                        tag = f"lr{c['learning_rate']}-wd{c['weight_decay']}"
+                        run_py({**keys, **c, "epochs": rung, "seed": 0, "keep_checkpoint": "true",
+                                "checkpoint_dir": folder / tag}, halving, log, stop, progress)
+                scores = [score(find(halving, {**keys, **c, "epochs": rung, "seed": 0})) for c in alive]
+                order = sorted(range(len(alive)), key=lambda j: -scores[j])  # stable: ties keep order
+                alive = [alive[j] for j in order[:plan.alive_counts()[i + 1]]] \
+                    if i + 1 < len(plan.rungs) else [alive[order[0]]]
+            chosen, last = alive[0], plan.rungs[-1]
+            if find(results, {**keys, **chosen, "epochs": last, "seed": 0}) is None:
+                line, rec = find(halving, {**keys, **chosen, "epochs": last, "seed": 0}, line=True)
+                append(results, {**rec, COPY: f"halving.jsonl:{line}"})
+            shutil.rmtree(folder, ignore_errors=True)  # every candidate's run is recorded
+            if seeds > 1 and find(results, {**keys, **chosen, "epochs": last, "seed": 1,
+                                            "num_seeds": seeds - 1}) is None:
+                run_py({**keys, **chosen, "epochs": last, "seed": 1, "num_seeds": seeds - 1,
+                        "checkpoint_dir": work / "checkpoints" / "seeds"}, results, log, stop, progress)
+    write_halving_table(halving, results, work / "report_halving.md", plan)
+
+
+def run_py(keys: dict, results: Path, log, stop, progress) -> None:
+    run([sys.executable, "run.py", *(f"--{k}={v}" for k, v in keys.items()), f"--results={results}"],
+        log, stop, progress)
+
+
+def find(path: Path, keys: dict, line: bool = False):
+    """The last ended record (finished or diverged) of `path` whose config has these keys'
+    values (parsed as run.py parses them), or None; with `line`, (its line, it)."""
+    from jaxcollective.config import Config
+
+    want = json.loads(json.dumps(Config.from_values({k: str(v) for k, v in keys.items()
+                                                     if k not in ("checkpoint_dir", "keep_checkpoint")}).to_dict(),
+                                 default=list))
+    names = [k for k in keys if k not in ("checkpoint_dir", "keep_checkpoint")]
+    hit = None
+    for i, rec in enumerate(Progress.lines(path), 1):
+        cfg = rec.get("config", {})
+        if rec.get("status") in ("finished", "diverged") and all(cfg.get(k) == want[k] for k in names):
+            hit = (i, rec)
+    return hit if line or hit is None else hit[1]
+
+
+def score(rec: dict) -> float:
+    """A candidate's validation score: its best validation accuracy (a diverged run: -inf)."""
+    if rec.get("status") != "finished":
+        return float("-inf")
+    return float(rec["final/best_val_accuracy"])
+
+
+def append(path: Path, rec: dict) -> None:
+    from jaxcollective.writers import ResultsWriter
+
+    ResultsWriter(str(path)).finish(rec)
+
+
+def write_halving_table(halving: Path, results: Path, out: Path, plan: Halving) -> None:
+    """The candidates of every (model type, size), their best validation accuracy at each
+    rung they reached, and the choice."""
+    recs = [r for r in Progress.lines(halving) if r.get("status") in ("finished", "diverged")]
+    chosen = {(r["model_type"], r["model_params"], r["config"]["learning_rate"],
+               r["config"]["weight_decay"]) for r in Progress.lines(results) if COPY in r}
+    rows = {}
+    for r in recs:
+        c = r["config"]
+        key = (r["model_type"], r["model_params"], c["learning_rate"], c["weight_decay"])
+        rows.setdefault(key, {})[c["epochs"]] = "diverged" if r["status"] == "diverged" else \
+            f"{r['final/best_val_accuracy']:.2f}"
+    head = " | ".join(f"epoch {e}" for e in plan.rungs)
+    lines = ["## Successive halving: the candidates and the choice", "",
+             f"Per model type and size, every candidate (learning rate x weight decay, seed 0) "
+             f"trains to epoch {plan.rungs[0]}; the best third by best validation accuracy is "
+             f"extended to the next rung ({', '.join(map(str, plan.rungs))}); the last rung's "
+             "best is chosen and trained with more seeds. Best validation accuracy (%) at each "
+             "rung a candidate reached:", "",
+             f"| model type | params | learning rate | weight decay | {head} | chosen |",
+             "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in plan.rungs) + " | --- |"]
+    order = {t: i for i, t in enumerate(["collective", "shallow", "balanced", "deep", "very_deep",
+                                         "deep_resnet", "very_deep_resnet"])}
+    for key in sorted(rows, key=lambda k: (k[1] > 1e6, order.get(k[0], 9), k[2], k[3])):
+        t, params, lr, wd = key
+        cells = " | ".join(rows[key].get(e, "–") for e in plan.rungs)
+        lines.append(f"| {t} | {params:,} | {lr} | {wd} | {cells} | {'**yes**' if key in chosen else ''} |")
+    out.write_text("\n".join(lines) + "\n")
+
+
 def collective_params(size: str, fixed: dict[str, str]) -> int:
     from jaxcollective.api import describe
 
     return describe({**fixed, "model_type": "collective", **SIZES[size]})["model_params"]
 
 
-def _record_time(work: Path, seconds: float, names: list[str], seeds: int) -> None:
-    """Wall time of each invocation (a resumed study has several) and the machine."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _record_time(work: Path, seconds: float, cpu: float, names: list[str], seeds: int,
+                 schedule: str) -> None:
+    """Wall and CPU time of each invocation that trained (a resumed study has several)
+    and the machine."""
     path = work / "study.json"
     info = json.loads(path.read_text()) if path.exists() else {"invocations_s": []}
     info["invocations_s"].append(round(seconds, 1))
+    info.setdefault("invocations_cpu_s", []).append(round(cpu, 1))
+    info["cpu_s"] = round(sum(info["invocations_cpu_s"]), 1)
+    info["schedule"] = schedule
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor()) \
         if Path("/proc/cpuinfo").exists() else platform.processor()
@@ -306,10 +513,15 @@ def _record_time(work: Path, seconds: float, names: list[str], seeds: int) -> No
 def run_report(results: Path, work: Path, out: Path, stop: StopFlag) -> None:
     with open(work / "log.txt", "a") as log:
         run([sys.executable, "-m", "jaxcollective.report", f"--results={results}",
-             f"--out={work / 'report'}", "--select=validation"], log, stop, Progress(results, 0))
+             f"--out={work / 'report'}", "--select=validation"], log, stop, Progress([], 0, 0))
+    halving = work / "report_halving.md"
+    if halving.exists():  # the long study's candidates, after the report's sections
+        summary = work / "report" / "summary.md"
+        summary.write_text(summary.read_text() + "\n" + halving.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(results, out / "results.jsonl")
-    shutil.copy(work / "study.json", out / "study.json")
+    for name in ("results.jsonl", "halving.jsonl", "study.json"):
+        if (work / name).exists():
+            shutil.copy(work / name, out / name)
     shutil.copytree(work / "report", out, dirs_exist_ok=True)
 
 

@@ -153,3 +153,52 @@ def test_study_refuses_a_bad_size_in_one_line(tmp_path):
     p = subprocess.run([sys.executable, "docs/study.py", "--sizes=9M", f"--work={tmp_path}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "--sizes=9M" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_the_long_schedule_halves_six_candidates_at_4_12_and_36_epochs():
+    sys.path.insert(0, str(ROOT / "docs"))
+    from study import Halving
+
+    plan = Halving.plan({}, 36)
+    assert plan.rungs == [4, 12, 36] and plan.alive_counts() == [6, 2, 1]
+    assert plan.runs == 9 and plan.epochs == 6 * 4 + 2 * 8 + 1 * 24
+    assert {c["weight_decay"] for c in plan.candidates} == {0.0, 1e-4}
+    assert Halving.plan({"learning_rates": "0.01", "weight_decays": "0"}, 3).alive_counts() == [1, 1]
+
+
+@pytest.mark.slow
+def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seeds(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    cmd = [sys.executable, "docs/study.py", "--schedule=long", "--dataset=digits", "--epochs=3",
+           "--sizes=0.57M", "--model_types=shallow", "--learning_rates=0.0001,0.01",
+           "--weight_decays=0", "--seeds=2", f"--work={work}", f"--out={out}"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
+    halving = records_of(out / "halving.jsonl")
+    # both candidates to epoch 1; the better one on validation extended to epoch 3
+    first = {r["config"]["learning_rate"]: r for r in halving if r["config"]["epochs"] == 1}
+    assert sorted(first) == [0.0001, 0.01]
+    best = max(first, key=lambda lr: first[lr]["final/best_val_accuracy"])
+    (last,) = [r for r in halving if r["config"]["epochs"] == 3]
+    assert last["config"]["learning_rate"] == best and last["resumed_from_epoch"] == 1
+    assert all(r["config"]["use_augmentation"] for r in halving)
+    # the choice at seed 0 (its record copied), then seed 1; curves recorded
+    recs = records_of(out / "results.jsonl")
+    assert [(r["config"]["seed"], r["config"]["learning_rate"]) for r in recs] == [(0, best), (1, best)]
+    assert all(len(r["val_accuracy_curves"][0]) == 3 for r in recs)
+    text = (out / "summary.md").read_text()
+    assert "Convergence: the epoch of the best validation accuracy" in text
+    assert "Successive halving" in text and "**yes**" in text
+    assert (out / "digits" / "val_curves.png").exists()
+    info = json.loads((out / "study.json").read_text())
+    assert info["schedule"] == "long" and info["cpu_s"] > 0
+    # the same command again trains nothing
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert len(records_of(out / "halving.jsonl")) == len(halving)
+    assert len(records_of(out / "results.jsonl")) == 2
+    assert "[study]" not in p.stderr
+
+
+def records_of(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
