@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import itertools
 import json
 import math
@@ -45,6 +44,7 @@ from .data import load
 from .experiment import enable_compilation_cache, preflight, train_and_evaluate
 from .metrics import TEST_ACCURACY, closest_names, history_row, logged_names
 from .signals import StopFlag
+from .store import has_lock, is_server, open_storage, study_lock
 from .util import alive
 from .writers import MultiWriter, ResultsWriter, WandbWriter, Writer
 
@@ -312,7 +312,13 @@ class Sweep:
             self._data[key] = load(cfg)
         return self._data[key]
 
+    seed = 0  # the sampler's base seed (--seed)
+
     def config_of(self, trial) -> tuple[Config, dict]:
+        if not trial.params and not isinstance(trial.study.sampler, GridSampler):
+            # before its first draw: a stream of the trial's own (sampler_seed)
+            trial.study.sampler = sampler_of(self.sweep, self.space,
+                                             sampler_seed(self.seed, trial.number))
         values = dict(self.fixed)
         values.update({k: suggest(trial, k, dist) for k, dist in self.space.items()})
         return Config.from_values(values), values
@@ -343,7 +349,12 @@ class Sweep:
                 elif trial.should_prune():
                     prune.signal, prune.status = -1, "pruned"
 
-        checkpointer, meta = open_checkpoints(cfg)
+        checkpointer, meta = open_checkpoints(cfg)  # says "resuming from epoch N" when it does
+        retry_of = RETRY.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
+        if retry_of is not None and meta is None:
+            print(f"[sweep {trial.study.study_name}] trial {trial.number} retries trial {retry_of}: "
+                  f"no checkpoint of it in {cfg.checkpoint_dir}, so it starts from epoch 0",
+                  file=sys.stderr, flush=True)
         results = ResultsWriter(cfg.results)
         writers = [Report(), results]
         run = self.wandb_run(cfg, values, trial)
@@ -439,25 +450,6 @@ def started(trial) -> None:
     trial.study._storage.set_trial_system_attr(trial._trial_id, TRAINING, True)
 
 
-@contextlib.contextmanager
-def study_lock(url: Optional[str]):
-    """Processes on one SQLite study take turns: creating its tables (SQLite has no
-    concurrent schema creation), and claiming a trial, so that --trials=N is exact. A
-    server database is shared by machines, which a file lock cannot span: there a
-    trial claimed beyond N in a race is failed at once (see `claim`)."""
-    if not url or not url.startswith("sqlite:///"):
-        yield
-        return
-    lock = Path(url[len("sqlite:///"):] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # we run ask/tell with optimize()'s heartbeat thread (see run_study), as optimize() does
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -489,17 +481,13 @@ RETRY = Retry()
 
 
 def storage_of(url: str, heartbeat: int):
-    if not url:
-        return optuna.storages.InMemoryStorage()
-
-    # a trial whose process died (no heartbeat for 2 intervals) is failed, then retried
-    # with the same parameters: its checkpoint, if any, lets it resume
-    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                      heartbeat_stale_trial_callback=RETRY,
-                      engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
+    """The study's storage (store.open_storage); a trial whose process died is failed and
+    retried with the same parameters (RETRY): its checkpoint, if any, lets it resume."""
+    return open_storage(url, heartbeat, RETRY)
 
 
 ACTIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+ACTIVE_STATES = tuple(TrialState[name] for name in ACTIVE)
 MAX_FAILURES_IN_A_ROW = 3
 
 
@@ -518,29 +506,32 @@ def reap_dead_workers(study) -> None:
 def claim(study, total: int, url: Optional[str]):
     """The next trial (a waiting retry first; a grid's next point), or None when the study
     has its `total` trials finished, pruned, running or waiting (or a grid has no point
-    left). A trial claimed beyond `total`, or a grid point claimed twice, in a race
-    between machines (a server database has no lock that spans them) is failed at once
-    as `surplus` and not run; on one machine the lock makes that impossible."""
+    left). Under the study's lock (SQLite's file lock, PostgreSQL's advisory lock) claims
+    are exact; without one (another server), a trial claimed beyond `total`, or a grid
+    point claimed twice, in a race between machines is failed at once as `surplus` and
+    not run. The counts are count queries: a claim does not read every trial (but a
+    grid's, which must see the points they hold)."""
     grid = study.sampler if isinstance(study.sampler, GridSampler) else None
+    storage, sid = study._storage, study._study_id
     with study_lock(url):
-        if is_heartbeat_enabled(study._storage):
+        if is_heartbeat_enabled(storage):
             optuna.storages.fail_stale_trials(study)
         if url and url.startswith("sqlite:///"):
             reap_dead_workers(study)
-        trials = study.get_trials(deepcopy=False)
-        if not any(t.state == TrialState.WAITING for t in trials):
-            if sum(t.state.name in ACTIVE for t in trials) >= total:
+        if not storage.get_n_trials(sid, state=(TrialState.WAITING,)):
+            if storage.get_n_trials(sid, state=ACTIVE_STATES) >= total:
                 return None
             if grid is not None:
-                point = grid.next_point(trials)
+                point = grid.next_point(study.get_trials(deepcopy=False))
                 if point is None:
                     return None
                 grid.queue(study, point)
         trial = study.ask()
-        study._storage.set_trial_system_attr(trial._trial_id, WORKER,
-                                            [socket.gethostname(), os.getpid()])
+        storage.set_trial_system_attr(trial._trial_id, WORKER, [socket.gethostname(), os.getpid()])
+    if has_lock(url):
+        return trial
     ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-    point = study._storage.get_trial(trial._trial_id).system_attrs.get(GRID_POINT)
+    point = storage.get_trial(trial._trial_id).system_attrs.get(GRID_POINT)
     if sum(t.state.name in ACTIVE for t in ahead) >= total or (
             grid is not None and point in grid.held(ahead)):
         trial.set_user_attr("status", "surplus")
@@ -563,10 +554,12 @@ def check_choices(study, space: dict) -> None:
                     "choices: pass a new --study")
 
 
-def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
-    """A new stream for every rerun and every worker: extending a study never draws the
-    same parameters again."""
-    return int(np.random.SeedSequence([seed, worker, trials_so_far]).generate_state(1)[0])
+def sampler_seed(seed: int, trial_number: int) -> int:
+    """The sampler's stream for one trial: every trial number its own, so no two trials of
+    a study draw alike, whichever worker, host or rerun draws them (extending a study draws
+    new trials), and a study run again from scratch with the same --seed draws the same.
+    (The sampler still sees the whole study: TPE models every trial so far.)"""
+    return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
 
 
 def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: Optional[str],
@@ -577,11 +570,15 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
     enable_compilation_cache()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name or Path(path).stem
+    # a server is opened (and refused in one line) before its lock is asked for; SQLite
+    # creates its tables under the file lock (it has no concurrent schema creation)
+    store = storage_of(storage, heartbeat) if is_server(storage) else None
     with study_lock(storage):
-        study = optuna.create_study(study_name=name, storage=storage_of(storage, heartbeat),
+        study = optuna.create_study(study_name=name, storage=store or storage_of(storage, heartbeat),
                                     pruner=pruner, direction=sw.direction, load_if_exists=True)
         study.sampler = sampler_of(sw.sweep, sw.space,
-                                   sampler_seed(seed, worker, len(study.trials)))
+                                   sampler_seed(seed, len(study.trials)))
+    sw.seed = seed
     check_choices(study, sw.space)
     say = lambda: print(progress_line(study, trials), file=sys.stderr, flush=True)  # noqa: E731
     say()
@@ -925,6 +922,7 @@ def main(argv: list[str]) -> int:
             f"sqlite:///{Path(sw.results).expanduser().resolve().parent / 'sweeps.db'}"
         Path(sw.results).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         if parallel > 1:
+            storage_of(storage, heartbeat)  # a storage that cannot be opened: one line, here
             return run_workers(opts, parallel, storage)
         return run_study(path, trials, overrides, study_name=opts.get("study"), storage=storage,
                          results=opts.get("results"), seed=seed, heartbeat=heartbeat,

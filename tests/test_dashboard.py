@@ -32,7 +32,25 @@ def get(url: str):
         return json.loads(r.read())
 
 
-def test_the_dashboard_shows_trials_attributes_and_curves(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path):
+    """The study's storage URL: an SQLite file, or a throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sweeps.db'}"
+        return
+    from pg import PgServer, pg_bindir
+
+    pytest.importorskip("psycopg")
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    server = PgServer()
+    try:
+        yield server.url()
+    finally:
+        server.remove()
+
+
+def test_the_dashboard_shows_trials_attributes_and_curves(tmp_path, storage):
     spec = {"method": "random", "metric": {"name": "final/test_accuracy", "goal": "maximize"},
             "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 3, "eta": 3},
             "parameters": {
@@ -42,7 +60,7 @@ def test_the_dashboard_shows_trials_attributes_and_curves(tmp_path):
                 "learning_rate": {"values": [0.003, 1e-7]}, "seed": {"values": [0, 1, 2]}}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
-    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    url = storage
     assert sweep_main([str(path), "--trials=4", "--study=dash", f"--storage={url}",
                        f"--results={tmp_path / 'r.jsonl'}"]) == 0
     port = free_port()

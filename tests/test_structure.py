@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "jaxcollective"
 CORE = ("config", "layers", "models", "sizing", "api", "rawdata", "data", "augment", "train", "population",
         "metrics", "experiment", "checkpoint", "signals", "writers", "util")
-OUTSIDE_CORE = ("cli", "main", "wandb_run", "sweep", "report", "bench", "torch_reference")
+OUTSIDE_CORE = ("cli", "main", "wandb_run", "sweep", "store", "report", "bench", "torch_reference")
 
 
 def test_every_key_declares_a_role_and_why():
