@@ -119,9 +119,11 @@ def _patient(name):
     return wrapper
 
 
+# every public call, the heartbeat's, and the private ones Optuna's _CachedStorage (which a
+# study puts in front of an RDB storage) calls on it
 for _name in [n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")] + [
-        "record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval",
-        "get_failed_trial_callback"]:
+        "record_heartbeat", "get_heartbeat_interval", "_get_stale_trial_ids", "_get_trials",
+        "_create_new_trial", "_get_best_trial_id", "_set_trial_param"]:
     if callable(getattr(optuna.storages.RDBStorage, _name, None)):
         setattr(PatientStorage, _name, _patient(_name))
 

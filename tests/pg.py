@@ -92,7 +92,11 @@ class Hosts:
     loopback. `available()` says whether this machine allows it (root, iproute2)."""
 
     def __init__(self, n: int):
-        tag = os.getpid() % 200 + 20  # a block of addresses of this test process's own
+        # a block of addresses of this test process's own: one no namespace uses yet (a
+        # test process killed before its clean-up leaves its namespaces behind)
+        taken = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        tag = next(b for k in range(200) for b in [(os.getpid() + k) % 200 + 20]
+                   if f"jc{b}h" not in taken)
         self.names = [f"jc{tag}h{i}" for i in range(n)]
         self.block, self.made = tag, []
         try:

@@ -246,3 +246,20 @@ def test_a_population_of_multi_seed_trials_is_refused_before_the_study(tmp_path,
     rc = sweep_main([str(path), "--population=100000", *args(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--population" in err[0] and "--num_seeds" not in err[0]
+
+
+def test_every_call_a_study_makes_on_its_database_waits_out_a_restart():
+    """A study puts Optuna's _CachedStorage in front of the RDB storage, which calls some of
+    its private methods: each must be wrapped (store.PatientStorage), or a progress line
+    during a server restart ends the worker."""
+    import re
+
+    from optuna.storages import RDBStorage, _cached_storage
+
+    from jaxcollective.store import PatientStorage
+
+    called = set(re.findall(r"self\._backend\.([a-z_]+)", Path(_cached_storage.__file__).read_text()))
+    trivial = {"get_heartbeat_stale_trial_callback"}  # returns an attribute: no query
+    assert "_get_trials" in called
+    bare = sorted(n for n in called - trivial if getattr(PatientStorage, n) is getattr(RDBStorage, n))
+    assert not bare, f"not retried during an outage: {bare}"
