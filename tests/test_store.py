@@ -93,6 +93,7 @@ def test_two_hosts_run_exactly_the_trials_asked_for(net, tmp_path):
     assert len(recs) == 8 and len({r["sweep_trial"] for r in recs}) == 8
     assert len({(r["config"]["learning_rate"], r["config"]["seed"]) for r in recs}) == 8
     assert all(per_host), [len(h) for h in per_host]  # both hosts worked
+    print(f"trials per host: {[len(h) for h in per_host]}")
     # every line on the host that ran it: its worker's pid ran in that host
     states = [t.state.name for t in study(server).trials]
     assert states == ["COMPLETE"] * 8, states  # no surplus, nothing failed
