@@ -60,8 +60,8 @@ OPTIONS = {
     "results": "results file, one line per trial (default runs/results.jsonl)",
     "parallel": "K worker processes on this machine sharing the study (one GPU each when "
                 "there are several)",
-    "seed": "the sampler's base seed (default 0); each rerun and worker draws from its own "
-            "stream derived from it",
+    "seed": "the sampler's base seed (default 0); each trial draws from its own stream, "
+            "derived from it and the trial's number",
     "population": "K trials whose compiled program is the same train together as the K "
                   "members of one vmapped program (default 1: one trial at a time); a "
                   "finished or pruned member's slot takes the next trial at once; auto: "
