@@ -17,9 +17,11 @@ The short schedule (README's first answer):
 The long schedule (`Halving`), as the original trains (augmentation on) and to convergence:
 per collective size and model type, six candidates (learning rate 3e-4, 1e-3, 3e-3 x weight
 decay 0, 1e-4; seed 0) by successive halving on validation: all to epoch 4, the best two
-extended to 12, the best of those to 36; the choice then trains seeds 1 and 2. The report
-adds the validation curves, the epoch of the best validation accuracy per type, and the
-candidates' table.
+extended to 12, the best of those to 36; the choice then trains seeds 1 and 2. Then the
+convergence check: at the first size, each type's choice (seed 0) trained twice as long,
+72 epochs, from scratch. The report adds the validation curves, the epoch of the best
+validation accuracy per type, the candidates' table and the check's table (what the
+longer training changed).
 
 Stoppable at any moment: Ctrl-C or SIGTERM stops the step in flight cleanly (a sweep
 trial is recorded as stopped and keeps its checkpoint, as does a run), says so in one
@@ -80,6 +82,8 @@ OPTIONS = {
                 "or long (augmentation on, 36 epochs, learning rate x weight decay chosen by "
                 "successive halving on validation at epochs 4, 12 and 36)",
     "weight_decays": "long only: comma list (default 0,0.0001)",
+    "check_epochs": "long only: the convergence check trains each type's choice at the first "
+                    "size (seed 0) this many epochs (default twice --epochs, 72; 0: no check)",
     "sizes": "cpu (default: 0.57M and phase1's 2.97M) or full (1.8M to 7.1M, six sizes) or a "
              "comma list of " + ", ".join(SIZES),
     "seeds": "seeds of each chosen configuration (default 3: seed 0 of the grid, then 1, 2)",
@@ -259,9 +263,10 @@ def study(argv: list[str], stop: StopFlag) -> int:
     if schedule not in SCHEDULES:
         raise ConfigError(f"--schedule={schedule}: expected short or long")
     sched = SCHEDULES[schedule]
-    if schedule == "short" and "weight_decays" in opts:
-        raise ConfigError("--weight_decays belongs to --schedule=long (the short study trains "
-                          "without weight decay)")
+    for opt in ("weight_decays", "check_epochs"):
+        if schedule == "short" and opt in opts:
+            raise ConfigError(f"--{opt} belongs to --schedule=long (the short study trains "
+                              "without weight decay, and has no convergence check)")
     names = sizes_of(opts.get("sizes", "cpu"))
     seeds = int_option(opts, "seeds", 3, minimum=1)
     work, out = Path(opts.get("work", sched["work"])), Path(opts.get("out", sched["out"]))
@@ -285,9 +290,11 @@ def study(argv: list[str], stop: StopFlag) -> int:
                                         stop, progress)
     else:
         plan = Halving.plan(opts, epochs)
-        progress = Progress([work / "halving.jsonl", results],
-                            len(names) * len(types) * (plan.runs + seeds - 1),
-                            len(names) * len(types) * (plan.epochs + (seeds - 1) * plan.rungs[-1]))
+        checks = int(plan.check > 0)
+        progress = Progress([work / "halving.jsonl", results, work / "check.jsonl"],
+                            len(types) * (len(names) * (plan.runs + seeds - 1) + checks),
+                            len(types) * (len(names) * (plan.epochs + (seeds - 1) * plan.rungs[-1])
+                                          + plan.check))
         steps = lambda log: long_study(names, types, seeds, fixed, plan, work, log, stop,  # noqa: E731
                                        progress)
     try:
@@ -347,8 +354,9 @@ class Halving:
     first trial at a rung always passes); and each step is a run.py run whose checkpoint
     the next rung extends, so a stop at any moment loses nothing."""
 
-    def __init__(self, rungs: list[int], eta: int, candidates: list[dict]):
+    def __init__(self, rungs: list[int], eta: int, candidates: list[dict], check: int = 0):
         self.rungs, self.eta, self.candidates = rungs, eta, candidates
+        self.check = check  # the convergence check's epochs (0: none)
 
     @classmethod
     def plan(cls, opts: dict, epochs: int) -> "Halving":
@@ -357,7 +365,12 @@ class Halving:
         eta = 3
         # rungs at epochs/9, epochs/3 and epochs (4, 12, 36 by default)
         rungs = sorted({max(1, epochs // eta**k) for k in (2, 1, 0)})
-        return cls(rungs, eta, [{"learning_rate": lr, "weight_decay": wd} for lr in lrs for wd in wds])
+        check = int_option(opts, "check_epochs", 2 * epochs, minimum=0)
+        if 0 < check <= epochs:
+            raise ConfigError(f"--check_epochs={check}: the check trains longer than the study's "
+                              f"{epochs} epochs; pass more, or 0 for no check")
+        return cls(rungs, eta, [{"learning_rate": lr, "weight_decay": wd} for lr in lrs for wd in wds],
+                   check)
 
     def alive_counts(self) -> list[int]:
         n, out = len(self.candidates), []
@@ -378,9 +391,11 @@ class Halving:
 
 def long_study(names, types, seeds, fixed, plan: Halving, work, log, stop, progress) -> None:
     """The converged study: per size and model type, successive halving over learning
-    rate and weight decay (seed 0), then the chosen candidate at seeds 1.. seeds-1."""
-    halving, results = work / "halving.jsonl", work / "results.jsonl"
+    rate and weight decay (seed 0), then the chosen candidate at seeds 1.. seeds-1; then
+    the convergence check (plan.check epochs, the first size's choices, seed 0)."""
+    halving, results, check = work / "halving.jsonl", work / "results.jsonl", work / "check.jsonl"
     base = {**fixed, "use_augmentation": "true"}
+    choices = {}
     for name in names:
         for model_type in types:
             keys = {**base, **SIZES[name], "model_type": model_type}
@@ -397,6 +412,7 @@ def long_study(names, types, seeds, fixed, plan: Halving, work, log, stop, progr
                 alive = [alive[j] for j in order[:plan.alive_counts()[i + 1]]] \
                     if i + 1 < len(plan.rungs) else [alive[order[0]]]
             chosen, last = alive[0], plan.rungs[-1]
+            choices[name, model_type] = {**keys, **chosen}
             if find(results, {**keys, **chosen, "epochs": last, "seed": 0}) is None:
                 line, rec = find(halving, {**keys, **chosen, "epochs": last, "seed": 0}, line=True)
                 append(results, {**rec, COPY: f"halving.jsonl:{line}"})
@@ -405,7 +421,14 @@ def long_study(names, types, seeds, fixed, plan: Halving, work, log, stop, progr
                                             "num_seeds": seeds - 1}) is None:
                 run_py({**keys, **chosen, "epochs": last, "seed": 1, "num_seeds": seeds - 1,
                         "checkpoint_dir": work / "checkpoints" / "seeds"}, results, log, stop, progress)
+    for model_type in types if plan.check else []:
+        keys = {**choices[names[0], model_type], "epochs": plan.check, "seed": 0}
+        if find(check, keys) is None:
+            run_py({**keys, "checkpoint_dir": work / "checkpoints" / "check"}, check, log, stop,
+                   progress)
     write_halving_table(halving, results, work / "report_halving.md", plan)
+    if plan.check:
+        write_check_table(results, check, work / "report_check.md", plan.rungs[-1], plan.check)
 
 
 def run_py(keys: dict, results: Path, log, stop, progress) -> None:
@@ -473,6 +496,44 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan: Halving) 
     out.write_text("\n".join(lines) + "\n")
 
 
+def write_check_table(results: Path, check: Path, out: Path, epochs: int, longer: int) -> None:
+    """The convergence check: per model type, its choice's seed-0 run of the study (`epochs`)
+    beside the same configuration trained `longer` epochs: best validation accuracy and its
+    epoch, test accuracy, and the order of the types by test accuracy in each."""
+    from jaxcollective.report import best_epoch, fmt_params
+
+    def curve(r):
+        return r["val_accuracy_curves"][0]
+
+    long_runs = [r for r in Progress.lines(check) if r.get("status") == "finished"]
+    short = {(r["model_type"], r["model_params"]): r for r in Progress.lines(results) if COPY in r}
+    pairs = [(short[r["model_type"], r["model_params"]], r) for r in long_runs
+             if (r["model_type"], r["model_params"]) in short]
+    if not pairs:
+        return
+    rank = lambda recs: {r["model_type"]: i + 1 for i, r in enumerate(  # noqa: E731
+        sorted(recs, key=lambda r: -r["final/test_accuracy"]))}
+    r_short, r_long = rank([a for a, _ in pairs]), rank([b for _, b in pairs])
+    lines = [f"## Convergence check: the choices trained {longer} epochs", "",
+             f"At {fmt_params(pairs[0][1]['model_params'])} parameters (the baselines matched to "
+             f"the collective), each model type's chosen configuration, seed 0, trained {longer} epochs "
+             f"from scratch beside its {epochs}-epoch run of the study. Best validation accuracy "
+             "(%) and its epoch, test accuracy (%) at the run's end, and the rank by test "
+             f"accuracy; curves in `check/<dataset>/val_curves.png`.", "",
+             f"| model type | learning rate | weight decay | best val. {epochs} ep. (epoch) | "
+             f"best val. {longer} ep. (epoch) | gain | test {epochs} ep. (rank) | "
+             f"test {longer} ep. (rank) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for a, b in pairs:
+        t, c = b["model_type"], b["config"]
+        va, vb = a["final/best_val_accuracy"], b["final/best_val_accuracy"]
+        lines.append(f"| {t} | {c['learning_rate']} | {c['weight_decay']} | {va:.2f} "
+                     f"({best_epoch(curve(a))}) | {vb:.2f} ({best_epoch(curve(b))}) | "
+                     f"{vb - va:+.2f} | {a['final/test_accuracy']:.2f} ({r_short[t]}) | "
+                     f"{b['final/test_accuracy']:.2f} ({r_long[t]}) |")
+    out.write_text("\n".join(lines) + "\n")
+
+
 def collective_params(size: str, fixed: dict[str, str]) -> int:
     from jaxcollective.api import describe
 
@@ -514,12 +575,17 @@ def run_report(results: Path, work: Path, out: Path, stop: StopFlag) -> None:
     with open(work / "log.txt", "a") as log:
         run([sys.executable, "-m", "jaxcollective.report", f"--results={results}",
              f"--out={work / 'report'}", "--select=validation"], log, stop, Progress([], 0, 0))
-    halving = work / "report_halving.md"
-    if halving.exists():  # the long study's candidates, after the report's sections
-        summary = work / "report" / "summary.md"
-        summary.write_text(summary.read_text() + "\n" + halving.read_text())
+    check = work / "check.jsonl"
+    if check.exists():  # the convergence check's own report: its curves
+        with open(work / "log.txt", "a") as log:
+            run([sys.executable, "-m", "jaxcollective.report", f"--results={check}",
+                 f"--out={work / 'report' / 'check'}"], log, stop, Progress([], 0, 0))
+    summary = work / "report" / "summary.md"
+    for part in ("report_halving.md", "report_check.md"):  # the long study's, after the report's
+        if (work / part).exists():
+            summary.write_text(summary.read_text() + "\n" + (work / part).read_text())
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("results.jsonl", "halving.jsonl", "study.json"):
+    for name in ("results.jsonl", "halving.jsonl", "check.jsonl", "study.json"):
         if (work / name).exists():
             shutil.copy(work / name, out / name)
     shutil.copytree(work / "report", out, dirs_exist_ok=True)

@@ -564,7 +564,7 @@ def sampler_seed(seed: int, trial_number: int) -> int:
 
 def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: Optional[str],
               storage: Optional[str], results: Optional[str], seed: int, heartbeat: int,
-              worker: int = 0, population: int = 1) -> int:
+              population: int = 1) -> int:
     sw = Sweep(path, overrides, results)
     pruner = pruner_of(sw.sweep, sw.base_cfg.epochs)
     enable_compilation_cache()
@@ -904,7 +904,7 @@ def main(argv: list[str]) -> int:
         parallel = int_option(opts, "parallel", 1, minimum=1)
         seed = int_option(opts, "seed", 0, minimum=0)
         heartbeat = int_option(opts, "heartbeat", 30, minimum=1)
-        worker = int_option(opts, "worker", 0, minimum=0)
+        int_option(opts, "worker", 0, minimum=0)  # checked; its GPU is chosen by run_workers' env
         population = 0 if opts.get("population") == "auto" else \
             int_option(opts, "population", 1, minimum=1)
         overrides = parse_sets(opts.get("set", []))
@@ -926,7 +926,7 @@ def main(argv: list[str]) -> int:
             return run_workers(opts, parallel, storage)
         return run_study(path, trials, overrides, study_name=opts.get("study"), storage=storage,
                          results=opts.get("results"), seed=seed, heartbeat=heartbeat,
-                         worker=worker, population=population)
+                         population=population)
     return guarded(_main)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from jaxcollective.config import ConfigError
 from jaxcollective.report import Group, Run, select_on_validation
 from shared import made_once
 
@@ -164,6 +165,10 @@ def test_the_long_schedule_halves_six_candidates_at_4_12_and_36_epochs():
     assert plan.runs == 9 and plan.epochs == 6 * 4 + 2 * 8 + 1 * 24
     assert {c["weight_decay"] for c in plan.candidates} == {0.0, 1e-4}
     assert Halving.plan({"learning_rates": "0.01", "weight_decays": "0"}, 3).alive_counts() == [1, 1]
+    # the convergence check: twice the epochs by default, never fewer than the study's
+    assert plan.check == 72 and Halving.plan({"check_epochs": "0"}, 36).check == 0
+    with pytest.raises(ConfigError, match="--check_epochs=30"):
+        Halving.plan({"check_epochs": "30"}, 36)
 
 
 @pytest.mark.slow
@@ -171,7 +176,7 @@ def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seed
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, "docs/study.py", "--schedule=long", "--dataset=digits", "--epochs=3",
            "--sizes=0.57M", "--model_types=shallow", "--learning_rates=0.0001,0.01",
-           "--weight_decays=0", "--seeds=2", f"--work={work}", f"--out={out}"]
+           "--weight_decays=0", "--seeds=2", "--check_epochs=5", f"--work={work}", f"--out={out}"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
     halving = records_of(out / "halving.jsonl")
@@ -190,13 +195,21 @@ def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seed
     assert "Convergence: the epoch of the best validation accuracy" in text
     assert "Successive halving" in text and "**yes**" in text
     assert (out / "digits" / "val_curves.png").exists()
+    # the convergence check: the choice at seed 0 trained 5 epochs, beside its 3-epoch run
+    (check,) = records_of(out / "check.jsonl")
+    assert (check["config"]["epochs"], check["config"]["seed"], check["config"]["learning_rate"]) \
+        == (5, 0, best) and len(check["val_accuracy_curves"][0]) == 5
+    row = next(line for line in text.splitlines() if line.startswith(f"| shallow | {best} |"))
+    assert f"{recs[0]['final/best_val_accuracy']:.2f}" in row and f"{check['final/test_accuracy']:.2f}" in row
+    assert "Convergence check: the choices trained 5 epochs" in text
+    assert (out / "check" / "digits" / "val_curves.png").exists()
     info = json.loads((out / "study.json").read_text())
     assert info["schedule"] == "long" and info["cpu_s"] > 0
     # the same command again trains nothing
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert len(records_of(out / "halving.jsonl")) == len(halving)
-    assert len(records_of(out / "results.jsonl")) == 2
+    assert len(records_of(out / "results.jsonl")) == 2 and len(records_of(out / "check.jsonl")) == 1
     assert "[study]" not in p.stderr
 
 
