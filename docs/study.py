@@ -156,14 +156,16 @@ COPY = "study_copy_of"  # a record copied from the halving file (the chosen cand
 
 class Progress:
     """A console line per run ended (read from the study's results files as they grow),
-    with the study's count of runs and the time left at this invocation's pace of
-    epochs trained."""
+    with the study's count of runs and the time left at this invocation's pace of work
+    done. Work is counted in parameter-epochs (an epoch of a model of P parameters, per
+    seed, is P), as an epoch's time grows with the model: the study's sizes differ 5x."""
 
-    def __init__(self, files: list[Path], runs: int, epochs: int):
-        self.files, self.total, self.total_epochs, self.start = files, runs, epochs, time.time()
+    def __init__(self, files: list[Path], runs: int, work: float):
+        self.files, self.total, self.total_work, self.start = files, runs, work, time.time()
         self.seen = {f: self.lines(f) for f in files}
-        self.done_before, self.epochs_before = self.count()
-        self.done, self.epochs_done = self.done_before, self.epochs_before
+        self.sizes: dict[Path, int] = {}
+        self.done_before, self.work_before = self.count()
+        self.done, self.work_done = self.done_before, self.work_before
 
     @staticmethod
     def lines(path: Path) -> list[dict]:
@@ -177,29 +179,36 @@ class Progress:
                 break
         return out
 
-    def count(self) -> tuple[int, int]:
+    def count(self) -> tuple[int, float]:
         """(runs ended: a record of K seeds is K runs, a stopped one is continued later;
-        epochs trained, K per epoch of K seeds, a stopped record's too)."""
+        parameter-epochs trained, K per epoch of K seeds, a stopped record's too)."""
         recs = [r for rs in self.seen.values() for r in rs if COPY not in r]
         runs = sum(len(r.get("replicas") or [0]) for r in recs if r.get("status") != "stopped")
-        epochs = sum((r.get("epochs_completed", 0) - r.get("resumed_from_epoch", 0)) *
-                     r.get("num_seeds", 1) for r in recs)
-        return runs, epochs
+        work = sum((r.get("epochs_completed", 0) - r.get("resumed_from_epoch", 0)) *
+                   r.get("num_seeds", 1) * r.get("model_params", 0) for r in recs)
+        return runs, work
 
     def show(self) -> None:
         for f in self.files:
+            try:  # polled 5 times a second: a file is read again only once it has grown
+                size = f.stat().st_size
+            except FileNotFoundError:
+                continue
+            if self.sizes.get(f) == size:
+                continue
+            self.sizes[f] = size
             recs = self.lines(f)
             for rec in recs[len(self.seen[f]):]:
                 self.seen[f].append(rec)
-                self.done, self.epochs_done = self.count()
+                self.done, self.work_done = self.count()
                 if rec.get("status") != "stopped" and COPY not in rec:
                     self.say(rec)
 
     def say(self, rec: dict) -> None:
         left = ""
-        trained = self.epochs_done - self.epochs_before
-        if trained and self.epochs_done < self.total_epochs:
-            s = (time.time() - self.start) / trained * (self.total_epochs - self.epochs_done)
+        trained = self.work_done - self.work_before
+        if trained and self.work_done < self.total_work:
+            s = (time.time() - self.start) / trained * (self.total_work - self.work_done)
             left = f", about {s / 60:.0f} min left" if s >= 60 else f", about {s:.0f} s left"
         cfg = rec.get("config", {})
         first, last = cfg.get("seed", 0), cfg.get("seed", 0) + cfg.get("num_seeds", 1) - 1
@@ -283,9 +292,10 @@ def study(argv: list[str], stop: StopFlag) -> int:
     cpu0 = _children_cpu()
     types = list(varied["model_type"].choices) if "model_type" in varied else [fixed["model_type"]]
     epochs = int(fixed["epochs"]) if schedule == "short" else int(opts.get("epochs", 36))
+    params = {n: collective_params(n, fixed) for n in names}  # the baselines' within 0.4%
     if schedule == "short":
         progress = Progress([results], len(names) * (grid + len(types) * (seeds - 1)),
-                            len(names) * epochs * (grid + len(types) * (seeds - 1)))
+                            sum(params.values()) * epochs * (grid + len(types) * (seeds - 1)))
         steps = lambda log: short_study(names, seeds, sweep, fixed, varied, grid, work, log,  # noqa: E731
                                         stop, progress)
     else:
@@ -293,8 +303,9 @@ def study(argv: list[str], stop: StopFlag) -> int:
         checks = int(plan.check > 0)
         progress = Progress([work / "halving.jsonl", results, work / "check.jsonl"],
                             len(types) * (len(names) * (plan.runs + seeds - 1) + checks),
-                            len(types) * (len(names) * (plan.epochs + (seeds - 1) * plan.rungs[-1])
-                                          + plan.check))
+                            len(types) * (sum(params.values()) * (plan.epochs + (seeds - 1) *
+                                                                  plan.rungs[-1])
+                                          + params[names[0]] * plan.check))
         steps = lambda log: long_study(names, types, seeds, fixed, plan, work, log, stop,  # noqa: E731
                                        progress)
     try:
@@ -303,7 +314,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
     except Stopped:
         pass
     finally:  # the time of the invocations that trained (a rerun of a done study adds none)
-        if progress.epochs_done > progress.epochs_before or stop.requested:
+        if progress.work_done > progress.work_before or stop.requested:
             _record_time(work, time.time() - start, _children_cpu() - cpu0, names, seeds, schedule)
     try:
         if not stop.requested:
