@@ -231,3 +231,11 @@ def test_the_best_configuration_lists_settings_not_output_keys():
     assert _non_defaults(config, "collective") == "learning_rate=0.01, epochs=6, expert_output=32"
     assert _non_defaults(config, "shallow") == "learning_rate=0.01, epochs=6, target_params=5000"
     assert _non_defaults({"dtype": "bfloat16", "use_mixed_precision": True}, "deep") == "dtype=bfloat16"
+
+
+def test_val_curves_share_a_panel_per_matched_size():
+    from jaxcollective.report import panel_sizes
+
+    # the study's baselines sit within 0.4% of their collective: one panel per collective
+    assert panel_sizes([564874, 565834, 567044, 566348, 2969887, 2965786, 2974050]) == [564874, 2965786]
+    assert panel_sizes([100_000, 200_000]) == [100_000, 200_000] and panel_sizes([]) == []
