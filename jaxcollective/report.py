@@ -526,31 +526,21 @@ def convergence_lines(groups: list[Group]) -> list[str]:
             "| --- | --- | ---: | ---: | ---: |", *rows]
 
 
-def panel_sizes(sizes: list[float]) -> list[float]:
-    """One panel per matched size: sizes within MATCH_TOLERANCE of a panel's smallest
-    (the baselines sized to one collective) share it; each panel named by its smallest."""
-    panels: list[float] = []
-    for size in sorted(set(sizes)):
-        if not panels or size > panels[-1] * (1 + MATCH_TOLERANCE):
-            panels.append(size)
-    return panels
-
-
 def plot_val_curves(groups: list[Group], types: list[str], out: Path, title: str) -> None:
     """Per size, the mean validation curve over the runs of each type (runs that record
     their curves)."""
     import matplotlib.pyplot as plt
 
-    sizes = panel_sizes([g.size for g in groups if any(r.val_curve for r in g.runs)])
+    # a panel per matched size: a collective and the baselines sized to it share one
+    sizes = size_classes(g.size for g in groups if any(r.val_curve for r in g.runs))
     if not sizes:
         return
-    panel = lambda s: max(p for p in sizes if p <= s)  # noqa: E731
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4), squeeze=False,
                              sharey=True, layout="constrained")
     for ax, size in zip(axes[0], sizes):
         for g in groups:
             curves = [r.val_curve for r in g.runs if r.val_curve]
-            if panel(g.size) != size or not curves:
+            if not curves or sizes[size_class_of(g.size, sizes)] != size:
                 continue
             n = min(len(c) for c in curves)
             mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]

@@ -234,8 +234,10 @@ def test_the_best_configuration_lists_settings_not_output_keys():
 
 
 def test_val_curves_share_a_panel_per_matched_size():
-    from jaxcollective.report import panel_sizes
+    from jaxcollective.report import size_class_of, size_classes
 
     # the study's baselines sit within 0.4% of their collective: one panel per collective
-    assert panel_sizes([564874, 565834, 567044, 566348, 2969887, 2965786, 2974050]) == [564874, 2965786]
-    assert panel_sizes([100_000, 200_000]) == [100_000, 200_000] and panel_sizes([]) == []
+    sizes = [564874, 565834, 567044, 566348, 2969887, 2965786, 2974050]
+    panels = size_classes(sizes)
+    assert len(panels) == 2 and [size_class_of(p, panels) for p in sizes] == [0, 0, 0, 0, 1, 1, 1]
+    assert size_classes([100_000, 200_000]) == [100_000, 200_000] and size_classes([]) == []
