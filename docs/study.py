@@ -2,7 +2,8 @@
 
     python docs/study.py                  # 2 collective sizes (~77 min on 2 CPU cores)
     python docs/study.py --sizes=full     # the original's range, 1.8M to 7.1M (a GPU)
-    python docs/study.py --schedule=long  # converged: augmentation, 36 epochs, tuned (hours)
+    python docs/study.py --schedule=long  # augmentation, 36 epochs, tuned (hours)
+    python docs/study.py --schedule=converged  # as long, each run to early stopping (hours)
 
 The short schedule (README's first answer):
 
@@ -22,6 +23,14 @@ convergence check: at the first size, each type's choice (seed 0) trained twice 
 72 epochs, from scratch. The report adds the validation curves, the epoch of the best
 validation accuracy per type, the candidates' table and the check's table (what the
 longer training changed).
+
+The converged schedule: as the long one, with the learning rate multiplied by 0.1 after
+4 epochs in a row without a new best validation accuracy (lr_plateau_patience) and each
+run ended by early stopping, after 10 such epochs (early_stopping_patience), at most
+--epochs (default 100). The halving's rungs are at 4 and 12 epochs, and the last trains
+the finalists to their stop; the choice then trains seeds 1 and 2, each a run of its own
+(early stopping reads its own curve). A run that reaches --epochs without stopping has
+not converged by this rule, and the summary's table of stops says so.
 
 Stoppable at any moment: Ctrl-C or SIGTERM stops the step in flight cleanly (a sweep
 trial is recorded as stopped and keeps its checkpoint, as does a run), says so in one
@@ -43,6 +52,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,24 +86,36 @@ SCHEDULES = {
     "short": dict(work="runs/study_fashion", out="docs/study"),
     # the long study spans sessions: its work folder's records are committed as they grow
     "long": dict(work="docs/study_long/work", out="docs/study_long"),
+    # the long one, each run trained to early stopping with plateau reductions of its rate
+    "converged": dict(work="docs/study_converged/work", out="docs/study_converged"),
 }
+CONVERGED = {"plateau": 4, "patience": 10, "epochs": 100}  # the converged schedule's defaults
 OPTIONS = {
     "schedule": "short (default: README's grid of 3 learning rates, 6 epochs, no augmentation) "
                 "or long (augmentation on, 36 epochs, learning rate x weight decay chosen by "
-                "successive halving on validation at epochs 4, 12 and 36)",
-    "weight_decays": "long only: comma list (default 0,0.0001)",
+                "successive halving on validation at epochs 4, 12 and 36) or converged (as "
+                "long, every run trained to early stopping, its rate cut on plateaus; "
+                "halving at epochs 4, 12 and the stop)",
+    "weight_decays": "long and converged: comma list (default 0,0.0001)",
+    "plateau": "converged only: epochs without a new best validation accuracy before the "
+               "learning rate is multiplied by 0.1 (default 4)",
+    "patience": "converged only: epochs without a new best validation accuracy that end a "
+                "run (default 10)",
     "check_epochs": "long only: the convergence check trains each type's choice at the first "
                     "size (seed 0) this many epochs (default twice --epochs, 72; 0: no check)",
     "sizes": "cpu (default: 0.57M and phase1's 2.97M) or full (1.8M to 7.1M, six sizes) or a "
              "comma list of " + ", ".join(SIZES),
     "seeds": "seeds of each chosen configuration (default 3: seed 0 of the grid, then 1, 2)",
-    "epochs": "epochs of every run (default: the sweep file's, 6; long: 36)",
+    "epochs": "epochs of every run (default: the sweep file's, 6; long: 36; converged: at "
+              "most 100)",
     "model_types": "comma list (default: the sweep file's seven)",
     "learning_rates": "comma list (default: the sweep file's 0.0003,0.001,0.003)",
     "dataset": "default: the sweep file's fashion_mnist (digits for a quick check)",
     "work": "folder of the running study: Optuna storage, results, checkpoints "
-            "(default runs/study_fashion; long: docs/study_long/work, whose records are committed)",
-    "out": "where the finished study is copied (default docs/study; long: docs/study_long)",
+            "(default runs/study_fashion; long: docs/study_long/work, converged: "
+            "docs/study_converged/work, whose records are committed)",
+    "out": "where the finished study is copied (default docs/study; long: docs/study_long; "
+           "converged: docs/study_converged)",
     "help": "show this message",
 }
 SUMMARY = "Runs the Fashion-MNIST parameter-efficiency study (grid, selection, seeds, report)."
@@ -270,12 +292,14 @@ def study(argv: list[str], stop: StopFlag) -> int:
         return 0
     schedule = opts.get("schedule", "short")
     if schedule not in SCHEDULES:
-        raise ConfigError(f"--schedule={schedule}: expected short or long")
+        raise ConfigError(f"--schedule={schedule}: expected short, long or converged")
     sched = SCHEDULES[schedule]
-    for opt in ("weight_decays", "check_epochs"):
-        if schedule == "short" and opt in opts:
-            raise ConfigError(f"--{opt} belongs to --schedule=long (the short study trains "
-                              "without weight decay, and has no convergence check)")
+    for opt in ("weight_decays", "check_epochs", "plateau", "patience"):
+        owners = {"weight_decays": ("long", "converged"), "check_epochs": ("long",)}.get(
+            opt, ("converged",))
+        if schedule not in owners and opt in opts:
+            raise ConfigError(f"--{opt} belongs to --schedule={' or '.join(owners)}, not "
+                              f"{schedule}")
     names = sizes_of(opts.get("sizes", "cpu"))
     seeds = int_option(opts, "seeds", 3, minimum=1)
     work, out = Path(opts.get("work", sched["work"])), Path(opts.get("out", sched["out"]))
@@ -291,7 +315,8 @@ def study(argv: list[str], stop: StopFlag) -> int:
     results, start = work / "results.jsonl", time.time()
     cpu0 = _children_cpu()
     types = list(varied["model_type"].choices) if "model_type" in varied else [fixed["model_type"]]
-    epochs = int(fixed["epochs"]) if schedule == "short" else int(opts.get("epochs", 36))
+    epochs = int(fixed["epochs"]) if schedule == "short" else \
+        int_option(opts, "epochs", CONVERGED["epochs"] if schedule == "converged" else 36, minimum=1)
     params = {n: collective_params(n, fixed) for n in names}  # the baselines' within 0.4%
     if schedule == "short":
         progress = Progress([results], len(names) * (grid + len(types) * (seeds - 1)),
@@ -299,7 +324,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
         steps = lambda log: short_study(names, seeds, sweep, fixed, varied, grid, work, log,  # noqa: E731
                                         stop, progress)
     else:
-        plan = Halving.plan(opts, epochs)
+        plan = Halving.plan(opts, epochs, converged=schedule == "converged")
         checks = int(plan.check > 0)
         progress = Progress([work / "halving.jsonl", results, work / "check.jsonl"],
                             len(types) * (len(names) * (plan.runs + seeds - 1) + checks),
@@ -365,23 +390,33 @@ class Halving:
     first trial at a rung always passes); and each step is a run.py run whose checkpoint
     the next rung extends, so a stop at any moment loses nothing."""
 
-    def __init__(self, rungs: list[int], eta: int, candidates: list[dict], check: int = 0):
+    def __init__(self, rungs: list[int], eta: int, candidates: list[dict], check: int = 0,
+                 stopping: Optional[dict] = None):
         self.rungs, self.eta, self.candidates = rungs, eta, candidates
         self.check = check  # the convergence check's epochs (0: none)
+        # the converged schedule's config keys (plateau reductions, early stopping); the
+        # last rung then is the most a run trains, and the seeds train one run each
+        self.stopping = stopping or {}
 
     @classmethod
-    def plan(cls, opts: dict, epochs: int) -> "Halving":
+    def plan(cls, opts: dict, epochs: int, converged: bool = False) -> "Halving":
         lrs = [float(v) for v in opts.get("learning_rates", "0.0003,0.001,0.003").split(",")]
         wds = [float(v) for v in opts.get("weight_decays", "0,0.0001").split(",")]
+        candidates = [{"learning_rate": lr, "weight_decay": wd} for lr in lrs for wd in wds]
         eta = 3
+        if converged:  # rungs at 4 and 12 epochs, then to the stop (at most `epochs`)
+            stopping = {"lr_plateau_patience": int_option(opts, "plateau", CONVERGED["plateau"], 1),
+                        "early_stopping_patience": int_option(opts, "patience",
+                                                              CONVERGED["patience"], 1)}
+            return cls(sorted({min(4, epochs), min(12, epochs), epochs}), eta, candidates,
+                       stopping=stopping)
         # rungs at epochs/9, epochs/3 and epochs (4, 12, 36 by default)
         rungs = sorted({max(1, epochs // eta**k) for k in (2, 1, 0)})
         check = int_option(opts, "check_epochs", 2 * epochs, minimum=0)
         if 0 < check <= epochs:
             raise ConfigError(f"--check_epochs={check}: the check trains longer than the study's "
                               f"{epochs} epochs; pass more, or 0 for no check")
-        return cls(rungs, eta, [{"learning_rate": lr, "weight_decay": wd} for lr in lrs for wd in wds],
-                   check)
+        return cls(rungs, eta, candidates, check)
 
     def alive_counts(self) -> list[int]:
         n, out = len(self.candidates), []
@@ -405,7 +440,7 @@ def long_study(names, types, seeds, fixed, plan: Halving, work, log, stop, progr
     rate and weight decay (seed 0), then the chosen candidate at seeds 1.. seeds-1; then
     the convergence check (plan.check epochs, the first size's choices, seed 0)."""
     halving, results, check = work / "halving.jsonl", work / "results.jsonl", work / "check.jsonl"
-    base = {**fixed, "use_augmentation": "true"}
+    base = {**fixed, "use_augmentation": "true", **plan.stopping}
     choices = {}
     for name in names:
         for model_type in types:
@@ -428,16 +463,24 @@ def long_study(names, types, seeds, fixed, plan: Halving, work, log, stop, progr
                 line, rec = find(halving, {**keys, **chosen, "epochs": last, "seed": 0}, line=True)
                 append(results, {**rec, COPY: f"halving.jsonl:{line}"})
             shutil.rmtree(folder, ignore_errors=True)  # every candidate's run is recorded
-            if seeds > 1 and find(results, {**keys, **chosen, "epochs": last, "seed": 1,
-                                            "num_seeds": seeds - 1}) is None:
-                run_py({**keys, **chosen, "epochs": last, "seed": 1, "num_seeds": seeds - 1,
-                        "checkpoint_dir": work / "checkpoints" / "seeds"}, results, log, stop, progress)
+            # more seeds: one run of seeds-1 replicas; to early stopping, a run per seed
+            # (a run of several stops on their mean curve)
+            runs = [(s, 1) for s in range(1, seeds)] if plan.stopping else \
+                [(1, seeds - 1)] if seeds > 1 else []
+            for seed, n in runs:
+                if find(results, {**keys, **chosen, "epochs": last, "seed": seed,
+                                  "num_seeds": n}) is None:
+                    run_py({**keys, **chosen, "epochs": last, "seed": seed, "num_seeds": n,
+                            "checkpoint_dir": work / "checkpoints" / "seeds"}, results, log, stop,
+                           progress)
     for model_type in types if plan.check else []:
         keys = {**choices[names[0], model_type], "epochs": plan.check, "seed": 0}
         if find(check, keys) is None:
             run_py({**keys, "checkpoint_dir": work / "checkpoints" / "check"}, check, log, stop,
                    progress)
     write_halving_table(halving, results, work / "report_halving.md", plan)
+    if plan.stopping:
+        write_stop_table(results, work / "report_stops.md", plan)
     if plan.check:
         write_check_table(results, check, work / "report_check.md", plan.rungs[-1], plan.check)
 
@@ -489,7 +532,8 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan: Halving) 
         key = (r["model_type"], r["model_params"], c["learning_rate"], c["weight_decay"])
         rows.setdefault(key, {})[c["epochs"]] = "diverged" if r["status"] == "diverged" else \
             f"{r['final/best_val_accuracy']:.2f}"
-    head = " | ".join(f"epoch {e}" for e in plan.rungs)
+    head = " | ".join(f"to the stop (at most {e})" if plan.stopping and e == plan.rungs[-1]
+                      else f"epoch {e}" for e in plan.rungs)
     lines = ["## Successive halving: the candidates and the choice", "",
              f"Per model type and size, every candidate (learning rate x weight decay, seed 0) "
              f"trains to epoch {plan.rungs[0]}; the best third by best validation accuracy is "
@@ -504,6 +548,45 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan: Halving) 
         t, params, lr, wd = key
         cells = " | ".join(rows[key].get(e, "–") for e in plan.rungs)
         lines.append(f"| {t} | {params:,} | {lr} | {wd} | {cells} | {'**yes**' if key in chosen else ''} |")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def write_stop_table(results: Path, out: Path, plan: Halving) -> None:
+    """The converged schedule's stops: per (model type, size), each seed's run of the
+    chosen configuration, the epoch early stopping ended it (or the cap, not converged),
+    its best validation epoch and its last learning rate."""
+    from jaxcollective.report import best_epoch, fmt_params
+
+    recs = [r for r in Progress.lines(results) if r.get("status") == "finished"]
+    cap, p = plan.rungs[-1], plan.stopping
+    lines = ["## Early stopping: where each run of the choice ended", "",
+             f"Each run's learning rate is multiplied by 0.1 after {p['lr_plateau_patience']} "
+             "epochs in a row without a new best validation accuracy, and the run ends after "
+             f"{p['early_stopping_patience']} such epochs (at most {cap}). Per seed: the epoch "
+             "it stopped at, the epoch of its best validation accuracy, and the learning rate "
+             "of its last epoch. A run that reached the cap without stopping is marked: "
+             "not converged by this rule.", "",
+             "| model type | params | learning rate | weight decay | stopped at (per seed) | "
+             "best epoch (per seed) | last learning rate | converged |",
+             "| --- | ---: | ---: | ---: | --- | --- | --- | --- |"]
+    groups: dict[tuple, list] = {}
+    for r in recs:
+        c = r["config"]
+        groups.setdefault((r["model_type"], r["model_params"], c["learning_rate"],
+                           c["weight_decay"]), []).extend(
+            (c["seed"] + i, r, i) for i in range(c.get("num_seeds", 1)))
+    order = {t: i for i, t in enumerate(["collective", "shallow", "balanced", "deep", "very_deep",
+                                         "deep_resnet", "very_deep_resnet"])}
+    for key in sorted(groups, key=lambda k: (k[1] > 1e6, order.get(k[0], 9))):
+        runs = sorted(groups[key], key=lambda x: x[0])
+        stopped = [r["epochs_completed"] for _, r, _ in runs]
+        best = [best_epoch(r["val_accuracy_curves"][i]) for _, r, i in runs]
+        last = sorted({f"{r.get('last_lr', float('nan')):.1e}" for _, r, _ in runs})
+        done = all(r.get("stopped_early") for _, r, _ in runs)
+        t, params, lr, wd = key
+        lines.append(f"| {t} | {fmt_params(params)} | {lr} | {wd} | "
+                     f"{', '.join(map(str, stopped))} | {', '.join(map(str, best))} | "
+                     f"{', '.join(last)} | {'yes' if done else '**no** (reached the cap)'} |")
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -592,7 +675,7 @@ def run_report(results: Path, work: Path, out: Path, stop: StopFlag) -> None:
             run([sys.executable, "-m", "jaxcollective.report", f"--results={check}",
                  f"--out={work / 'report' / 'check'}"], log, stop, Progress([], 0, 0))
     summary = work / "report" / "summary.md"
-    for part in ("report_halving.md", "report_check.md"):  # the long study's, after the report's
+    for part in ("report_halving.md", "report_stops.md", "report_check.md"):  # the long study's, after the report's
         if (work / part).exists():
             summary.write_text(summary.read_text() + "\n" + (work / part).read_text())
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> dict[str, str]
     ignored, why = ((BASELINE_ONLY, "baseline-only") if cfg.model_type == "collective"
                     else (COLLECTIVE_ONLY, "collective-only"))
     out = {k: why for k in ignored & given}
+    if "lr_plateau_factor" in given and cfg.lr_plateau_patience == 0:
+        out["lr_plateau_factor"] = "plateau-off"  # a constant learning rate
     out.update({k: NO_EFFECT[k] for k in given if k in NO_EFFECT})
     if "use_gpu" in given and cfg.use_gpu is not False:
         out["use_gpu"] = "see-device"  # true is the default (auto); false means --device=cpu

@@ -149,8 +149,16 @@ class Config:
     # --- training
     optimizer: str = _key("adam", "adam (L2 in the gradient), adamw or sgd (momentum 0.9)",
                           "training", P, "the update rule")
-    learning_rate: float = _key(1e-3, "constant learning rate", "training", V,
-                                "lives in the optimizer state")
+    learning_rate: float = _key(1e-3, "learning rate (constant unless lr_plateau_patience > 0)",
+                                "training", V, "lives in the optimizer state")
+    lr_plateau_patience: int = _key(
+        0, "multiply the learning rate by lr_plateau_factor after this many epochs in a row "
+        "without a new best validation accuracy (0: constant, as the original)", "training", V,
+        "sets the learning rate in the optimizer state from the validation history",
+        setting=True)
+    lr_plateau_factor: float = _key(0.1, "the factor of each plateau reduction, in (0, 1)",
+                                    "training", V, "sets the learning rate in the optimizer "
+                                    "state from the validation history", setting=True)
     weight_decay: float = _key(0.0, "adam: L2 coefficient; adamw: decoupled decay; sgd: L2",
                                "training", V, "lives in the optimizer state; 0 compiles "
                                "without the decay pass", program_part=lambda v: v > 0)
@@ -166,8 +174,13 @@ class Config:
     gradient_accumulation_steps: int = _key(1, "micro-batches of batch_size per update",
                                             "training", P, "the update's inner loop",
                                             setting=True)
-    epochs: int = _key(20, "training epochs", "training", Role.LENGTH,
-                       "a run with more epochs extends one with fewer", setting=True)
+    epochs: int = _key(20, "training epochs (with early stopping: at most)", "training",
+                       Role.LENGTH, "a run with more epochs extends one with fewer", setting=True)
+    early_stopping_patience: int = _key(
+        0, "stop once this many epochs in a row brought no new best validation accuracy (mean "
+        "over the replicas; 0: train all epochs)", "training", Role.LENGTH,
+        "decides where the run ends, from its validation history; the epochs before are the "
+        "same", setting=True)
     use_augmentation: bool = _key(False, "on-device augmentation (docs/design.md, Data)",
                                   "training", P, "adds the augmentation", setting=True)
     seed: int = _key(0, "one seed: split, init, shuffling, dropout, augmentation", "training", V,
@@ -276,9 +289,11 @@ class Config:
         return Config(**{k: getattr(self, k) for k in SHAPE_FIELDS})
 
     def ignored_keys(self) -> frozenset[str]:
-        """Keys this model type does not read (collective keys for a baseline,
-        target_params for the collective)."""
-        return BASELINE_ONLY if self.model_type == "collective" else COLLECTIVE_ONLY
+        """Keys this run does not read: collective keys for a baseline, target_params for
+        the collective, and the plateau's keys when it is off (a constant learning rate:
+        the run is the one that never had them, with the same checkpoint fingerprint)."""
+        model = BASELINE_ONLY if self.model_type == "collective" else COLLECTIVE_ONLY
+        return model | PLATEAU if self.lr_plateau_patience == 0 else model
 
     def program_key(self) -> str:
         """What decides the compiled program, as a canonical string: the PROGRAM keys this
@@ -308,6 +323,12 @@ class Config:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("resume", self.resume, RESUME)
+        for k in ("lr_plateau_patience", "early_stopping_patience"):
+            if getattr(self, k) < 0:
+                _fail(k, getattr(self, k), "an integer >= 0 (0: off)")
+        if not 0.0 < self.lr_plateau_factor < 1.0:
+            _fail("lr_plateau_factor", self.lr_plateau_factor, "a number strictly between 0 and 1, "
+                  "e.g. 0.1")
         if self.checkpoint_every < 0:
             _fail("checkpoint_every", self.checkpoint_every, "an integer >= 0 (0: every 60 s)")
         if self.n_total < 2:
@@ -477,6 +498,7 @@ def keys_of(*roles: Role) -> frozenset[str]:
 # Keys read only by the collective, and only by baselines.
 COLLECTIVE_ONLY = frozenset(k for k, f in FIELDS.items() if f.metadata["group"] == "collective")
 BASELINE_ONLY = frozenset({"target_params"})
+PLATEAU = frozenset({"lr_plateau_patience", "lr_plateau_factor"})
 SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(sorted(COLLECTIVE_ONLY))
 # Keys that change nothing here, with the one-word reason a run records for each.
 NO_EFFECT = {k: FIELDS[k].metadata["why"] for k in sorted(keys_of(Role.NO_EFFECT))}

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import schedule
 from .checkpoint import check_writable
 from .config import Config, ConfigError
 from .data import TRAIN_SIZES, load, train_split_size
@@ -81,10 +82,13 @@ class RunLog:
         record: dict[str, Any] = dict(self.info)
         record.update(status=status, diverged=status == "diverged",
                       epochs_completed=len(self.history), resumed_from_epoch=self.resumed_from,
+                      stopped_early=schedule.stops(self.cfg, self.history),
                       wall_s=time.perf_counter() - self.t0)
         if self.history:
             record.update(final_metrics(self.history, self.params))
             record["replicas"] = replica_finals(self.history, self.cfg.seeds)
+            # the rate of the last epoch (mean over the replicas): the plateau's reductions
+            record["last_lr"] = float(np.mean(schedule.learning_rates(self.cfg, self.history[:-1])))
             record[VAL_CURVES] = val_curves(self.history)
         return record
 
@@ -127,6 +131,10 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
             if stop is not None and stop.requested:
                 status = stop.status  # "stopped" (a signal) or "pruned" (a local sweep)
                 break
+            if schedule.stops(cfg, log.history):  # early stopping (also a resumed run's)
+                break
+            if cfg.lr_plateau_patience:
+                state = trainer.with_learning_rates(state, schedule.learning_rates(cfg, log.history))
             te = time.perf_counter()
             state, m = trainer.epoch(state, epoch)
             m = jax.device_get(m)  # the one host round-trip per epoch

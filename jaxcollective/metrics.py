@@ -139,6 +139,10 @@ def history_row(epoch: int, history: list[dict[str, np.ndarray]], cfg: Config,
     they stand (a run stopped here reports them; a sweep's Hyperband, which counts the
     history rows holding its metric, sees `final/*` in every row)."""
     row = epoch_row(epoch, history[-1], cfg, params)
+    if cfg.lr_plateau_patience:  # the rate this epoch trained at (mean over the replicas)
+        from .schedule import learning_rates  # which imports the names from here
+
+        row["lr"] = float(np.mean(learning_rates(cfg, history[:-1])))
     row.update(final_metrics(history, params))
     return row
 

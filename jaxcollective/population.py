@@ -86,6 +86,8 @@ class Population:
         self._host = [np.array(a) for a in rep[:3]]  # each slot's split, on the host
         self._values = {k: np.array(v) for k, v in rep.values.items()}
         self._rows_changed = False
+        self._lr = np.full(k, cfg.learning_rate, np.float32)  # each slot's learning rate
+        self._lr_changed = False
 
     @property
     def free(self) -> list[int]:
@@ -114,7 +116,15 @@ class Population:
         for k in STEP_VALUES:
             self._values[k][slot] = getattr(cfg, k)
         self._rows_changed = True  # sent to the device once, before the next epoch
+        self._lr[slot] = cfg.learning_rate  # as _set_row just wrote it
         self.configs[slot], self.epochs[slot] = cfg, epoch
+
+    def set_learning_rate(self, slot: int, lr: float) -> None:
+        """The learning rate of the slot's next epochs (a plateau reduction); sent to the
+        device with the other slots', once, before the next epoch."""
+        if np.float32(lr) != self._lr[slot]:
+            self._lr[slot] = lr
+            self._lr_changed = True
 
     def smaller(self, slots: list[int]) -> tuple["Population", list[int]]:
         """A population of the smallest power of 2 that holds `slots` (one compile),
@@ -148,6 +158,9 @@ class Population:
             put = partial(jax.device_put, device=t.replicated)
             t.rep = ReplicaData(*map(put, self._host), jax.tree.map(put, self._values))
             self._rows_changed = False
+        if self._lr_changed:
+            self.state = t.with_learning_rates(self.state, self._lr)
+            self._lr_changed = False
         self.state, m = t._epoch(self.state, t.data, t.rep, self.epoch_keys())
         m = jax.device_get(m)  # the one host round-trip per epoch
         out = []

@@ -37,6 +37,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # as optimize()
 from optuna.trial import TrialState
 
+from . import schedule
 from .checkpoint import open_checkpoints
 from .cli import UsageError, console_script, guarded, help_text, int_option, parse_argv
 from .config import Config, ConfigError
@@ -825,9 +826,11 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
 
             def start(slot, trial):
                 c, values = sw.config_of(trial)
-                members[slot] = Member(sw, trial, c, values, preflight(c), pop, slot)
-                if members[slot].log.epoch >= c.epochs:  # resumed from its last epoch's checkpoint
-                    end(slot, "finished")
+                members[slot] = mem = Member(sw, trial, c, values, preflight(c), pop, slot)
+                if mem.log.epoch >= c.epochs or schedule.stops(c, mem.log.history):
+                    end(slot, "finished")  # resumed from its last epoch's checkpoint
+                elif c.lr_plateau_patience:
+                    pop.set_learning_rate(slot, schedule.learning_rates(c, mem.log.history)[0])
 
             def end(slot, status):
                 mem = members[slot]
@@ -862,12 +865,15 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
                         continue
                     mem.seen.append(float(mem.log.last_row[sw.metric]))
                     mem.trial.report(mem.seen[-1], mem.log.epoch)
-                    if mem.log.epoch >= mem.cfg.epochs:
+                    if mem.log.epoch >= mem.cfg.epochs or schedule.stops(mem.cfg, mem.log.history):
                         end(slot, "finished")
                     elif mem.trial.should_prune():
                         end(slot, "pruned")
                     else:
                         mem.saved()
+                        if mem.cfg.lr_plateau_patience:
+                            pop.set_learning_rate(slot, schedule.learning_rates(
+                                mem.cfg, mem.log.history)[0])
                 print(progress_line(study, trials), file=sys.stderr, flush=True)
                 if stop.requested or fill(initial=False):
                     continue

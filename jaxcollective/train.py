@@ -395,6 +395,12 @@ class Trainer:
         state = state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
         return jax.device_put(state, self.replicated)
 
+    def with_learning_rates(self, state: TrainState, lrs) -> TrainState:
+        """`state` with each replica's learning rate set (schedule.learning_rates)."""
+        hp = dict(state.opt_state.hyperparams)
+        hp["learning_rate"] = jax.device_put(np.asarray(lrs, np.float32), self.replicated)
+        return state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
     def epoch_keys(self, epoch: int) -> dict[str, jax.Array]:
         """Per replica, this epoch's shuffle, dropout and augment keys (leading axis R)."""
         per = [stream_keys(s) for s in self.seeds]

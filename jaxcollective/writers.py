@@ -96,8 +96,11 @@ class ConsoleWriter(Writer):
         acc = record.get(TEST_ACCURACY)
         acc_s = "n/a" if acc is None else f"{acc:.2f}%"
         n = record["epochs_completed"]
+        early = " (early stopping: no new best validation accuracy for " \
+            f"{record['config']['early_stopping_patience']} epochs)" if record.get("stopped_early") else ""
         print(f"{self.tag}{status}: final test accuracy {acc_s} after {n} "
-              f"epoch{'' if n == 1 else 's'}, {record['wall_s']:.1f}s", file=self.stream, flush=True)
+              f"epoch{'' if n == 1 else 's'}{early}, {record['wall_s']:.1f}s", file=self.stream,
+              flush=True)
 
 
 class ResultsWriter(Writer):

@@ -16,7 +16,7 @@ from jaxcollective.config import FIELDS, Config, Role
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "jaxcollective"
 CORE = ("config", "layers", "models", "sizing", "api", "rawdata", "data", "augment", "train", "population",
-        "metrics", "experiment", "checkpoint", "signals", "writers", "util")
+        "metrics", "schedule", "experiment", "checkpoint", "signals", "writers", "util")
 OUTSIDE_CORE = ("cli", "main", "wandb_run", "sweep", "store", "report", "bench", "torch_reference")
 
 
@@ -57,7 +57,10 @@ def test_fingerprint_and_program_key_follow_the_declared_roles(model_type):
     for key in FIELDS:
         other = changed(base, key)
         role = C.role(key)
-        in_trajectory = key in C.TRAJECTORY_KEYS and key not in ignored
+        # a key counts where either config reads it (lr_plateau_patience > 0 turns the
+        # plateau's keys on)
+        in_trajectory = key in C.TRAJECTORY_KEYS and not (key in ignored and
+                                                         key in other.ignored_keys())
         assert (fingerprint(other) != fingerprint(base)) == in_trajectory, key
         in_program = (role is Role.PROGRAM and key not in ignored) or \
             FIELDS[key].metadata["program_part"] is not None
@@ -76,10 +79,12 @@ def test_derived_lists():
                            "use_torch_compile": "always-compiled"}
     assert C.STEP_VALUES == ("drop_models_expert_rate", "drop_models_analyst_rate",
                              "diversity_lambda", "diversity_temperature")
-    assert C.VALUE_KEYS == {"learning_rate", "weight_decay", "seed", "val_split", *C.STEP_VALUES}
+    assert C.VALUE_KEYS == {"learning_rate", "weight_decay", "seed", "val_split",
+                            "lr_plateau_patience", "lr_plateau_factor", *C.STEP_VALUES}
     assert C.MEMBER_KEYS == C.VALUE_KEYS - {"weight_decay", "val_split"}
     assert set(C.SHARED_SETTINGS) == {"epochs", "use_augmentation", "gradient_accumulation_steps",
-                                      "dtype"}
+                                      "dtype", "lr_plateau_patience", "lr_plateau_factor",
+                                      "early_stopping_patience"}
 
 
 def test_value_keys_share_one_compiled_program_and_program_keys_compile_anew():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from jaxcollective.cli import UsageError
 from jaxcollective.config import ConfigError
 from jaxcollective.report import Group, Run, select_on_validation
 from shared import made_once
@@ -169,6 +170,66 @@ def test_the_long_schedule_halves_six_candidates_at_4_12_and_36_epochs():
     assert plan.check == 72 and Halving.plan({"check_epochs": "0"}, 36).check == 0
     with pytest.raises(ConfigError, match="--check_epochs=30"):
         Halving.plan({"check_epochs": "30"}, 36)
+
+
+def test_the_converged_schedule_halves_at_4_and_12_then_trains_to_the_stop():
+    sys.path.insert(0, str(ROOT / "docs"))
+    from study import Halving
+
+    plan = Halving.plan({}, 100, converged=True)
+    assert plan.rungs == [4, 12, 100] and plan.alive_counts() == [6, 2, 1] and plan.check == 0
+    assert plan.stopping == {"lr_plateau_patience": 4, "early_stopping_patience": 10}
+    plan = Halving.plan({"plateau": "2", "patience": "5"}, 8, converged=True)
+    assert plan.rungs == [4, 8] and plan.stopping == {"lr_plateau_patience": 2,
+                                                      "early_stopping_patience": 5}
+    with pytest.raises(UsageError, match="--patience must be an integer >= 1"):
+        Halving.plan({"patience": "0"}, 100, converged=True)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--schedule=converged", "--check_epochs=50"], "--check_epochs belongs to --schedule=long"),
+    (["--schedule=long", "--patience=5"], "--patience belongs to --schedule=converged"),
+    (["--plateau=5"], "--plateau belongs to --schedule=converged"),
+    (["--schedule=slow"], "expected short, long or converged")])
+def test_an_option_of_another_schedule_is_refused_in_one_line(argv, says, tmp_path):
+    p = subprocess.run([sys.executable, "docs/study.py", *argv, f"--work={tmp_path}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    cmd = [sys.executable, "docs/study.py", "--schedule=converged", "--dataset=digits",
+           "--epochs=15", "--plateau=1", "--patience=2", "--sizes=0.57M",
+           "--model_types=shallow", "--learning_rates=0.0001,0.01", "--weight_decays=0",
+           "--seeds=2", f"--work={work}", f"--out={out}"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
+    halving = records_of(out / "halving.jsonl")
+    assert {r["config"]["epochs"] for r in halving} == {4, 12, 15}
+    assert all(r["config"]["lr_plateau_patience"] == 1 and
+               r["config"]["early_stopping_patience"] == 2 for r in halving)
+    recs = records_of(out / "results.jsonl")
+    # the choice at seed 0 (copied) and seed 1, a run of its own; each ran to its stop
+    assert [(r["config"]["seed"], r["config"]["num_seeds"]) for r in recs] == [(0, 1), (1, 1)]
+    assert len({r["config"]["learning_rate"] for r in recs}) == 1
+    for r in recs:
+        assert r["stopped_early"] or r["epochs_completed"] == 15
+        assert len(r["val_accuracy_curves"][0]) == r["epochs_completed"]
+    text = (out / "summary.md").read_text()
+    assert "Early stopping: where each run of the choice ended" in text
+    table = text.split("Early stopping: where each run of the choice ended")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| shallow |"))
+    stops = ", ".join(str(r["epochs_completed"]) for r in recs)
+    assert f"| {stops} |" in row
+    assert ("| yes |" in row) == all(r["stopped_early"] for r in recs)
+    assert "to the stop (at most 15)" in text
+    # the same command again trains nothing
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert len(records_of(out / "halving.jsonl")) == len(halving)
+    assert len(records_of(out / "results.jsonl")) == 2 and "[study]" not in p.stderr
 
 
 @pytest.mark.slow
