@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jaxcollective.cli import console_script, guarded, help_text, int_option, parse_argv
-from jaxcollective.config import ConfigError
+from jaxcollective.config import MODEL_TYPES, ConfigError
 from jaxcollective.signals import StopFlag
 
 SWEEP = ROOT / "sweeps" / "study_fashion.yaml"
@@ -182,8 +182,9 @@ class Progress:
     done. Work is counted in parameter-epochs (an epoch of a model of P parameters, per
     seed, is P), as an epoch's time grows with the model: the study's sizes differ 5x."""
 
-    def __init__(self, files: list[Path], runs: int, work: float):
+    def __init__(self, files: list[Path], runs: int, work: float, bound: bool = False):
         self.files, self.total, self.total_work, self.start = files, runs, work, time.time()
+        self.bound = bound  # `work` is an upper bound (runs that may stop early)
         self.seen = {f: self.lines(f) for f in files}
         self.sizes: dict[Path, int] = {}
         self.done_before, self.work_before = self.count()
@@ -231,7 +232,8 @@ class Progress:
         trained = self.work_done - self.work_before
         if trained and self.work_done < self.total_work:
             s = (time.time() - self.start) / trained * (self.total_work - self.work_done)
-            left = f", about {s / 60:.0f} min left" if s >= 60 else f", about {s:.0f} s left"
+            left = f"{s / 60:.0f} min left" if s >= 60 else f"{s:.0f} s left"
+            left = f", at most ~{left}" if self.bound else f", about {left}"
         cfg = rec.get("config", {})
         first, last = cfg.get("seed", 0), cfg.get("seed", 0) + cfg.get("num_seeds", 1) - 1
         seeds = f"seed {first}" if first == last else f"seeds {first}-{last}"
@@ -330,7 +332,8 @@ def study(argv: list[str], stop: StopFlag) -> int:
                             len(types) * (len(names) * (plan.runs + seeds - 1) + checks),
                             len(types) * (sum(params.values()) * (plan.epochs + (seeds - 1) *
                                                                   plan.rungs[-1])
-                                          + params[names[0]] * plan.check))
+                                          + params[names[0]] * plan.check),
+                            bound=bool(plan.stopping))
         steps = lambda log: long_study(names, types, seeds, fixed, plan, work, log, stop,  # noqa: E731
                                        progress)
     try:
@@ -542,8 +545,7 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan: Halving) 
              "rung a candidate reached:", "",
              f"| model type | params | learning rate | weight decay | {head} | chosen |",
              "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in plan.rungs) + " | --- |"]
-    order = {t: i for i, t in enumerate(["collective", "shallow", "balanced", "deep", "very_deep",
-                                         "deep_resnet", "very_deep_resnet"])}
+    order = {t: i for i, t in enumerate(MODEL_TYPES)}
     for key in sorted(rows, key=lambda k: (k[1] > 1e6, order.get(k[0], 9), k[2], k[3])):
         t, params, lr, wd = key
         cells = " | ".join(rows[key].get(e, "–") for e in plan.rungs)
@@ -575,8 +577,7 @@ def write_stop_table(results: Path, out: Path, plan: Halving) -> None:
         groups.setdefault((r["model_type"], r["model_params"], c["learning_rate"],
                            c["weight_decay"]), []).extend(
             (c["seed"] + i, r, i) for i in range(c.get("num_seeds", 1)))
-    order = {t: i for i, t in enumerate(["collective", "shallow", "balanced", "deep", "very_deep",
-                                         "deep_resnet", "very_deep_resnet"])}
+    order = {t: i for i, t in enumerate(MODEL_TYPES)}
     for key in sorted(groups, key=lambda k: (k[1] > 1e6, order.get(k[0], 9))):
         runs = sorted(groups[key], key=lambda x: x[0])
         stopped = [r["epochs_completed"] for _, r, _ in runs]

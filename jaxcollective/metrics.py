@@ -49,7 +49,8 @@ MODEL_PARAMS = "final/model_params"
 PARAM_EFFICIENCY = "final/param_efficiency"
 ACCURACY_PER_LOG10 = "final/accuracy_per_log10_params"
 # What a run's W&B summary holds besides the final/* metrics.
-SUMMARY_KEYS = ("status", "diverged", "epochs_completed", "model_params")
+SUMMARY_KEYS = ("status", "diverged", "epochs_completed", "model_params", "stopped_early",
+                "last_lr")
 SUMMARY_PREFIXES = (FINAL_PREFIX, "final_", "best_")
 
 

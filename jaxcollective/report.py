@@ -500,6 +500,14 @@ def best_epoch(curve: list[float]) -> int:
     return max(range(len(curve)), key=lambda i: (curve[i], -i)) + 1
 
 
+def mean_curve(curves: list[list[float]]) -> list[float]:
+    """The mean of curves per epoch; a run that ended early (early stopping) holds its
+    last value after it (its model no longer changes), so runs of several lengths are
+    averaged over the longest."""
+    n = max(len(c) for c in curves)
+    return [sum(c[min(i, len(c) - 1)] for c in curves) / len(curves) for i in range(n)]
+
+
 def convergence_lines(groups: list[Group]) -> list[str]:
     """Where the runs record their validation curves: per type and size, the epoch of the
     best validation accuracy (mean and range over the runs) against the epochs trained,
@@ -509,26 +517,29 @@ def convergence_lines(groups: list[Group]) -> list[str]:
         curves = [r.val_curve for r in g.runs if r.val_curve]
         if not curves:
             continue
-        n = min(len(c) for c in curves)
+        lengths = sorted({len(c) for c in curves})
         best = [best_epoch(c) for c in curves]
-        mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+        mean = mean_curve(curves)
+        n = len(mean)
         quarter = max(1, n // 4)
         gain = max(mean) - max(mean[:n - quarter])
-        rows.append(f"| {g.model_type} | {fmt_params(g.size)} | {n} | {sum(best) / len(best):.1f} "
-                    f"({min(best)}-{max(best)}) | {gain:+.2f} |")
+        epochs = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
+        rows.append(f"| {g.model_type} | {fmt_params(g.size)} | {epochs} | "
+                    f"{sum(best) / len(best):.1f} ({min(best)}-{max(best)}) | {gain:+.2f} |")
     if not rows:
         return []
     return ["", "### Convergence: the epoch of the best validation accuracy", "",
             "Per run, the epoch whose validation accuracy is the run's best (mean and range over "
             "the runs), and how much the best of the mean validation curve rose in the last "
-            "quarter of the epochs (0 or near it: training had stopped improving).", "",
+            "quarter of the epochs (0 or near it: training had stopped improving). Runs that "
+            "stopped early hold their last value in the mean after their stop.", "",
             "| model type | size | epochs | best epoch: mean (range) | gain in the last quarter (points) |",
             "| --- | --- | ---: | ---: | ---: |", *rows]
 
 
 def plot_val_curves(groups: list[Group], types: list[str], out: Path, title: str) -> None:
     """Per size, the mean validation curve over the runs of each type (runs that record
-    their curves)."""
+    their curves; one that stopped early holds its last value, `mean_curve`)."""
     import matplotlib.pyplot as plt
 
     # a panel per matched size: a collective and the baselines sized to it share one
@@ -542,8 +553,8 @@ def plot_val_curves(groups: list[Group], types: list[str], out: Path, title: str
             curves = [r.val_curve for r in g.runs if r.val_curve]
             if not curves or sizes[size_class_of(g.size, sizes)] != size:
                 continue
-            n = min(len(c) for c in curves)
-            mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+            mean = mean_curve(curves)
+            n = len(mean)
             ax.plot(range(1, n + 1), mean, color=COLORS[g.model_type], label=f"{g.model_type} "
                     f"({len(curves)})", marker=MARKERS[g.model_type], markevery=max(1, n // 8),
                     markersize=4)

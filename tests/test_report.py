@@ -241,3 +241,16 @@ def test_val_curves_share_a_panel_per_matched_size():
     panels = size_classes(sizes)
     assert len(panels) == 2 and [size_class_of(p, panels) for p in sizes] == [0, 0, 0, 0, 1, 1, 1]
     assert size_classes([100_000, 200_000]) == [100_000, 200_000] and size_classes([]) == []
+
+
+def test_runs_stopped_early_hold_their_last_value_in_the_mean_curve():
+    from jaxcollective.report import Group, Run, convergence_lines, mean_curve
+
+    # seed 0 stopped after 4 epochs, seed 1 ran 8: the mean covers 8 epochs, seed 0 held
+    a, b = [70, 80, 82, 81], [60, 70, 75, 78, 80, 84, 83, 83]
+    assert mean_curve([a, b]) == [65, 75, 78.5, 79.5, 80.5, 82.5, 82, 82]
+    runs = [Run(f"r{i}", "deep", 1000, 80.0, "finished", val_curve=c) for i, c in enumerate((a, b))]
+    row = convergence_lines([Group("deep", 1000, runs)])[-1]
+    # epochs 4-8; best epochs 3 and 6 (mean 4.5); the mean's best (82.5, epoch 6) against
+    # its best before the last quarter (epochs 1-6: 82.5): no gain
+    assert row == "| deep | 1K | 4-8 | 4.5 (3-6) | +0.00 |"

@@ -78,6 +78,26 @@ def test_agent_launch_logs_config_history_and_finals(agent_run):
     assert rec["final/test_accuracy"] == pytest.approx(run.summary["final/test_accuracy"])
 
 
+@pytest.mark.slow
+def test_an_agent_run_with_plateaus_and_early_stopping_logs_its_rates_and_its_stop(tmp_path):
+    from test_schedule import expected_lrs, expected_stop
+
+    params = {"model_type": "shallow", "dataset": "digits", "epochs": 40, "batch_size": 64,
+              "learning_rate": 0.01, "lr_plateau_patience": 1, "lr_plateau_factor": 0.5,
+              "early_stopping_patience": 3}
+    p = agent_launch(tmp_path, params, "plateau1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "(early stopping: no new best validation accuracy for 3 epochs)" in p.stdout + p.stderr
+    run = read_offline_run(tmp_path)
+    rows = [h for h in run.history if "epoch" in h]
+    curve = [h["val/accuracy"] for h in rows]
+    assert len(rows) == expected_stop(curve, 3) < 40
+    assert [h["lr"] for h in rows] == pytest.approx(expected_lrs(curve, 0.01, 1, 0.5), rel=1e-6)
+    assert run.summary["stopped_early"] is True and run.summary["epochs_completed"] == len(rows)
+    assert run.summary["last_lr"] == pytest.approx(rows[-1]["lr"]) and rows[-1]["lr"] < 0.01
+    assert run.config["lr_plateau_patience"] == 1 and run.exit_code == 0
+
+
 def test_contradicting_fixed_key_and_unknown_key_are_errors(tmp_path):
     p = agent_launch(tmp_path / "a", {"model_type": "shallow", "dataset": "digits",
                                       "input_dim": 784}, "bad1")
