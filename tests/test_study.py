@@ -176,9 +176,9 @@ def test_the_converged_schedule_halves_at_4_and_12_then_trains_to_the_stop():
     sys.path.insert(0, str(ROOT / "docs"))
     from study import Halving
 
-    plan = Halving.plan({}, 100, converged=True)
-    assert plan.rungs == [4, 12, 100] and plan.alive_counts() == [6, 2, 1] and plan.check == 0
-    assert plan.stopping == {"lr_plateau_patience": 4, "early_stopping_patience": 10}
+    plan = Halving.plan({}, 150, converged=True)
+    assert plan.rungs == [4, 12, 150] and plan.alive_counts() == [6, 2, 1] and plan.check == 0
+    assert plan.stopping == {"lr_plateau_patience": 8, "early_stopping_patience": 16}
     plan = Halving.plan({"plateau": "2", "patience": "5"}, 8, converged=True)
     assert plan.rungs == [4, 8] and plan.stopping == {"lr_plateau_patience": 2,
                                                       "early_stopping_patience": 5}
