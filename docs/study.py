@@ -325,7 +325,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
     if schedule == "short":
         progress = Progress([results], len(names) * (grid + len(types) * (seeds - 1)),
                             sum(params.values()) * epochs * (grid + len(types) * (seeds - 1)))
-        steps = lambda log: short_study(names, seeds, sweep, fixed, varied, grid, work, log,  # noqa: E731
+        steps = lambda log: short_study(params, seeds, sweep, fixed, varied, grid, work, log,  # noqa: E731
                                         stop, progress)
     else:
         plan = Halving.plan(opts, epochs, converged=schedule == "converged")
@@ -359,9 +359,10 @@ def study(argv: list[str], stop: StopFlag) -> int:
     return 0
 
 
-def short_study(names, seeds, sweep, fixed, varied, grid, work, log, stop, progress) -> None:
+def short_study(counts, seeds, sweep, fixed, varied, grid, work, log, stop, progress) -> None:
     """README's 6-epoch study: the grid per size through the sweep runner, then more seeds
-    of the configuration validation chose."""
+    of the configuration validation chose. `counts`: each size's collective parameters."""
+    names = list(counts)
     results = work / "results.jsonl"
     checkpoints = f"checkpoint_dir={work / 'checkpoints'}"
     prefix = {"fashion_mnist": "fashion"}.get(fixed["dataset"], fixed["dataset"])
@@ -371,12 +372,11 @@ def short_study(names, seeds, sweep, fixed, varied, grid, work, log, stop, progr
              f"--storage=sqlite:///{(work / 'sweeps.db').resolve()}",
              f"--set={checkpoints}", *(f"--set={k}={v}" for k, v in SIZES[name].items())],
             log, stop, progress)
-    counts = {n: collective_params(n, fixed) for n in names}
     for s in selections(results):  # 2. more seeds of each chosen configuration
         have = {r.config.get("seed") for r in s.group.runs}
         if all(k in have for k in range(seeds)):
             continue
-        size = min(names, key=lambda n: abs(s.group.params - counts[n]))
+        size = min(counts, key=lambda n: abs(s.group.params - counts[n]))
         # the chosen configuration: its value of every key the grid varies (also where the
         # grid has one value of a key, which `s.varied` then leaves out)
         chosen = s.group.runs[0].config
