@@ -133,6 +133,7 @@ class Population:
         pop = Population(self.resolved, self.ds, holding(len(slots)))
         for j, i in enumerate(slots):
             pop.assign(j, self.configs[i], state=self.member_state(i), epoch=self.epochs[i])
+            pop.set_learning_rate(j, self._lr[i])  # a plateau-reduced rate moves with it
         return pop, list(range(len(slots)))
 
     def release(self, slot: int) -> None:

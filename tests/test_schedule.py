@@ -200,14 +200,36 @@ def test_population_members_follow_the_rules_as_sequential_runs(tmp_path):
         rule = expected_lrs(curve, lr, 1, 0.3) if r["config"]["lr_plateau_patience"] else [lr]
         assert r["last_lr"] == pytest.approx(rule[-1], rel=1e-6)
     assert any(r["last_lr"] < r["config"]["learning_rate"] for r in recs)  # a member reduced
-    # each member trains as a sequential run of its config (compared over the first 5
-    # epochs: float noise between the vmapped and the sequential program grows with
-    # training, and at SGD's 0.3 has flipped one of 144 validation digits at epoch 8)
-    for r in recs:
+    # each plateau member trains as a sequential run of its config (compared over the
+    # first 5 epochs: float noise between the vmapped and the sequential program grows
+    # with training, and at SGD's 0.3 has flipped one of 144 validation digits at epoch 8)
+    for r in (r for r in recs if r["config"]["lr_plateau_patience"]):
         seq = Recorder()
         train_and_evaluate(Config.from_dict({**r["config"], "epochs": 5}), seq)
         assert seq.record["val_accuracy_curves"][0] == \
             pytest.approx(r["val_accuracy_curves"][0][:5], abs=1e-4)
         assert [row["lr"] for row in seq.rows] == pytest.approx(expected_lrs(
-            r["val_accuracy_curves"][0][:5], r["config"]["learning_rate"],
-            r["config"]["lr_plateau_patience"] or 99, 0.3), rel=1e-6)
+            r["val_accuracy_curves"][0][:5], r["config"]["learning_rate"], 1, 0.3), rel=1e-6)
+
+
+def test_a_reduced_rate_reaches_the_device_and_moves_with_its_member():
+    import jax
+
+    from jaxcollective.data import load
+    from jaxcollective.population import Population
+    from jaxcollective.sizing import resolve
+
+    cfg = debug_config({**RUN, "batch_size": 64})
+    pop = Population(resolve(cfg), load(cfg), k=2)
+    pop.assign(0, cfg)
+    pop.assign(1, cfg.replace(seed=1))
+    pop.set_learning_rate(1, 0.003)  # slot 1's plateau cut its rate
+
+    def rates(p):
+        return jax.device_get(p.state.opt_state.hyperparams["learning_rate"]).tolist()
+
+    pop.epoch()
+    assert rates(pop) == pytest.approx([0.01, 0.003])
+    small, slots = pop.smaller([1])  # the population drains: slot 1 moves, its rate too
+    small.epoch()
+    assert slots == [0] and rates(small) == pytest.approx([0.003])
