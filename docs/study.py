@@ -184,9 +184,13 @@ class Progress:
     done. Work is counted in parameter-epochs (an epoch of a model of P parameters, per
     seed, is P), as an epoch's time grows with the model: the study's sizes differ 5x."""
 
-    def __init__(self, files: list[Path], runs: int, work: float, bound: bool = False):
+    def __init__(self, files: list[Path], runs: int, work: float, to_stop: float = 0.0,
+                 cap: int = 0):
         self.files, self.total, self.total_work, self.start = files, runs, work, time.time()
-        self.bound = bound  # `work` is an upper bound (runs that may stop early)
+        # of `work`, what runs to early stopping train, counted at `cap` epochs: the time
+        # left is then an upper bound until the first runs have stopped, then estimated
+        # from where they stopped
+        self.to_stop, self.cap = to_stop, cap
         self.seen = {f: self.lines(f) for f in files}
         self.sizes: dict[Path, int] = {}
         self.done_before, self.work_before = self.count()
@@ -229,13 +233,27 @@ class Progress:
                 if rec.get("status") != "stopped" and COPY not in rec:
                     self.say(rec)
 
+    def expected_work(self) -> tuple[float, bool]:
+        """(the study's parameter-epochs, whether that is an upper bound): runs to early
+        stopping are expected to train the mean fraction of `cap` that the ones already
+        ended trained."""
+        if not self.to_stop:
+            return self.total_work, False
+        stops = [r["epochs_completed"] / self.cap for rs in self.seen.values() for r in rs
+                 if COPY not in r and r.get("status") == "finished"
+                 and r.get("config", {}).get("epochs") == self.cap]
+        if not stops:
+            return self.total_work, True
+        return self.total_work - self.to_stop * (1 - sum(stops) / len(stops)), False
+
     def say(self, rec: dict) -> None:
         left = ""
         trained = self.work_done - self.work_before
-        if trained and self.work_done < self.total_work:
-            s = (time.time() - self.start) / trained * (self.total_work - self.work_done)
+        total, bound = self.expected_work()
+        if trained and self.work_done < total:
+            s = (time.time() - self.start) / trained * (total - self.work_done)
             left = f"{s / 60:.0f} min left" if s >= 60 else f"{s:.0f} s left"
-            left = f", at most ~{left}" if self.bound else f", about {left}"
+            left = f", at most ~{left}" if bound else f", about {left}"
         cfg = rec.get("config", {})
         first, last = cfg.get("seed", 0), cfg.get("seed", 0) + cfg.get("num_seeds", 1) - 1
         seeds = f"seed {first}" if first == last else f"seeds {first}-{last}"
@@ -335,7 +353,8 @@ def study(argv: list[str], stop: StopFlag) -> int:
                             len(types) * (sum(params.values()) * (plan.epochs + (seeds - 1) *
                                                                   plan.rungs[-1])
                                           + params[names[0]] * plan.check),
-                            bound=bool(plan.stopping))
+                            to_stop=len(types) * sum(params.values()) * plan.to_stop(seeds),
+                            cap=plan.rungs[-1])
         steps = lambda log: long_study(names, types, seeds, fixed, plan, work, log, stop,  # noqa: E731
                                        progress)
     try:
@@ -438,6 +457,14 @@ class Halving:
     def epochs(self) -> int:
         starts = [0] + self.rungs[:-1]
         return sum(n * (r - s) for n, r, s in zip(self.alive_counts(), self.rungs, starts))
+
+    def to_stop(self, seeds: int) -> int:
+        """Epochs per (model type, size) of the runs that may stop early, counted at the
+        last rung (0 without early stopping): the survivor's last rung and the seeds."""
+        if not self.stopping:
+            return 0
+        start = self.rungs[-2] if len(self.rungs) > 1 else 0
+        return self.alive_counts()[-1] * (self.rungs[-1] - start) + (seeds - 1) * self.rungs[-1]
 
 
 def long_study(names, types, seeds, fixed, plan: Halving, work, log, stop, progress) -> None:

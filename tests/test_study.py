@@ -179,11 +179,31 @@ def test_the_converged_schedule_halves_at_4_and_12_then_trains_to_the_stop():
     plan = Halving.plan({}, 150, converged=True)
     assert plan.rungs == [4, 12, 150] and plan.alive_counts() == [6, 2, 1] and plan.check == 0
     assert plan.stopping == {"lr_plateau_patience": 8, "early_stopping_patience": 16}
+    assert plan.to_stop(3) == 1 * (150 - 12) + 2 * 150 and Halving.plan({}, 36).to_stop(3) == 0
     plan = Halving.plan({"plateau": "2", "patience": "5"}, 8, converged=True)
     assert plan.rungs == [4, 8] and plan.stopping == {"lr_plateau_patience": 2,
                                                       "early_stopping_patience": 5}
     with pytest.raises(UsageError, match="--patience must be an integer >= 1"):
         Halving.plan({"patience": "0"}, 100, converged=True)
+
+
+def test_the_time_left_counts_runs_to_the_stop_as_the_stopped_ones_trained(tmp_path):
+    sys.path.insert(0, str(ROOT / "docs"))
+    from study import Progress
+
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"status": "finished", "epochs_completed": 4,
+                                   "config": {"epochs": 4}}) + "\n")
+    # 1000 parameter-epochs, 600 of them runs to the stop counted at 100 epochs
+    progress = Progress([results], 10, 1000.0, to_stop=600.0, cap=100)
+    assert progress.expected_work() == (1000.0, True)  # no run has stopped: an upper bound
+    with open(results, "a") as f:
+        for n in (40, 60):
+            f.write(json.dumps({"status": "finished", "epochs_completed": n,
+                                "config": {"epochs": 100}}) + "\n")
+    progress.show()
+    assert progress.expected_work() == (pytest.approx(1000 - 600 * 0.5), False)
+    assert Progress([results], 10, 1000.0).expected_work() == (1000.0, False)
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -206,7 +226,8 @@ def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tm
            "--seeds=2", f"--work={work}", f"--out={out}"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
-    assert "at most ~" in p.stderr and "about" not in p.stderr  # runs may stop early
+    # the time left: an upper bound until a run has stopped (then estimated, below)
+    assert "at most ~" in next(line for line in p.stderr.splitlines() if "[study]" in line)
     halving = records_of(out / "halving.jsonl")
     assert {r["config"]["epochs"] for r in halving} == {4, 12, 15}
     assert all(r["config"]["lr_plateau_patience"] == 1 and
