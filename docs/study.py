@@ -27,18 +27,22 @@ longer training changed).
 The converged schedule: as the long one, with the learning rate multiplied by 0.1 after
 8 epochs in a row without a new best validation accuracy (lr_plateau_patience) and each
 run ended by early stopping, after 16 such epochs (early_stopping_patience), at most
---epochs (default 150). (A patience of 4 cut the rate before the constant-rate curves had
+--epochs (default 300). (A patience of 4 cut the rate before the constant-rate curves had
 flattened: at 567K its runs stopped near epoch 42, 0.6 to 1.2 points of validation
 accuracy below the long study's 72-epoch check of the same configurations.) The halving's rungs are at 4 and 12 epochs, and the last trains
 the finalists to their stop; the choice then trains seeds 1 and 2, each a run of its own
 (early stopping reads its own curve). A run that reaches --epochs without stopping has
-not converged by this rule, and the summary's table of stops says so.
+not converged by this rule, and the summary's table of stops says so; the same command
+with more --epochs trains again only such runs (a run that stopped early answers any cap
+at or above its stop: it would have stopped at the same epoch), so a study that began
+with a lower cap (150, at first) keeps every run that stopped.
 
 Stoppable at any moment: Ctrl-C or SIGTERM stops the step in flight cleanly (a sweep
 trial is recorded as stopped and keeps its checkpoint, as does a run), says so in one
 line and exits 130 (143 for SIGTERM); the same command continues the study (the sweep's
 Optuna storage and the runs' checkpoints live in --work) to exactly the study an
-uninterrupted run gives. Finished runs are never trained again. A second copy running
+uninterrupted run gives. Finished runs are never trained again (but for one that reached a
+lower --epochs without stopping, above). A second copy running
 at the same time is refused. The console shows a line per finished run, with the
 study's count and the time left; each step's own output goes to <work>/log.txt.
 """
@@ -91,7 +95,7 @@ SCHEDULES = {
     # the long one, each run trained to early stopping with plateau reductions of its rate
     "converged": dict(work="docs/study_converged/work", out="docs/study_converged"),
 }
-CONVERGED = {"plateau": 8, "patience": 16, "epochs": 150}  # the converged schedule's defaults
+CONVERGED = {"plateau": 8, "patience": 16, "epochs": 300}  # the converged schedule's defaults
 OPTIONS = {
     "schedule": "short (default: README's grid of 3 learning rates, 6 epochs, no augmentation) "
                 "or long (augmentation on, 36 epochs, learning rate x weight decay chosen by "
@@ -109,7 +113,7 @@ OPTIONS = {
              "comma list of " + ", ".join(SIZES),
     "seeds": "seeds of each chosen configuration (default 3: seed 0 of the grid, then 1, 2)",
     "epochs": "epochs of every run (default: the sweep file's, 6; long: 36; converged: at "
-              "most 150)",
+              "most 300)",
     "model_types": "comma list (default: the sweep file's seven)",
     "learning_rates": "comma list (default: the sweep file's 0.0003,0.001,0.003)",
     "dataset": "default: the sweep file's fashion_mnist (digits for a quick check)",
@@ -185,12 +189,13 @@ class Progress:
     seed, is P), as an epoch's time grows with the model: the study's sizes differ 5x."""
 
     def __init__(self, files: list[Path], runs: int, work: float, to_stop: float = 0.0,
-                 cap: int = 0):
+                 rungs: tuple[int, ...] = ()):
         self.files, self.total, self.total_work, self.start = files, runs, work, time.time()
-        # of `work`, what runs to early stopping train, counted at `cap` epochs: the time
-        # left is then an upper bound until the first runs have stopped, then estimated
-        # from where they stopped
-        self.to_stop, self.cap = to_stop, cap
+        # of `work`, what runs to early stopping train, counted at the cap (the last of the
+        # halving's `rungs`): the time left is then an upper bound until the first runs
+        # have stopped, then estimated from where they stopped
+        self.to_stop, self.rungs = to_stop, tuple(rungs)
+        self.cap = self.rungs[-1] if self.rungs else 0
         self.seen = {f: self.lines(f) for f in files}
         self.sizes: dict[Path, int] = {}
         self.done_before, self.work_before = self.count()
@@ -211,11 +216,20 @@ class Progress:
     def count(self) -> tuple[int, float]:
         """(runs ended: a record of K seeds is K runs, a stopped one is continued later;
         parameter-epochs trained, K per epoch of K seeds, a stopped record's too)."""
-        recs = [r for rs in self.seen.values() for r in rs if COPY not in r]
+        recs = [r for rs in self.seen.values() for r in rs if COPY not in r
+                 and not self.superseded(r)]
         runs = sum(len(r.get("replicas") or [0]) for r in recs if r.get("status") != "stopped")
         work = sum((r.get("epochs_completed", 0) - r.get("resumed_from_epoch", 0)) *
                    r.get("num_seeds", 1) * r.get("model_params", 0) for r in recs)
         return runs, work
+
+    def superseded(self, rec: dict) -> bool:
+        """A finished run to early stopping that reached an earlier, lower cap without
+        stopping: the study trains it again to this cap, and counts that run instead."""
+        cfg = rec.get("config", {})
+        return bool(self.to_stop) and rec.get("status") == "finished" and \
+            bool(cfg.get("early_stopping_patience")) and cfg.get("epochs") not in self.rungs \
+            and not answers(rec, self.cap)
 
     def show(self) -> None:
         for f in self.files:
@@ -240,8 +254,8 @@ class Progress:
         if not self.to_stop:
             return self.total_work, False
         stops = [r["epochs_completed"] / self.cap for rs in self.seen.values() for r in rs
-                 if COPY not in r and r.get("status") == "finished"
-                 and r.get("config", {}).get("epochs") == self.cap]
+                 if COPY not in r and r.get("status") == "finished" and answers(r, self.cap)
+                 and r.get("config", {}).get("epochs") not in self.rungs[:-1]]
         if not stops:
             return self.total_work, True
         return self.total_work - self.to_stop * (1 - sum(stops) / len(stops)), False
@@ -354,7 +368,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
                                                                   plan.rungs[-1])
                                           + params[names[0]] * plan.check),
                             to_stop=len(types) * sum(params.values()) * plan.to_stop(seeds),
-                            cap=plan.rungs[-1])
+                            rungs=plan.rungs if plan.stopping else ())
         steps = lambda log: long_study(names, types, seeds, fixed, plan, work, log, stop,  # noqa: E731
                                        progress)
     try:
@@ -522,19 +536,32 @@ def run_py(keys: dict, results: Path, log, stop, progress) -> None:
         log, stop, progress)
 
 
+def answers(rec: dict, epochs: int) -> bool:
+    """Whether a finished record is the run a request for `epochs` epochs trains: it was
+    asked for exactly that, or it stopped early at or before it (early stopping reads
+    only the run's own validation history, so a run asked for more would have stopped at
+    the same epoch). A run that reached a lower cap without stopping does not answer."""
+    if rec.get("config", {}).get("epochs") == epochs:
+        return True
+    ended = rec.get("stopped_early") or rec.get("status") == "diverged"
+    return bool(ended) and rec.get("epochs_completed", epochs + 1) <= epochs
+
+
 def find(path: Path, keys: dict, line: bool = False):
     """The last ended record (finished or diverged) of `path` whose config has these keys'
-    values (parsed as run.py parses them), or None; with `line`, (its line, it)."""
+    values (parsed as run.py parses them; `epochs` as `answers` reads it), or None; with
+    `line`, (its line, it)."""
     from jaxcollective.config import Config
 
     want = json.loads(json.dumps(Config.from_values({k: str(v) for k, v in keys.items()
                                                      if k not in ("checkpoint_dir", "keep_checkpoint")}).to_dict(),
                                  default=list))
-    names = [k for k in keys if k not in ("checkpoint_dir", "keep_checkpoint")]
+    names = [k for k in keys if k not in ("checkpoint_dir", "keep_checkpoint", "epochs")]
     hit = None
     for i, rec in enumerate(Progress.lines(path), 1):
         cfg = rec.get("config", {})
-        if rec.get("status") in ("finished", "diverged") and all(cfg.get(k) == want[k] for k in names):
+        if rec.get("status") in ("finished", "diverged") and all(cfg.get(k) == want[k] for k in names) \
+                and ("epochs" not in keys or answers(rec, want["epochs"])):
             hit = (i, rec)
     return hit if line or hit is None else hit[1]
 
@@ -600,15 +627,18 @@ def write_stop_table(results: Path, out: Path, plan: Halving) -> None:
              "| model type | params | learning rate | weight decay | stopped at (per seed) | "
              "best epoch (per seed) | last learning rate | converged |",
              "| --- | ---: | ---: | ---: | --- | --- | --- | --- |"]
-    groups: dict[tuple, list] = {}
-    for r in recs:
+    groups: dict[tuple, dict] = {}
+    for r in recs:  # a seed trained again to a higher cap: its longer run (as the report)
         c = r["config"]
-        groups.setdefault((r["model_type"], r["model_params"], c["learning_rate"],
-                           c["weight_decay"]), []).extend(
-            (c["seed"] + i, r, i) for i in range(c.get("num_seeds", 1)))
+        group = groups.setdefault((r["model_type"], r["model_params"], c["learning_rate"],
+                                   c["weight_decay"]), {})
+        for i in range(c.get("num_seeds", 1)):
+            if c["seed"] + i not in group or \
+                    r["epochs_completed"] > group[c["seed"] + i][1]["epochs_completed"]:
+                group[c["seed"] + i] = (c["seed"] + i, r, i)
     order = {t: i for i, t in enumerate(MODEL_TYPES)}
     for key in sorted(groups, key=lambda k: (k[1] > 1e6, order.get(k[0], 9))):
-        runs = sorted(groups[key], key=lambda x: x[0])
+        runs = sorted(groups[key].values(), key=lambda x: x[0])
         stopped = [r["epochs_completed"] for _, r, _ in runs]
         best = [best_epoch(r["val_accuracy_curves"][i]) for _, r, i in runs]
         last = sorted({f"{r.get('last_lr', float('nan')):.1e}" for _, r, _ in runs})

@@ -127,12 +127,11 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
     if stop is not None:  # a second signal writes what was measured, then exits at once
         stop.on_force = lambda: writer.finish(log.record("stopped"))
     try:
-        for epoch in range(log.epoch + 1, cfg.epochs + 1):
+        while not schedule.ends(cfg, log.history):  # also a resumed run's early stop
             if stop is not None and stop.requested:
                 status = stop.status  # "stopped" (a signal) or "pruned" (a local sweep)
                 break
-            if schedule.stops(cfg, log.history):  # early stopping (also a resumed run's)
-                break
+            epoch = log.epoch + 1
             if cfg.lr_plateau_patience:
                 state = trainer.with_learning_rates(state, schedule.learning_rates(cfg, log.history))
             te = time.perf_counter()

@@ -70,6 +70,7 @@ class Run:
     dataset: str = "unknown"
     synthetic: bool = False
     val_curve: list = field(default_factory=list)  # val/accuracy after each epoch, if recorded
+    stopped_early: bool = False  # ended by early stopping, before its `epochs`
 
     @property
     def size_key(self) -> int:
@@ -126,12 +127,14 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
                        MODEL_PARAMS: params, **efficiency_metrics(acc, params)}
             runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
                             dict(config, seed=r["seed"], num_seeds=1), metrics, **where,
-                            val_curve=curves[i] if i < len(curves) else []))
+                            val_curve=curves[i] if i < len(curves) else [],
+                            stopped_early=bool(rec.get("stopped_early"))))
         return runs
     metrics = {k: v for k, v in rec.items() if k.startswith(FINAL_PREFIX) and not k.endswith("_std")}
     return [Run(name=rec.get("name", name), model_type=rec["model_type"], params=params,
                 test_accuracy=rec.get(TEST_ACCURACY), status=status, config=config,
-                metrics=metrics, **where, val_curve=curves[0] if curves else [])]
+                metrics=metrics, **where, val_curve=curves[0] if curves else [],
+                stopped_early=bool(rec.get("stopped_early")))]
 
 
 def dataset_of(config: dict, rec: Optional[dict] = None) -> str:
@@ -178,7 +181,8 @@ def wandb_to_run(r) -> Optional[Run]:
     metrics = {k: v for k, v in summary.items() if k.startswith(FINAL_PREFIX)}
     return Run(r.name, config["model_type"], int(params), summary.get(TEST_ACCURACY),
                status, config, metrics, dataset=dataset_of(config),
-               synthetic=bool(config.get("synthetic")) or config.get("dataset") == "synthetic")
+               synthetic=bool(config.get("synthetic")) or config.get("dataset") == "synthetic",
+               stopped_early=bool(summary.get("stopped_early")))
 
 
 # -------------------------------------------------------------- aggregation
@@ -283,16 +287,19 @@ def _default(key: str):
 
 def fold_duplicates(runs: list[Run]) -> tuple[list[Run], int]:
     """Finished runs that are the same experiment (a small categorical space sampled
-    twice, a trial retried after it finished) count once: the first is kept."""
-    seen, kept, folded = set(), [], 0
+    twice, a trial retried after it finished, a run trained again to a higher cap) count
+    once: the one that trained the most epochs (one trajectory, the others its prefixes),
+    the first of those; it keeps the place of the first."""
+    where: dict[str, int] = {}
+    kept: list[Run] = []
     for r in runs:
         key = experiment_key(r)
-        if key in seen:
-            folded += 1
-            continue
-        seen.add(key)
-        kept.append(r)
-    return kept, folded
+        if key not in where:
+            where[key] = len(kept)
+            kept.append(r)
+        elif len(r.val_curve) > len(kept[where[key]].val_curve):
+            kept[where[key]] = r
+    return kept, len(runs) - len(kept)
 
 
 def size_classes(params: Iterable[float]) -> list[float]:
@@ -378,10 +385,13 @@ def _std(x: Optional[float]) -> str:
 
 
 def mixed_settings(runs: Iterable[Run]) -> dict[str, list]:
-    """Training settings that differ between the runs of one comparison."""
+    """Training settings that differ between the runs of one comparison. The epochs of a
+    run that stopped early are not a setting it trained under: any number at or above its
+    stop trains the same run (its cap can differ from others')."""
     out = {}
     for k in SHARED_SETTINGS:
-        vals = {json.dumps(r.config.get(k, FIELDS[k].default)) for r in runs}
+        vals = {json.dumps(r.config.get(k, FIELDS[k].default)) for r in runs
+                if not (k == "epochs" and r.stopped_early)}
         if len(vals) > 1:
             out[k] = sorted(json.loads(v) for v in vals)
     return out
@@ -429,7 +439,8 @@ def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
     validation-chosen configurations and a side-by-side table leads."""
     good = [r for g in groups for r in g.runs]
     dup = (f" {folded} duplicate run{'s' if folded != 1 else ''} folded: the same model type "
-           "and resolved config (seed included) as an earlier run, counted once.") if folded else ""
+           "and resolved config (seed included) as another run, counted once: the "
+           "one that trained the most epochs.") if folded else ""
     lines = [f"## Dataset: {dataset}", "",
              f"{len(good)} finished runs in the tables below; {len(excluded)} excluded "
              "(diverged, stopped early or failed), listed at the end." + dup + " Figures: "

@@ -70,3 +70,8 @@ def stops(cfg: Config, history) -> bool:
     """Whether early stopping ends the run after `history`."""
     p = cfg.early_stopping_patience
     return p > 0 and bool(history) and epochs_since_best(history) >= p
+
+
+def ends(cfg: Config, history) -> bool:
+    """Whether the run is over after `history`: all its epochs trained, or stopped early."""
+    return len(history) >= cfg.epochs or stops(cfg, history)

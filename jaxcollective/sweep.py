@@ -827,7 +827,7 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
             def start(slot, trial):
                 c, values = sw.config_of(trial)
                 members[slot] = mem = Member(sw, trial, c, values, preflight(c), pop, slot)
-                if mem.log.epoch >= c.epochs or schedule.stops(c, mem.log.history):
+                if schedule.ends(c, mem.log.history):
                     end(slot, "finished")  # resumed from its last epoch's checkpoint
                 elif c.lr_plateau_patience:
                     pop.set_learning_rate(slot, schedule.learning_rates(c, mem.log.history)[0])
@@ -865,7 +865,7 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
                         continue
                     mem.seen.append(float(mem.log.last_row[sw.metric]))
                     mem.trial.report(mem.seen[-1], mem.log.epoch)
-                    if mem.log.epoch >= mem.cfg.epochs or schedule.stops(mem.cfg, mem.log.history):
+                    if schedule.ends(mem.cfg, mem.log.history):
                         end(slot, "finished")
                     elif mem.trial.should_prune():
                         end(slot, "pruned")

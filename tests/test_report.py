@@ -172,6 +172,17 @@ def test_mixed_training_settings_are_called_out(tmp_path):
     assert "mix training settings** (epochs: 20, 200; use_augmentation: False, True)" in text
     same = write_lines(tmp_path / "s.jsonl", [rec("collective", 90.0, 91.0, epochs=20)])
     assert "mix training" not in make_report(load_results(same), tmp_path / "o", str(same))["summary"]
+    # caps of runs that stopped early before them: the same runs under either cap
+    capped = [rec("collective", 90.0, 91.0, epochs=150, early_stopping_patience=16),
+              rec("shallow", 89.0, 90.0, epochs=300, early_stopping_patience=16),
+              rec("deep", 88.0, 89.0, epochs=300, early_stopping_patience=16)]
+    capped[0]["stopped_early"] = capped[1]["stopped_early"] = True
+    both = write_lines(tmp_path / "c.jsonl", capped)
+    assert "mix training" not in make_report(load_results(both), tmp_path / "c", str(both))["summary"]
+    capped[0]["stopped_early"] = False  # reached its cap of 150: trained under another
+    both = write_lines(tmp_path / "c.jsonl", capped)
+    assert "mix training settings** (epochs: 150, 300)" in make_report(
+        load_results(both), tmp_path / "c2", str(both))["summary"]
 
 
 @pytest.mark.parametrize("params", [[2_970_000, 2_970_500, 2_971_200], [2_970_000, 29_700_000]])

@@ -192,18 +192,46 @@ def test_the_time_left_counts_runs_to_the_stop_as_the_stopped_ones_trained(tmp_p
     from study import Progress
 
     results = tmp_path / "results.jsonl"
-    results.write_text(json.dumps({"status": "finished", "epochs_completed": 4,
-                                   "config": {"epochs": 4}}) + "\n")
+    stop = {"early_stopping_patience": 5}
+    results.write_text(json.dumps({"status": "finished", "epochs_completed": 4, "model_params": 1,
+                                   "config": {"epochs": 4, **stop}}) + "\n")
     # 1000 parameter-epochs, 600 of them runs to the stop counted at 100 epochs
-    progress = Progress([results], 10, 1000.0, to_stop=600.0, cap=100)
+    progress = Progress([results], 10, 1000.0, to_stop=600.0, rungs=(4, 12, 100))
     assert progress.expected_work() == (1000.0, True)  # no run has stopped: an upper bound
     with open(results, "a") as f:
-        for n in (40, 60):
-            f.write(json.dumps({"status": "finished", "epochs_completed": n,
-                                "config": {"epochs": 100}}) + "\n")
+        for n, cap, stopped in ((40, 100, True), (60, 100, True),
+                                # under an earlier cap of 50: one stopped (counts as a stop
+                                # at 20 of 100), one reached it (trained again: not counted)
+                                (20, 50, True), (50, 50, False)):
+            f.write(json.dumps({"status": "finished", "epochs_completed": n, "model_params": 1,
+                                "stopped_early": stopped, "config": {"epochs": cap, **stop}}) + "\n")
     progress.show()
-    assert progress.expected_work() == (pytest.approx(1000 - 600 * 0.5), False)
+    assert progress.expected_work() == (pytest.approx(1000 - 600 * (1 - 0.4)), False)
+    assert progress.count() == (4, 4 + 40 + 60 + 20)
     assert Progress([results], 10, 1000.0).expected_work() == (1000.0, False)
+    assert Progress([results], 10, 1000.0).count() == (5, 4 + 40 + 60 + 20 + 50)
+
+
+def test_a_run_that_stopped_early_answers_any_cap_at_or_above_its_stop(tmp_path):
+    sys.path.insert(0, str(ROOT / "docs"))
+    from study import answers, find
+
+    keys = {"model_type": "shallow", "dataset": "digits", "early_stopping_patience": 3}
+    path = tmp_path / "results.jsonl"
+    recs = [{"status": "finished", "epochs_completed": 30, "stopped_early": True,
+             "config": {**keys, "seed": 0, "epochs": 50}},
+            {"status": "finished", "epochs_completed": 50, "stopped_early": False,
+             "config": {**keys, "seed": 1, "epochs": 50}},
+            {"status": "diverged", "epochs_completed": 7, "config": {**keys, "seed": 2, "epochs": 50}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert [answers(recs[0], e) for e in (29, 30, 50, 300)] == [False, True, True, True]
+    assert [answers(recs[1], e) for e in (40, 50, 51)] == [False, True, False]
+    assert [answers(recs[2], e) for e in (6, 7, 300)] == [False, True, True]
+    assert find(path, {**keys, "seed": 0, "epochs": 300}) == recs[0]
+    assert find(path, {**keys, "seed": 1, "epochs": 300}) is None  # reached 50: train again
+    assert find(path, {**keys, "seed": 1, "epochs": 50}) == recs[1]
+    assert find(path, {**keys, "seed": 2, "epochs": 300}) == recs[2]
+    assert find(path, {**keys, "seed": 0, "epochs": 20}) is None  # it trained past 20
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -221,37 +249,55 @@ def test_an_option_of_another_schedule_is_refused_in_one_line(argv, says, tmp_pa
 def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, "docs/study.py", "--schedule=converged", "--dataset=digits",
-           "--epochs=15", "--plateau=1", "--patience=2", "--sizes=0.57M",
-           "--model_types=shallow", "--learning_rates=0.0001,0.01", "--weight_decays=0",
-           "--seeds=2", f"--work={work}", f"--out={out}"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+           "--plateau=1", "--patience=12", "--sizes=0.57M", "--model_types=shallow",
+           "--learning_rates=0.0001,0.01", "--weight_decays=0", "--seeds=2",
+           f"--work={work}", f"--out={out}"]
+    # a cap of 13 epochs: no run can go 12 epochs without a new best before it
+    p = subprocess.run([*cmd, "--epochs=13"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
-    # the time left: an upper bound until a run has stopped (then estimated, below)
+    # the time left: an upper bound until a run has stopped
     assert "at most ~" in next(line for line in p.stderr.splitlines() if "[study]" in line)
     halving = records_of(out / "halving.jsonl")
-    assert {r["config"]["epochs"] for r in halving} == {4, 12, 15}
+    assert {r["config"]["epochs"] for r in halving} == {4, 12, 13}
     assert all(r["config"]["lr_plateau_patience"] == 1 and
-               r["config"]["early_stopping_patience"] == 2 for r in halving)
+               r["config"]["early_stopping_patience"] == 12 for r in halving)
     recs = records_of(out / "results.jsonl")
-    # the choice at seed 0 (copied) and seed 1, a run of its own; each ran to its stop
+    # the choice at seed 0 (copied) and seed 1, a run of its own; both reached the cap
     assert [(r["config"]["seed"], r["config"]["num_seeds"]) for r in recs] == [(0, 1), (1, 1)]
     assert len({r["config"]["learning_rate"] for r in recs}) == 1
-    for r in recs:
-        assert r["stopped_early"] or r["epochs_completed"] == 15
-        assert len(r["val_accuracy_curves"][0]) == r["epochs_completed"]
+    assert [(r["stopped_early"], r["epochs_completed"]) for r in recs] == [(False, 13)] * 2
+    row = next(line for line in (out / "summary.md").read_text().split(
+        "Early stopping: where each run of the choice ended")[1].splitlines()
+        if line.startswith("| shallow |"))
+    assert "| 13, 13 |" in row and "**no** (reached the cap)" in row
+    # a higher cap trains again the runs that reached the lower one, and only those
+    p = subprocess.run([*cmd, "--epochs=40"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
+    lines = [line for line in p.stderr.splitlines() if line.startswith("[study]")]
+    assert len(lines) == 2 and lines[-1].startswith("[study] 5/5 runs")
+    again = records_of(out / "halving.jsonl")[len(halving):]
+    assert [(r["config"]["epochs"], r["resumed_from_epoch"]) for r in again] == [(40, 0)]
+    recs = records_of(out / "results.jsonl")
+    assert [(r["config"]["seed"], r["config"]["epochs"]) for r in recs] == \
+        [(0, 13), (1, 13), (0, 40), (1, 40)]
+    for r in recs[2:]:
+        assert r["stopped_early"] or r["epochs_completed"] == 40
+        assert len(r["val_accuracy_curves"][0]) == r["epochs_completed"] > 13
+        # the same trajectory: its first 13 epochs are the capped run's
+        assert r["val_accuracy_curves"][0][:13] == pytest.approx(
+            recs[r["config"]["seed"]]["val_accuracy_curves"][0], abs=1e-6)
     text = (out / "summary.md").read_text()
-    assert "Early stopping: where each run of the choice ended" in text
     table = text.split("Early stopping: where each run of the choice ended")[1]
     row = next(line for line in table.splitlines() if line.startswith("| shallow |"))
-    stops = ", ".join(str(r["epochs_completed"]) for r in recs)
+    stops = ", ".join(str(r["epochs_completed"]) for r in recs[2:])
     assert f"| {stops} |" in row
-    assert ("| yes |" in row) == all(r["stopped_early"] for r in recs)
-    assert "to the stop (at most 15)" in text
+    assert ("| yes |" in row) == all(r["stopped_early"] for r in recs[2:])
+    assert "to the stop (at most 40)" in text and "2 duplicate runs folded" in text
     # the same command again trains nothing
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([*cmd, "--epochs=40"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert len(records_of(out / "halving.jsonl")) == len(halving)
-    assert len(records_of(out / "results.jsonl")) == 2 and "[study]" not in p.stderr
+    assert len(records_of(out / "halving.jsonl")) == len(halving) + 1
+    assert len(records_of(out / "results.jsonl")) == 4 and "[study]" not in p.stderr
 
 
 @pytest.mark.slow

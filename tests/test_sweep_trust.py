@@ -228,3 +228,22 @@ def test_the_report_folds_a_duplicated_trial(tmp_path, capsys):
     assert "1 duplicate run folded" in rep["summary"]
     (group,) = rep["datasets"]["digits"]["groups"]
     assert len(group.runs) == 2 and group.mean() == pytest.approx(91.0)
+
+
+def test_the_report_keeps_the_longest_of_one_experiment_trained_twice(tmp_path):
+    """A run that reached a cap, trained again to a higher one (epochs is a length, not
+    part of the experiment): one run, the longer."""
+    def rec(epochs, test):
+        return {"model_type": "shallow", "model_params": 1000, "status": "finished",
+                "final/test_accuracy": test, "final/best_val_accuracy": test,
+                "val_accuracy_curves": [[50.0] * epochs],
+                "config": {"dataset": "digits", "model_type": "shallow", "seed": 1,
+                           "learning_rate": 0.01, "epochs": epochs}}
+    other = rec(10, 80.0)
+    other["config"]["seed"] = 2
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (rec(10, 85.0), other, rec(25, 88.0))) + "\n")
+    rep = make_report(load_results(path), tmp_path / "out", str(path))
+    assert "1 duplicate run folded" in rep["summary"]
+    (group,) = rep["datasets"]["digits"]["groups"]
+    assert [(r.config["seed"], r.test_accuracy) for r in group.runs] == [(1, 88.0), (2, 80.0)]
