@@ -250,7 +250,7 @@ def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tm
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, "docs/study.py", "--schedule=converged", "--dataset=digits",
            "--plateau=1", "--patience=12", "--sizes=0.57M", "--model_types=shallow",
-           "--learning_rates=0.0001,0.01", "--weight_decays=0", "--seeds=2",
+           "--learning_rates=0.01", "--weight_decays=0", "--seeds=2",  # (halving: the long test)
            f"--work={work}", f"--out={out}"]
     # a cap of 13 epochs: no run can go 12 epochs without a new best before it
     p = subprocess.run([*cmd, "--epochs=13"], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -264,7 +264,6 @@ def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tm
     recs = records_of(out / "results.jsonl")
     # the choice at seed 0 (copied) and seed 1, a run of its own; both reached the cap
     assert [(r["config"]["seed"], r["config"]["num_seeds"]) for r in recs] == [(0, 1), (1, 1)]
-    assert len({r["config"]["learning_rate"] for r in recs}) == 1
     assert [(r["stopped_early"], r["epochs_completed"]) for r in recs] == [(False, 13)] * 2
     row = next(line for line in (out / "summary.md").read_text().split(
         "Early stopping: where each run of the choice ended")[1].splitlines()
@@ -274,7 +273,7 @@ def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tm
     p = subprocess.run([*cmd, "--epochs=40"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
     lines = [line for line in p.stderr.splitlines() if line.startswith("[study]")]
-    assert len(lines) == 2 and lines[-1].startswith("[study] 5/5 runs")
+    assert len(lines) == 2 and lines[-1].startswith("[study] 4/4 runs")
     again = records_of(out / "halving.jsonl")[len(halving):]
     assert [(r["config"]["epochs"], r["resumed_from_epoch"]) for r in again] == [(40, 0)]
     recs = records_of(out / "results.jsonl")
