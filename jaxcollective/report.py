@@ -115,7 +115,8 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
     params = int(rec.get("model_params") or rec.get(MODEL_PARAMS))
     config = rec.get("config", {})
     where = dict(dataset=dataset_of(config, rec), synthetic=bool(rec.get("synthetic")) or
-                 config.get("dataset") == "synthetic")
+                 config.get("dataset") == "synthetic",
+                 stopped_early=bool(rec.get("stopped_early")))
     replicas = rec.get("replicas") or []
     curves = rec.get(VAL_CURVES) or []
     if len(replicas) > 1:
@@ -127,14 +128,12 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
                        MODEL_PARAMS: params, **efficiency_metrics(acc, params)}
             runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
                             dict(config, seed=r["seed"], num_seeds=1), metrics, **where,
-                            val_curve=curves[i] if i < len(curves) else [],
-                            stopped_early=bool(rec.get("stopped_early"))))
+                            val_curve=curves[i] if i < len(curves) else []))
         return runs
     metrics = {k: v for k, v in rec.items() if k.startswith(FINAL_PREFIX) and not k.endswith("_std")}
     return [Run(name=rec.get("name", name), model_type=rec["model_type"], params=params,
                 test_accuracy=rec.get(TEST_ACCURACY), status=status, config=config,
-                metrics=metrics, **where, val_curve=curves[0] if curves else [],
-                stopped_early=bool(rec.get("stopped_early")))]
+                metrics=metrics, **where, val_curve=curves[0] if curves else [])]
 
 
 def dataset_of(config: dict, rec: Optional[dict] = None) -> str:
