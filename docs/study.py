@@ -223,13 +223,17 @@ class Progress:
                    r.get("num_seeds", 1) * r.get("model_params", 0) for r in recs)
         return runs, work
 
-    def superseded(self, rec: dict) -> bool:
-        """A finished run to early stopping that reached an earlier, lower cap without
-        stopping: the study trains it again to this cap, and counts that run instead."""
+    def final_rung(self, rec: dict) -> bool:
+        """A finished run to early stopping past the halving's earlier rungs: a survivor's
+        or a seed's run to its stop (at most `cap`, or an earlier, lower cap)."""
         cfg = rec.get("config", {})
         return bool(self.to_stop) and rec.get("status") == "finished" and \
-            bool(cfg.get("early_stopping_patience")) and cfg.get("epochs") not in self.rungs \
-            and not answers(rec, self.cap)
+            bool(cfg.get("early_stopping_patience")) and cfg.get("epochs") not in self.rungs[:-1]
+
+    def superseded(self, rec: dict) -> bool:
+        """A run to early stopping that reached an earlier, lower cap without stopping:
+        the study trains it again to this cap, and counts that run instead."""
+        return self.final_rung(rec) and not answers(rec, self.cap)
 
     def show(self) -> None:
         for f in self.files:
@@ -254,8 +258,7 @@ class Progress:
         if not self.to_stop:
             return self.total_work, False
         stops = [r["epochs_completed"] / self.cap for rs in self.seen.values() for r in rs
-                 if COPY not in r and r.get("status") == "finished" and answers(r, self.cap)
-                 and r.get("config", {}).get("epochs") not in self.rungs[:-1]]
+                 if COPY not in r and self.final_rung(r) and answers(r, self.cap)]
         if not stops:
             return self.total_work, True
         return self.total_work - self.to_stop * (1 - sum(stops) / len(stops)), False
@@ -613,9 +616,9 @@ def write_stop_table(results: Path, out: Path, plan: Halving) -> None:
     """The converged schedule's stops: per (model type, size), each seed's run of the
     chosen configuration, the epoch early stopping ended it (or the cap, not converged),
     its best validation epoch and its last learning rate."""
-    from jaxcollective.report import best_epoch, fmt_params
+    from jaxcollective.report import best_epoch, fmt_params, fold_duplicates, load_results
 
-    recs = [r for r in Progress.lines(results) if r.get("status") == "finished"]
+    runs, _ = fold_duplicates([r for r in load_results(results) if r.status == "finished"])
     cap, p = plan.rungs[-1], plan.stopping
     lines = ["## Early stopping: where each run of the choice ended", "",
              f"Each run's learning rate is multiplied by 0.1 after {p['lr_plateau_patience']} "
@@ -627,22 +630,18 @@ def write_stop_table(results: Path, out: Path, plan: Halving) -> None:
              "| model type | params | learning rate | weight decay | stopped at (per seed) | "
              "best epoch (per seed) | last learning rate | converged |",
              "| --- | ---: | ---: | ---: | --- | --- | --- | --- |"]
-    groups: dict[tuple, dict] = {}
-    for r in recs:  # a seed trained again to a higher cap: its longer run (as the report)
-        c = r["config"]
-        group = groups.setdefault((r["model_type"], r["model_params"], c["learning_rate"],
-                                   c["weight_decay"]), {})
-        for i in range(c.get("num_seeds", 1)):
-            if c["seed"] + i not in group or \
-                    r["epochs_completed"] > group[c["seed"] + i][1]["epochs_completed"]:
-                group[c["seed"] + i] = (c["seed"] + i, r, i)
+    groups: dict[tuple, list] = {}
+    for r in runs:  # a seed trained again to a higher cap: its longer run, as the report
+        c = r.config
+        groups.setdefault((r.model_type, r.params, c["learning_rate"], c["weight_decay"]),
+                          []).append(r)
     order = {t: i for i, t in enumerate(MODEL_TYPES)}
     for key in sorted(groups, key=lambda k: (k[1] > 1e6, order.get(k[0], 9))):
-        runs = sorted(groups[key].values(), key=lambda x: x[0])
-        stopped = [r["epochs_completed"] for _, r, _ in runs]
-        best = [best_epoch(r["val_accuracy_curves"][i]) for _, r, i in runs]
-        last = sorted({f"{r.get('last_lr', float('nan')):.1e}" for _, r, _ in runs})
-        done = all(r.get("stopped_early") for _, r, _ in runs)
+        seeds = sorted(groups[key], key=lambda r: r.config["seed"])
+        stopped = [len(r.val_curve) for r in seeds]
+        best = [best_epoch(r.val_curve) for r in seeds]
+        last = sorted({f"{r.last_lr if r.last_lr is not None else float('nan'):.1e}" for r in seeds})
+        done = all(r.stopped_early for r in seeds)
         t, params, lr, wd = key
         lines.append(f"| {t} | {fmt_params(params)} | {lr} | {wd} | "
                      f"{', '.join(map(str, stopped))} | {', '.join(map(str, best))} | "

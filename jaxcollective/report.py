@@ -71,6 +71,7 @@ class Run:
     synthetic: bool = False
     val_curve: list = field(default_factory=list)  # val/accuracy after each epoch, if recorded
     stopped_early: bool = False  # ended by early stopping, before its `epochs`
+    last_lr: Optional[float] = None  # learning rate of its last epoch (plateau reductions)
 
     @property
     def size_key(self) -> int:
@@ -116,7 +117,7 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
     config = rec.get("config", {})
     where = dict(dataset=dataset_of(config, rec), synthetic=bool(rec.get("synthetic")) or
                  config.get("dataset") == "synthetic",
-                 stopped_early=bool(rec.get("stopped_early")))
+                 stopped_early=bool(rec.get("stopped_early")), last_lr=rec.get("last_lr"))
     replicas = rec.get("replicas") or []
     curves = rec.get(VAL_CURVES) or []
     if len(replicas) > 1:
@@ -181,7 +182,7 @@ def wandb_to_run(r) -> Optional[Run]:
     return Run(r.name, config["model_type"], int(params), summary.get(TEST_ACCURACY),
                status, config, metrics, dataset=dataset_of(config),
                synthetic=bool(config.get("synthetic")) or config.get("dataset") == "synthetic",
-               stopped_early=bool(summary.get("stopped_early")))
+               stopped_early=bool(summary.get("stopped_early")), last_lr=summary.get("last_lr"))
 
 
 # -------------------------------------------------------------- aggregation

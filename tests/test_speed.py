@@ -138,7 +138,9 @@ def test_gpu_bench_script_writes_every_figure_of_the_table_with_only_jax_flax_op
     env = dict(os.environ, JAX_PLATFORMS="cpu", CONFIG="debug", EPOCHS="1", STEPS="10",
                BENCH_EPOCHS="0", SEEDS="2", SHAPE="digits", EXTRA="--dtype=float32",
                POPULATIONS="3", PHASE1_EPOCHS="90",
-               PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), str(ROOT)]))
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), str(ROOT)]),
+               # the script's `python` is the one running the tests, venv activated or not
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     p = subprocess.run(["bash", "docs/gpu_bench.sh", str(tmp_path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
