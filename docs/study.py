@@ -588,12 +588,18 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan: Halving) 
     recs = [r for r in Progress.lines(halving) if r.get("status") in ("finished", "diverged")]
     chosen = {(r["model_type"], r["model_params"], r["config"]["learning_rate"],
                r["config"]["weight_decay"]) for r in Progress.lines(results) if COPY in r}
-    rows = {}
+    rows: dict[tuple, dict] = {}
     for r in recs:
         c = r["config"]
         key = (r["model_type"], r["model_params"], c["learning_rate"], c["weight_decay"])
-        rows.setdefault(key, {})[c["epochs"]] = "diverged" if r["status"] == "diverged" else \
-            f"{r['final/best_val_accuracy']:.2f}"
+        # a run to the stop under an earlier, lower cap is the last rung's (it stopped before
+        # that cap, or was trained again to this one: the longer run counts, as the report's)
+        rung = c["epochs"] if not plan.stopping or c["epochs"] in plan.rungs[:-1] \
+            else plan.rungs[-1]
+        cells = rows.setdefault(key, {})
+        if cells.get(rung, (-1, ""))[0] < r.get("epochs_completed", 0):
+            cells[rung] = (r.get("epochs_completed", 0), "diverged" if r["status"] == "diverged"
+                           else f"{r['final/best_val_accuracy']:.2f}")
     head = " | ".join(f"to the stop (at most {e})" if plan.stopping and e == plan.rungs[-1]
                       else f"epoch {e}" for e in plan.rungs)
     lines = ["## Successive halving: the candidates and the choice", "",
@@ -607,7 +613,7 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan: Halving) 
     order = {t: i for i, t in enumerate(MODEL_TYPES)}
     for key in sorted(rows, key=lambda k: (k[1] > 1e6, order.get(k[0], 9), k[2], k[3])):
         t, params, lr, wd = key
-        cells = " | ".join(rows[key].get(e, "–") for e in plan.rungs)
+        cells = " | ".join(rows[key].get(e, (0, "–"))[1] for e in plan.rungs)
         lines.append(f"| {t} | {params:,} | {lr} | {wd} | {cells} | {'**yes**' if key in chosen else ''} |")
     out.write_text("\n".join(lines) + "\n")
 

@@ -234,6 +234,33 @@ def test_a_run_that_stopped_early_answers_any_cap_at_or_above_its_stop(tmp_path)
     assert find(path, {**keys, "seed": 0, "epochs": 20}) is None  # it trained past 20
 
 
+def test_the_halving_table_puts_a_run_to_the_stop_under_a_lower_cap_in_the_last_rung(tmp_path):
+    sys.path.insert(0, str(ROOT / "docs"))
+    from study import COPY, Halving, write_halving_table
+
+    plan = Halving.plan({"learning_rates": "0.01,0.001", "weight_decays": "0"}, 100, converged=True)
+    assert plan.rungs == [4, 12, 100]
+
+    def rec(lr, cap, done, val, stopped=False):
+        return {"model_type": "shallow", "model_params": 1000, "status": "finished",
+                "epochs_completed": done, "stopped_early": stopped,
+                "final/best_val_accuracy": val,
+                "config": {"learning_rate": lr, "weight_decay": 0.0, "epochs": cap,
+                           "early_stopping_patience": 5}}
+    halving = [rec(0.01, 4, 4, 70.0), rec(0.001, 4, 4, 60.0), rec(0.01, 12, 12, 80.0),
+               rec(0.001, 12, 12, 75.0),
+               rec(0.01, 50, 30, 85.0, stopped=True),  # stopped under the first cap of 50
+               rec(0.001, 50, 50, 81.0), rec(0.001, 100, 77, 83.0, stopped=True)]  # again
+    (tmp_path / "halving.jsonl").write_text("".join(json.dumps(r) + "\n" for r in halving))
+    (tmp_path / "results.jsonl").write_text(json.dumps({**halving[4], COPY: 5}) + "\n")
+    write_halving_table(tmp_path / "halving.jsonl", tmp_path / "results.jsonl",
+                        tmp_path / "table.md", plan)
+    text = (tmp_path / "table.md").read_text()
+    assert "| epoch 4 | epoch 12 | to the stop (at most 100) |" in text
+    assert "| shallow | 1,000 | 0.01 | 0.0 | 70.00 | 80.00 | 85.00 | **yes** |" in text
+    assert "| shallow | 1,000 | 0.001 | 0.0 | 60.00 | 75.00 | 83.00 |  |" in text
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--schedule=converged", "--check_epochs=50"], "--check_epochs belongs to --schedule=long"),
     (["--schedule=long", "--patience=5"], "--patience belongs to --schedule=converged"),
