@@ -53,6 +53,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -179,6 +180,7 @@ def _force(proc, signum) -> None:
             proc.kill()
 
 
+EPOCH_LINE = re.compile(r"\bepoch\s+\d+/\d+")  # run.py's and a sweep trial's epoch lines
 COPY = "study_copy_of"  # a record copied from the halving file (the chosen candidate's)
 
 
@@ -191,6 +193,8 @@ class Progress:
     def __init__(self, files: list[Path], runs: int, work: float, to_stop: float = 0.0,
                  rungs: tuple[int, ...] = ()):
         self.files, self.total, self.total_work, self.start = files, runs, work, time.time()
+        self.log: Optional[Path] = None  # the steps' log, whose epoch lines show_epochs shows
+        self.log_at = 0
         # of `work`, what runs to early stopping train, counted at the cap (the last of the
         # halving's `rungs`): the time left is then an upper bound until the first runs
         # have stopped, then estimated from where they stopped
@@ -236,6 +240,7 @@ class Progress:
         return self.final_rung(rec) and not answers(rec, self.cap)
 
     def show(self) -> None:
+        self.show_epochs()
         for f in self.files:
             try:  # polled 5 times a second: a file is read again only once it has grown
                 size = f.stat().st_size
@@ -250,6 +255,23 @@ class Progress:
                 self.done, self.work_done = self.count()
                 if rec.get("status") != "stopped" and COPY not in rec:
                     self.say(rec)
+
+    def show_epochs(self) -> None:
+        """The run in flight's epoch lines (its step writes them to the log), as they come,
+        so that the console is never silent for a whole run."""
+        if self.log is None:
+            return
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.log_at)
+                new = f.read()
+        except FileNotFoundError:
+            return
+        done = new.rfind(b"\n") + 1  # whole lines only: the last one may be in writing
+        self.log_at += done
+        for line in new[:done].decode(errors="replace").splitlines():
+            if EPOCH_LINE.search(line):
+                print(f"[run] {line.strip()}", file=sys.stderr, flush=True)
 
     def expected_work(self) -> tuple[float, bool]:
         """(the study's parameter-epochs, whether that is an upper bound): runs to early
@@ -320,7 +342,8 @@ def selections(results: Path):
 
 def main(argv: list[str]) -> int:
     # installed first: a signal at any moment stops the study between or inside its steps
-    with StopFlag(announce=False) as stop:
+    with StopFlag(waiting_for="the epoch in flight of the study's step (its run is kept as "
+                  "stopped, with its checkpoint)") as stop:
         return guarded(lambda: study(argv, stop))
 
 
@@ -374,6 +397,8 @@ def study(argv: list[str], stop: StopFlag) -> int:
                             rungs=plan.rungs if plan.stopping else ())
         steps = lambda log: long_study(names, types, seeds, fixed, plan, work, log, stop,  # noqa: E731
                                        progress)
+    progress.log = work / "log.txt"
+    progress.log_at = progress.log.stat().st_size if progress.log.exists() else 0
     try:
         with open(work / "log.txt", "a") as log:
             steps(log)

@@ -174,6 +174,12 @@ def close_checkpoints(checkpointer, status: str, state, history, wandb_id, keep:
 def check_results_file(path: str) -> None:
     """The results file can be appended to (else the run's result would be lost at the
     end): its folder can be made, it is not a folder, and opening it to append works."""
+    check_appendable(path, f"--results={path}", "--results=runs/results.jsonl")
+
+
+def check_appendable(path: str, option: str, example: str) -> None:
+    """`path` can be made or appended to (see check_results_file); else one line naming
+    `option` with `example` of a good value."""
     p = Path(path).expanduser()
     try:
         if p.is_dir():
@@ -188,8 +194,8 @@ def check_results_file(path: str) -> None:
         if not existed:
             p.unlink()
     except OSError as err:
-        raise ConfigError(f"--results={path} cannot be appended to ({err.strerror or err}); "
-                          "pass a file in a writable folder, e.g. --results=runs/results.jsonl") from None
+        raise ConfigError(f"{option} cannot be appended to ({err.strerror or err}); "
+                          f"pass a file in a writable folder, e.g. {example}") from None
 
 
 def preflight(cfg: Config, replicas: str = "--num_seeds"):

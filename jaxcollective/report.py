@@ -533,10 +533,11 @@ def convergence_lines(groups: list[Group]) -> list[str]:
         mean = mean_curve(curves)
         n = len(mean)
         quarter = max(1, n // 4)
-        gain = max(mean) - max(mean[:n - quarter])
+        # a curve of one epoch has no last quarter to compare with what came before it
+        gain = f"{max(mean) - max(mean[:n - quarter]):+.2f}" if n > 1 else "–"
         epochs = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
         rows.append(f"| {g.model_type} | {fmt_params(g.size)} | {epochs} | "
-                    f"{sum(best) / len(best):.1f} ({min(best)}-{max(best)}) | {gain:+.2f} |")
+                    f"{sum(best) / len(best):.1f} ({min(best)}-{max(best)}) | {gain} |")
     if not rows:
         return []
     return ["", "### Convergence: the epoch of the best validation accuracy", "",
@@ -802,8 +803,8 @@ def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] 
             folder = out / name
             folder.mkdir(parents=True, exist_ok=True)
             plot_all(groups, good, folder, f" ({name})")
-    if not any(d["groups"] for d in per_dataset.values()):
-        excluded = sum(len(d["excluded"]) for d in per_dataset.values())
+    excluded = sum(len(d["excluded"]) for d in per_dataset.values())
+    if not excluded and not any(d["groups"] for d in per_dataset.values()):
         raise ConfigError(f"no finished runs in {source} ({excluded} excluded: diverged, "
                           f"stopped or failed; {skipped_synthetic} synthetic left out, "
                           "--include_synthetic keeps them); nothing to report")
@@ -861,7 +862,11 @@ def main(argv: list[str]) -> int:
         for name, d in rep["datasets"].items():
             print(f"{name}: {sum(len(g.runs) for g in d['groups'])} runs in {len(d['groups'])} "
                   f"groups, {len(d['excluded'])} excluded")
-        print(f"wrote {out}/summary.md and the figures in {out}/<dataset>/")
+        if not rep["groups"]:  # only stopped, pruned or diverged runs: listed, nothing compared
+            print("note: no finished runs yet, so no tables or figures; summary.md lists the "
+                  "excluded runs", file=sys.stderr)
+        print(f"wrote {out}/summary.md" + (f" and the figures in {out}/<dataset>/"
+                                            if rep["groups"] else ""))
         return 0
     return guarded(_main)
 

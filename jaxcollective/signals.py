@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable, Optional
 
 FORCED_EXIT = 130
@@ -19,8 +20,9 @@ FORCED_EXIT = 130
 class StopFlag:
     """Set by SIGTERM / SIGINT; the training loop stops after the epoch in flight."""
 
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool = True, waiting_for: str = "the epoch in flight"):
         self.announce = announce  # a line when the first signal comes
+        self.waiting_for = waiting_for  # what that line says the stop waits for
         self.signal: Optional[int] = None
         self.status = "stopped"  # what a run stopped by this flag is recorded as
         self.on_force: Optional[Callable[[], None]] = None
@@ -35,7 +37,7 @@ class StopFlag:
             self.signal = signum
             name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
             if self.announce:
-                print(f"\n{name}: stopping after the epoch in flight (again to stop at once)",
+                print(f"\n{name}: stopping after {self.waiting_for} (again to stop at once)",
                       file=sys.stderr, flush=True)
             return
         # A second signal: write what was measured, then leave without unwinding
@@ -47,6 +49,13 @@ class StopFlag:
             sys.stderr.flush()
             sys.stdout.flush()
             os._exit(FORCED_EXIT)
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait `seconds`, or less when a signal comes first; whether one has come."""
+        end = time.monotonic() + seconds
+        while not self.requested and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+        return self.requested
 
     def install(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():

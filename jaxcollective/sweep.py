@@ -42,10 +42,11 @@ from .checkpoint import open_checkpoints
 from .cli import UsageError, console_script, guarded, help_text, int_option, parse_argv
 from .config import Config, ConfigError
 from .data import load
-from .experiment import enable_compilation_cache, preflight, train_and_evaluate
+from .experiment import (check_appendable, check_results_file, enable_compilation_cache,
+                         preflight, train_and_evaluate)
 from .metrics import TEST_ACCURACY, closest_names, history_row, logged_names
 from .signals import StopFlag
-from .store import has_lock, is_server, open_storage, study_lock
+from .store import has_lock, is_server, masked, open_storage, study_lock
 from .util import alive
 from .writers import MultiWriter, ResultsWriter, WandbWriter, Writer
 
@@ -345,6 +346,10 @@ class Sweep:
             def log(self, row):
                 seen.append(float(row[metric]))
                 trial.report(seen[-1], row["epoch"])
+                # the trial in flight is never silent (a population prints progress_line)
+                print(f"[sweep {trial.study.study_name}] trial {trial.number}: epoch "
+                      f"{row['epoch']}/{cfg.epochs}, {metric} {seen[-1]:.4g}", file=sys.stderr,
+                      flush=True)
                 if stop.requested:
                     prune.signal, prune.status = stop.signal, "stopped"
                 elif trial.should_prune():
@@ -388,7 +393,7 @@ class Sweep:
         # when its member ends
         run, _ = wandb_run.start(values, mode, cfg, group=trial.study.study_name,
                                  name=f"{trial.study.study_name}-trial{trial.number}",
-                                 reinit="create_new")
+                                 reinit="create_new", quiet=True)
         return run
 
 
@@ -456,7 +461,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 # a retry resumed from a checkpoint older than its original's last report reports those
 # epochs again (the same values: the run is deterministic); Optuna keeps the first
-warnings.filterwarnings("ignore", message="The reported value is ignored because this `step`")
+warnings.filterwarnings("ignore", message="The reported value is ignored because this `step")
 TRAINING = "jaxcollective_training"  # set when a claimed trial starts training
 WORKER = "jaxcollective_worker"  # (host, pid) of the process that claimed a trial
 
@@ -541,6 +546,33 @@ def claim(study, total: int, url: Optional[str]):
     return trial
 
 
+WAIT_POLL_S = 2.0  # at most this long between a waiting worker's claims
+
+
+def claim_or_wait(study, total: int, url: Optional[str], stop: StopFlag, heartbeat: float):
+    """`claim`, and while it has nothing to give but trials are still RUNNING elsewhere
+    (another process or host), claim again every heartbeat (at most WAIT_POLL_S): such a
+    trial may yet end as stopped, or its process die (failed as stale after the grace
+    period), and its retry is then this worker's to run. None only when no trial is
+    running anywhere and none is left to claim (the study is complete), or on a signal.
+    So the last worker standing never leaves a study short (docs/design.md, "Local
+    sweeps: every trial once")."""
+    waiting_for = 0
+    while True:
+        trial = claim(study, total, url)
+        if trial is not None or stop.requested:
+            return trial
+        running = study._storage.get_n_trials(study._study_id, state=(TrialState.RUNNING,))
+        if not running:
+            return None
+        if running != waiting_for:
+            waiting_for = running
+            print(f"{progress_line(study, total)}; waiting for {running} trial"
+                  f"{'s' if running > 1 else ''} running elsewhere", file=sys.stderr, flush=True)
+        if stop.sleep(min(heartbeat, WAIT_POLL_S)):
+            return None
+
+
 def check_choices(study, space: dict) -> None:
     """Optuna cannot change a parameter's choices within a study: a sweep file whose
     `values` differ from those the study was run with is one line before any trial."""
@@ -563,9 +595,29 @@ def sampler_seed(seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([seed, trial_number]).generate_state(1)[0])
 
 
+def check_sqlite(url: str) -> None:
+    """An SQLite store's file and the lock beside it can be made or written (a read-only
+    folder, a file where a folder should be): one line before the study is touched."""
+    if url.startswith("sqlite:///"):
+        db = url[len("sqlite:///"):]
+        for path in (db, db + ".lock"):
+            check_appendable(path, f"--storage={url}", "--storage=sqlite:///runs/sweeps.db")
+
+
+def study_line(store, name: str, trials: int, url: str) -> str:
+    """Which study a sweep runs: a new one (so a mistyped --storage or --study shows at
+    once) or one it resumes, with its trials done so far."""
+    try:
+        sid = store.get_study_id_from_name(name)
+    except KeyError:
+        return f"[sweep {name}] new study {name} in {masked(url)}"
+    done = store.get_n_trials(sid, state=(TrialState.COMPLETE, TrialState.PRUNED))
+    return f"[sweep {name}] resuming study {name} ({done}/{trials} done) in {masked(url)}"
+
+
 def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: Optional[str],
               storage: Optional[str], results: Optional[str], seed: int, heartbeat: int,
-              population: int = 1) -> int:
+              population: int = 1, announce: bool = True) -> int:
     sw = Sweep(path, overrides, results)
     pruner = pruner_of(sw.sweep, sw.base_cfg.epochs)
     enable_compilation_cache()
@@ -575,12 +627,18 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
     # creates its tables under the file lock (it has no concurrent schema creation)
     store = storage_of(storage, heartbeat) if is_server(storage) else None
     with study_lock(storage):
-        study = optuna.create_study(study_name=name, storage=store or storage_of(storage, heartbeat),
-                                    pruner=pruner, direction=sw.direction, load_if_exists=True)
+        store = store or storage_of(storage, heartbeat)
+        line = study_line(store, name, trials, storage)
+        study = optuna.create_study(study_name=name, storage=store, pruner=pruner,
+                                    direction=sw.direction, load_if_exists=True)
         study.sampler = sampler_of(sw.sweep, sw.space,
                                    sampler_seed(seed, len(study.trials)))
+        if study.metric_names != [sw.metric]:  # the dashboard's name for the objective
+            study.set_metric_names([sw.metric])
     sw.seed = seed
     check_choices(study, sw.space)
+    if announce:
+        print(line, file=sys.stderr, flush=True)
     say = lambda: print(progress_line(study, trials), file=sys.stderr, flush=True)  # noqa: E731
     say()
     failures = 0  # in a row: a space that only fails must not loop for ever
@@ -589,7 +647,7 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
         print(f"[sweep {name}] --population=auto: {population}", file=sys.stderr)
     if population > 1:
         with StopFlag() as stop:
-            run_populations(sw, study, trials, storage, population, stop)
+            run_populations(sw, study, trials, storage, population, stop, heartbeat)
         if stop.requested:
             print(f"[sweep {name}] stopped; run the same command again to resume the study",
                   file=sys.stderr)
@@ -600,7 +658,7 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
                 print(f"[sweep {name}] {failures} trials in a row failed; stopping (see the "
                       "errors above)", file=sys.stderr)
                 return 1
-            trial = claim(study, trials, storage)
+            trial = claim_or_wait(study, trials, storage, stop, heartbeat)
             if trial is None:
                 break
             with get_heartbeat_thread(trial._trial_id, study._storage):
@@ -768,7 +826,7 @@ def check_population(sw: Sweep) -> None:
 
 
 def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
-                    stop: StopFlag) -> None:
+                    stop: StopFlag, heartbeat: float = 30) -> None:
     """The study's trials as populations of K (docs/design.md, "Population trials").
     A population's first trial fixes its program; the other K-1 slots start with trials
     whose program-shaping parameters Optuna is asked to keep (enqueue_trial with them
@@ -816,7 +874,8 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
 
     try:
         while not stop.requested:
-            first = pending.pop(0) if pending else take(claim(study, trials, url))
+            first = pending.pop(0) if pending else \
+                take(claim_or_wait(study, trials, url, stop, heartbeat))
             if first is None:
                 return
             cfg, _ = sw.config_of(first)
@@ -924,15 +983,21 @@ def main(argv: list[str]) -> int:
             print(f"note: the grid has {points} points; --trials={trials} runs each of them once",
                   file=sys.stderr)
             trials = opts["trials"] = points
+        # what the sweep writes, checked before the study is touched: a trial's results
+        # line must not be lost after its training
+        check_results_file(sw.results)
         storage = opts.get("storage") or \
             f"sqlite:///{Path(sw.results).expanduser().resolve().parent / 'sweeps.db'}"
-        Path(sw.results).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite(storage)
+        name = opts.get("study") or Path(path).stem
         if parallel > 1:
-            storage_of(storage, heartbeat)  # a storage that cannot be opened: one line, here
+            # a storage that cannot be opened: one line, here; the study's line once
+            print(study_line(storage_of(storage, heartbeat), name, trials, storage),
+                  file=sys.stderr, flush=True)
             return run_workers(opts, parallel, storage)
-        return run_study(path, trials, overrides, study_name=opts.get("study"), storage=storage,
+        return run_study(path, trials, overrides, study_name=name, storage=storage,
                          results=opts.get("results"), seed=seed, heartbeat=heartbeat,
-                         population=population)
+                         population=population, announce="worker" not in opts)
     return guarded(_main)
 
 

@@ -17,6 +17,9 @@ from .config import FIELDS
 from .util import describe_error, reachable
 
 
+_said_offline: list = []
+
+
 def wandb_mode() -> Optional[str]:
     """None when wandb is not to be used (not installed, or WANDB_MODE=disabled);
     else the mode to start it in."""
@@ -31,6 +34,9 @@ def wandb_mode() -> Optional[str]:
         return "offline"
     if mode == "online" or _logged_in():
         return "online"
+    if _said_offline:  # once per process (a sweep starts a run per trial)
+        return "offline"
+    _said_offline.append(True)
     print("wandb: no API key found (WANDB_API_KEY or `wandb login`); logging offline to "
           "./wandb, upload later with `wandb sync`", file=sys.stderr)
     return "offline"
@@ -60,10 +66,12 @@ def _server_reachable(timeout: float = 3.0) -> bool:
 
 def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] = None,
           group: Optional[str] = None, name: Optional[str] = None,
-          reinit: str = "finish_previous"):
+          reinit: str = "finish_previous", quiet: bool = False):
     """wandb.init, then the sweep's values (if any) merged over the command line's.
     `reinit="create_new"` leaves runs already open in this process open (a population's
-    members log at once, each to its own run).
+    members log at once, each to its own run). `quiet`: none of wandb's own lines on
+    the console (a sweep's trials are runs each: wandb's header, history and summary
+    are ~40 lines a trial); the run keeps everything, its logs included.
     Online, a server that does not answer within INIT_TIMEOUT_S seconds (or refuses)
     makes the run log offline instead, saying so in one line."""
     import wandb
@@ -78,6 +86,7 @@ def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] 
         kw.update(id=resume_id, resume="allow")
     if group:
         kw.update(group=group, name=name)
+    quietly = {"silent": True} if quiet else {}
     if mode == "online" and not _server_reachable():
         url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
         print(f"wandb: {url} cannot be reached; logging offline to ./wandb instead, upload "
@@ -85,14 +94,14 @@ def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] 
         mode = "offline"
     try:
         run = wandb.init(mode=mode, settings=wandb.Settings(
-            init_timeout=INIT_TIMEOUT_S, login_timeout=LOGIN_TIMEOUT_S), **kw)
+            init_timeout=INIT_TIMEOUT_S, login_timeout=LOGIN_TIMEOUT_S, **quietly), **kw)
     except Exception as err:  # noqa: BLE001 - CommError, UsageError, timeouts, auth
         if mode != "online":
             raise
         print(f"wandb: the W&B server did not answer in time ({describe_error(err)}); "
               "logging offline to ./wandb instead, upload later with `wandb sync`",
               file=sys.stderr, flush=True)
-        run = wandb.init(mode="offline", **kw)
+        run = wandb.init(mode="offline", settings=wandb.Settings(**quietly), **kw)
     merged = dict(values)
     for k, v in dict(run.config).items():
         if not k.startswith("_"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -136,13 +137,14 @@ class Hosts:
     def command(self, i: int, cmd: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.names[i], *cmd]
 
-    def kill(self, i: int) -> list[int]:
-        """SIGKILL every process in host i, with no clean-up (a host dying)."""
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> list[int]:
+        """SIGKILL every process in host i, with no clean-up (a host dying); SIGSTOP
+        freezes them (a host hanging: no work, no heartbeats)."""
         out = subprocess.run(["ip", "netns", "pids", self.names[i]], capture_output=True, text=True)
         pids = [int(p) for p in out.stdout.split()]
         for pid in pids:
             try:
-                os.kill(pid, 9)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         return pids

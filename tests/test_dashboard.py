@@ -79,6 +79,7 @@ def test_the_dashboard_shows_trials_attributes_and_curves(tmp_path, storage):
                 time.sleep(0.2)
         (study,) = [s for s in studies if s["study_name"] == "dash"]
         detail = get(f"{base}/api/studies/{study['study_id']}")
+        assert detail.get("objective_names") == ["final/test_accuracy"]  # not "Objective 0"
         trials = detail["trials"]
         assert len(trials) == 4
         lines = (tmp_path / "r.jsonl").read_text().splitlines()

@@ -265,3 +265,55 @@ def test_runs_stopped_early_hold_their_last_value_in_the_mean_curve():
     # epochs 4-8; best epochs 3 and 6 (mean 4.5); the mean's best (82.5, epoch 6) against
     # its best before the last quarter (epochs 1-6: 82.5): no gain
     assert row == "| deep | 1K | 4-8 | 4.5 (3-6) | +0.00 |"
+
+
+def _one_epoch(r):
+    r = json.loads(json.dumps(r))
+    r["epochs_completed"] = r["config"]["epochs"] = 1
+    r["val_accuracy_curves"] = [c[:1] for c in r.get("val_accuracy_curves", [])]
+    return r
+
+
+def _older(r):
+    """A record as files written before validation curves and stops were recorded."""
+    return {k: v for k, v in r.items()
+            if k not in ("val_accuracy_curves", "last_lr", "stopped_early", "best_epoch")}
+
+
+# what runs write that the report must read: (records from the fixture's, finished runs)
+EDGES = {
+    "runs of one epoch": (lambda rs: [_one_epoch(r) for r in rs], 6),
+    "a single run": (lambda rs: [r for r in rs if r["status"] == "finished"][:1], 1),
+    "one model type": (lambda rs: [r for r in rs if r["model_type"] == "collective"], 2),
+    "one size, one seed per type": (lambda rs: [r for r in rs if r["config"]["seed"] == 0
+                                                and r["status"] == "finished"
+                                                and r.get("num_seeds", 1) == 1], 3),
+    "only stopped or pruned runs": (lambda rs: [{**r, "status": s} for r, s in
+                                                zip(rs, ["stopped", "pruned"] * 4)], 0),
+    "records without validation curves": (lambda rs: [_older(r) for r in rs], 6),
+    "old and new records mixed": (lambda rs: [_older(r) if i % 2 else r
+                                              for i, r in enumerate(rs)], 6),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edge", list(EDGES))
+def test_the_report_reads_anything_the_runs_write(results, tmp_path, capsys, edge):
+    make, finished = EDGES[edge]
+    recs = make([json.loads(line) for line in results.read_text().splitlines()])
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main([f"--results={path}", f"--out={tmp_path / 'out'}"]) == 0, capsys.readouterr().err
+    text = (tmp_path / "out" / "summary.md").read_text()
+    rows = table_rows(text, "### Test accuracy per model type and size")
+    assert sum(int(row[2]) for row in rows) == finished
+    assert len(table_rows(text, "### Excluded runs")) == sum(  # a run per replica
+        len(r.get("replicas") or [0]) for r in recs if r["status"] != "finished")
+    if not finished:
+        assert "no finished runs yet" in capsys.readouterr().err
+    if edge == "runs of one epoch":  # best epoch 1, no last quarter to gain in
+        conv = table_rows(text, "### Convergence")
+        assert conv and all(row[2] == "1" and row[3] == "1.0 (1-1)" and row[4] == "–"
+                            for row in conv), conv
+    if "without" in edge:
+        assert "### Convergence" not in text

@@ -5,8 +5,10 @@ binaries or permission for namespaces the tests say why they skip or fall back.)
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -124,40 +126,98 @@ def test_the_server_restarted_mid_study_the_workers_wait_and_finish(net, tmp_pat
     assert len(lines(tmp_path / "host0.jsonl")) == 2
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared-checkpoints", "own-checkpoints"])
-def test_a_host_killed_mid_trial_is_picked_up_by_the_other(net, tmp_path, shared):
+class Stderr:
+    """A worker's stderr, read as it comes (a thread), and waited on for a line."""
+
+    def __init__(self, proc):
+        self.proc, self.lines = proc, []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stderr), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, text, timeout=300):
+        deadline = time.time() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None or self.thread.is_alive(), \
+                f"exited before {text!r}: " + "".join(self.lines[-30:])
+            assert time.time() < deadline, f"no {text!r} in {timeout} s: " + "".join(self.lines[-30:])
+            time.sleep(0.05)
+
+    def text(self):
+        self.proc.wait(timeout=600)
+        self.thread.join(timeout=60)
+        return "".join(self.lines)
+
+
+def saved(folder, epoch):
+    """Checkpoint folders with a saved step at or past `epoch`."""
+    return [d for d in folder.glob("*") if d.is_dir() and any(
+        s.name.isdigit() and int(s.name) >= epoch for s in d.iterdir())]
+
+
+def test_a_host_dying_at_the_end_of_a_study_leaves_it_complete(net, tmp_path):
+    """Host A, a population of 2, hangs mid-trial (SIGSTOP: no work, no heartbeats);
+    host B runs the study's last trial, then has nothing to claim while A's two are
+    RUNNING: it waits. A is killed; after the heartbeat's grace B fails A's trials as
+    stale, runs their retries from the shared checkpoints, and only then exits."""
+    server, host, hosts = net
+    if hosts is None:
+        pytest.skip("a host killed outright needs network namespaces (root, iproute2)")
+    path = sweep_file(tmp_path, epochs=20)
+    a = worker(host, 0, path, tmp_path, "--population=2", "--heartbeat=1", trials=3)
+    a_err = Stderr(a)
+    deadline = time.time() + 300
+    while len(saved(tmp_path / "ck", 2)) < 2:  # both members have saved epoch 2
+        assert a.poll() is None and time.time() < deadline, a_err.text()[-3000:]
+        time.sleep(0.05)
+    hosts.kill(0, signal.SIGSTOP)
+    # B's grace (2 x 12 s) outlasts its start and its trial, so A's trials are still
+    # live to B when it runs out of trials to claim
+    b = worker(host, 1, path, tmp_path, "--heartbeat=12", trials=3)
+    b_err = Stderr(b)
+    b_err.wait_for("waiting for 2 trials running elsewhere")
+    killed_at = time.time()
+    assert hosts.kill(0)
+    a.wait(timeout=60)  # reaped, as its shell would (a zombie's pid still looks alive)
+    err = b_err.text()
+    ended = time.time() - killed_at
+    assert b.returncode == 0, err[-3000:]
+    recs = lines(tmp_path / "host1.jsonl")
+    assert [r["status"] for r in recs] == ["finished"] * 3 and not lines(tmp_path / "host0.jsonl")
+    retries = [r for r in recs if "sweep_retry_of" in r]
+    assert sorted(r["sweep_retry_of"] for r in retries) == [0, 1], recs
+    assert all(r["resumed_from_epoch"] >= 2 for r in retries), err[-3000:]
+    assert "resuming from epoch" in err
+    states = [t.state.name for t in study(server).trials]
+    assert sorted(states) == ["COMPLETE"] * 3 + ["FAIL"] * 2, states  # nothing RUNNING
+    print(f"host A killed; host B ended the study {ended:.1f} s later")
+
+
+def test_a_host_killed_mid_trial_is_restarted_by_the_other_without_its_checkpoint(net, tmp_path):
+    """Each host its own checkpoint folder: the dead host's trial starts again from epoch 0
+    on the other host, which says so."""
     server, host, hosts = net
     if hosts is None:
         pytest.skip("a host killed outright needs network namespaces (root, iproute2)")
     path = sweep_file(tmp_path, epochs=8)
-
-    def checkpoints(i):  # one folder both hosts reach, or each host its own
-        return tmp_path / ("ck" if shared else f"ck{i}")
-    b = worker(host, 1, path, tmp_path, "--heartbeat=2", f"--set=checkpoint_dir={checkpoints(1)}",
+    b = worker(host, 1, path, tmp_path, "--heartbeat=2", f"--set=checkpoint_dir={tmp_path / 'ck1'}",
                trials=3)
     deadline = time.time() + 300
-    while not any(d.name.isdigit() and int(d.name) >= 2 for d in checkpoints(1).glob("*/*")):
+    while not saved(tmp_path / "ck1", 2):
         assert b.poll() is None and time.time() < deadline, b.communicate()[1][-3000:]
         time.sleep(0.05)
-    killed_at = time.time()
     assert hosts.kill(1)  # every process of host 1, SIGKILL, no clean-up
     b.wait()
-    a = worker(host, 0, path, tmp_path, "--heartbeat=2", f"--set=checkpoint_dir={checkpoints(0)}",
+    a = worker(host, 0, path, tmp_path, "--heartbeat=2", f"--set=checkpoint_dir={tmp_path / 'ck0'}",
                trials=3)
     out, err = a.communicate(timeout=600)
     assert a.returncode == 0, err[-3000:]
     recs = lines(tmp_path / "host0.jsonl")
     (retry,) = [r for r in recs if "sweep_retry_of" in r]
-    assert retry["sweep_retry_of"] == 0
-    if shared:
-        assert retry["resumed_from_epoch"] >= 2 and "resuming from epoch" in err
-    else:
-        assert retry["resumed_from_epoch"] == 0
-        assert "trial 0: no checkpoint of it in" in err and "starts from epoch 0" in err, err
+    assert retry["sweep_retry_of"] == 0 and retry["resumed_from_epoch"] == 0
+    assert "trial 0: no checkpoint of it in" in err and "starts from epoch 0" in err, err
     assert [r["status"] for r in recs] == ["finished"] * 3 and not lines(tmp_path / "host1.jsonl")
     states = [t.state.name for t in study(server).trials]
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1, states
-    print(f"host 1 killed; host 0 ended the study {time.time() - killed_at:.1f} s later")
 
 
 def test_a_storage_that_cannot_be_opened_is_one_line_before_any_training(net, tmp_path):

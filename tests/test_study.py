@@ -84,6 +84,10 @@ def test_study_command_grid_choice_seeds_report_and_rerun(whole, tmp_path):
     assert len(progress) == 6 and progress[0].startswith("[study] 1/8 runs: ")
     assert progress[-1].startswith("[study] 8/8 runs: ") and "left" in progress[0]
     assert err.strip().splitlines()[-1].startswith("study done:")
+    # and the run in flight is never silent: its epochs as they come
+    epochs = [line for line in err.splitlines() if line.startswith("[run] ")]
+    assert any("trial 0: epoch 1/2" in line for line in epochs), err  # the grid's sweep
+    assert any(re.search(r"epoch +2/2 ", line) for line in epochs), err  # run.py's seeds
     text = (out / "summary.md").read_text()
     assert "Selected on validation" in text and "| ~" in text
     assert (out / "digits" / "accuracy_vs_params.png").exists()
@@ -133,6 +137,9 @@ def test_a_study_stopped_at_any_moment_resumes_to_the_same_study(whole, tmp_path
         _, err = p.communicate(timeout=120)
         assert p.returncode == 128 + sig, err[-3000:]
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("study stopped ("), err
+        # said on the console when the signal came: what it waits for, and the way out
+        assert "Ctrl-C: stopping after the epoch in flight of the study's step" in err and \
+            "(again to stop at once)" in err, err
         study = optuna.load_study(study_name="digits_0.57M", storage=f"sqlite:///{work / 'sweeps.db'}")
         assert not [t for t in study.trials if t.state.name == "RUNNING"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

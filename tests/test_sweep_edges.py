@@ -170,12 +170,14 @@ POP = {"program": "run.py", "method": "random",
 @pytest.mark.slow
 def test_a_population_logs_each_member_to_its_own_wandb_run(tmp_path):
     """W&B on (offline, as the default install without a key logs): a run per member,
-    open at once, each with its own history and summary."""
+    open at once, each with its own history and summary, and none of wandb's ~40 lines
+    a run on the sweep's console."""
     path = write(tmp_path, POP)
     p = launch(path, "--trials=4", "--population=2", *args(tmp_path, "b8"),
-               env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)})
+               env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)})
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
+    assert "[sweep b8] 4/4 done" in err and "wandb:" not in err + out, err[-3000:]
     recs = {r["sweep_trial"]: r for r in lines(tmp_path / "r.jsonl")}
     assert sorted(recs) == [0, 1, 2, 3] and {r["population_slot"] for r in recs.values()} == {0, 1}
     runs = read_offline_runs(tmp_path)
@@ -227,7 +229,8 @@ def test_a_retried_trial_is_pruned_or_kept_as_the_uninterrupted_one(tmp_path):
     statuses = [s for s, _ in outcomes["whole"].values()]
     assert "pruned" in statuses and "finished" in statuses, outcomes  # Hyperband had work
     # the rerun: the stopped trials queued, then training, never more than the population
-    progress = [line for line in err.splitlines() if line.startswith("[sweep h]")]
+    first, *progress = [line for line in err.splitlines() if line.startswith("[sweep h]")]
+    assert first.startswith(f"[sweep h] resuming study h ({6 - len(stopped)}/6 done)"), first
     assert progress[0].endswith(f"{len(stopped)} failed or stopped), 0 running, "
                                 f"{len(stopped)} queued"), progress[0]
     assert all(int(line.split(" running")[0].rsplit(" ", 1)[1]) <= 6 for line in progress)
@@ -263,3 +266,27 @@ def test_every_call_a_study_makes_on_its_database_waits_out_a_restart():
     assert "_get_trials" in called
     bare = sorted(n for n in called - trivial if getattr(PatientStorage, n) is getattr(RDBStorage, n))
     assert not bare, f"not retried during an outage: {bare}"
+
+
+RETRY_REPORTS_AGAIN = """
+import optuna
+from optuna.trial import TrialState
+from jaxcollective.sweep import RETRY
+study = optuna.create_study(direction="maximize")
+trial = study.ask()
+for epoch in (1, 2):
+    trial.report(0.5, epoch)
+study.tell(trial, state=TrialState.FAIL)
+RETRY(study, study._storage.get_trial(trial._trial_id))
+retry = study.ask()  # resumed from the checkpoint of epoch 1: reports epoch 2 again
+assert retry.number == 1 and 2 in study._storage.get_trial(retry._trial_id).intermediate_values
+retry.report(0.5, 2)
+print("reported")
+"""
+
+
+def test_a_resumed_retry_reports_an_epoch_again_without_a_warning():
+    p = subprocess.run([sys.executable, "-c", RETRY_REPORTS_AGAIN], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "reported", p.stderr[-2000:]
+    assert "Warning" not in p.stderr, p.stderr

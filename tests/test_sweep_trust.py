@@ -247,3 +247,61 @@ def test_the_report_keeps_the_longest_of_one_experiment_trained_twice(tmp_path):
     assert "1 duplicate run folded" in rep["summary"]
     (group,) = rep["datasets"]["digits"]["groups"]
     assert [(r.config["seed"], r.test_accuracy) for r in group.runs] == [(1, 88.0), (2, 80.0)]
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only folder: a read-only bind mount as root (root writes through chmod),
+    else a folder without write permission."""
+    src, ro = tmp_path / "ro_src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True)
+    if mounted.returncode or subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)],
+                                            capture_output=True).returncode:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+        pytest.skip("no read-only bind mount here (mount refused)")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+@pytest.mark.parametrize("option", ["results", "storage"])
+@pytest.mark.parametrize("where", ["read-only folder", "folder that cannot be made",
+                                   "file where a folder should be"])
+def test_what_a_sweep_writes_is_checked_before_the_study_is_touched(tmp_path, read_only,
+                                                                    option, where):
+    path = sweep_file(tmp_path)
+    (tmp_path / "file").write_text("x")
+    bad = {"read-only folder": read_only, "folder that cannot be made": read_only / "sub",
+           "file where a folder should be": tmp_path / "file"}[where]
+    results, db = tmp_path / "r.jsonl", tmp_path / "s.db"
+    if option == "results":
+        results = bad / "r.jsonl"
+    else:
+        db = bad / "s.db"
+    p = launch(path, "--trials=1", f"--results={results}", f"--storage=sqlite:///{db}")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert f"--{option}=" in err and "cannot be appended to" in err, err
+    assert not db.exists() and not results.exists()  # the study untouched, nothing trained
+    assert not (tmp_path / "ck").exists()
+
+
+def test_a_sweep_says_which_study_it_runs(tmp_path, capsys):
+    path = sweep_file(tmp_path)
+    for trials, says in ((1, "new study s in sqlite:///"), (2, "resuming study s (1/2 done)")):
+        assert sweep_main([str(path), f"--trials={trials}", *common(tmp_path)]) == 0
+        first = capsys.readouterr().err.splitlines()[0]
+        assert first.startswith(f"[sweep s] {says}"), first
+    # the default store (beside the results): a mistyped path shows as a new study
+    assert sweep_main([str(path), "--trials=1", "--study=s",
+                       f"--results={tmp_path / 'typo' / 'r.jsonl'}"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == \
+        f"[sweep s] new study s in sqlite:///{tmp_path / 'typo' / 'sweeps.db'}"
