@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from child import Child
 from jaxcollective.cli import help_text, parse_argv
 from jaxcollective.main import EXTRA
 
@@ -28,6 +29,22 @@ def run_py(tmp, *args, env=None, timeout=300):
 
 def wandb_runs(tmp):
     return list((Path(tmp) / "wandb").glob("*run-*"))
+
+
+def run_py_child(*args, cwd, env) -> Child:
+    return Child([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env)
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has installed a handler for `sig` (Linux: the SigCgt mask
+    of /proc/<pid>/status). Python itself catches only SIGINT; run.py's StopFlag adds
+    SIGTERM first thing."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
 
 
 @pytest.mark.slow
@@ -61,35 +78,35 @@ def test_unreachable_wandb_server_falls_back_to_offline_at_once(tmp_path):
     env = dict(os.environ, WANDB_MODE="online", WANDB_API_KEY="x" * 40, WANDB_DIR=str(tmp_path),
                WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true")
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--dataset=digits",
-                             "--model_type=shallow", "--epochs=1", "--progress=false",
-                             f"--results={tmp_path / 'r.jsonl'}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    fell_back = None
-    for line in proc.stderr:
-        if "logging offline" in line:
-            fell_back = time.perf_counter() - t
-            break
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    # wandb's own retries take ~100 s; the probe (3 s) and init timeout (9 s) come after
-    # the interpreter's start, which a loaded 2-core machine (tests run 4 at a time) can
-    # stretch past 15 s: the bound tells the fallback from the retries, not a speed
-    assert fell_back is not None and fell_back < 60, fell_back
+    with run_py_child("--dataset=digits", "--model_type=shallow", "--epochs=1", "--progress=false",
+               f"--results={tmp_path / 'r.jsonl'}", cwd=tmp_path, env=env) as run:
+        # wandb's own retries take ~100 s; the probe (3 s) and init timeout (9 s) come after
+        # the interpreter's start, which a loaded 2-core machine (tests run 4 at a time) can
+        # stretch past 15 s: the bound tells the fallback from the retries, not a speed
+        run.wait_line("logging offline", timeout=60)
+        fell_back = time.perf_counter() - t
+        _, err = run.finish()
+    assert run.proc.returncode == 0, err
+    assert fell_back < 60, fell_back
     assert json.loads((tmp_path / "r.jsonl").read_text())["status"] == "finished"
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # for `wandb sync` later
 
 
 @pytest.mark.slow
 def test_sigterm_in_the_first_second_ends_stopped_with_zero_epochs(tmp_path):
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc to see run.py install its handler")
     env = dict(os.environ, WANDB_MODE="disabled")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--dataset=digits",
-                             "--epochs=5", f"--results={tmp_path / 'r.jsonl'}"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.8)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    with run_py_child("--dataset=digits", "--epochs=5", f"--results={tmp_path / 'r.jsonl'}",
+               cwd=tmp_path, env=env) as run:
+        # SIGTERM at the first moment run.py promises to handle it (its handler comes
+        # first, before JAX is imported): the event, not a sleep guessing when that is;
+        # the first epoch is seconds of imports, data and compilation away
+        run.wait_for(lambda: catches(run.proc.pid, signal.SIGTERM),
+                     "a SIGTERM handler in run.py", timeout=60, poll=0.005)
+        run.proc.send_signal(signal.SIGTERM)
+        _, err = run.finish()
+    assert run.proc.returncode == 0, err
     rec = json.loads((tmp_path / "r.jsonl").read_text())
     assert rec["status"] == "stopped" and rec["epochs_completed"] == 0
     assert "Traceback" not in err
@@ -99,23 +116,19 @@ def test_sigterm_in_the_first_second_ends_stopped_with_zero_epochs(tmp_path):
 def test_a_second_interrupt_ends_the_run_at_once_and_keeps_what_was_measured(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
     # epochs of about a second, so that the second Ctrl-C lands inside one
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--dataset=digits",
-                             "--model_type=shallow", "--target_params=5000000", "--batch_size=16",
-                             "--epochs=100000", "--progress=false",
-                             f"--results={tmp_path / 'r.jsonl'}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    seen = 0
-    while seen < 1:
-        seen += proc.stdout.readline().startswith("epoch")
-    proc.send_signal(signal.SIGINT)
-    while "stopping after the epoch in flight" not in proc.stderr.readline():
-        pass
-    proc.send_signal(signal.SIGINT)
-    t = time.perf_counter()
-    out, err = proc.communicate(timeout=60)
-    assert time.perf_counter() - t < 10
-    assert proc.returncode == 130, err
+    with run_py_child("--dataset=digits", "--model_type=shallow", "--target_params=5000000",
+               "--batch_size=16", "--epochs=100000", "--progress=false",
+               f"--results={tmp_path / 'r.jsonl'}", cwd=tmp_path, env=env) as run:
+        run.wait_for(lambda: any(line.startswith("epoch") for line in run.out),
+                     "the first epoch's line")
+        run.proc.send_signal(signal.SIGINT)
+        run.wait_line("stopping after the epoch in flight", timeout=60)
+        run.proc.send_signal(signal.SIGINT)
+        t = time.perf_counter()
+        _, err = run.finish(timeout=60)
+        assert time.perf_counter() - t < 10
+    # 0: the run stopped after its epoch in flight before the second Ctrl-C came
+    assert run.proc.returncode == 130, run.output()
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     rec = json.loads((tmp_path / "r.jsonl").read_text())
     assert rec["status"] == "stopped" and rec["epochs_completed"] >= 1

@@ -1,6 +1,8 @@
 """Population trials: members of one compiled program equal sequential runs of their
 configs, and a slot takes a new run without compiling."""
 
+import time
+
 import jax
 import numpy as np
 import pytest
@@ -143,7 +145,8 @@ def test_a_population_sweep_runs_every_trial_once_prunes_and_refills_without_com
     sizes = sorted(json.loads(key[0])["num_seeds"] for key in new)
     assert sizes.count(4) == 2 and set(sizes) <= {1, 2, 4} and len(sizes) <= 6
     assert all(p[2]._cache_size() == 1 for p in new.values())
-    assert all(len(json.dumps(r["config"])) for r in recs)
+    # each record's config is whole: it makes the trial's config again
+    assert all(Config.from_dict(r["config"]).model_type == r["model_type"] for r in recs)
     # two members equal sequential runs of their configs (the fewest epochs: float
     # noise grows with training)
     for r in sorted(recs, key=lambda r: r["epochs_completed"])[:2]:
@@ -247,7 +250,23 @@ def test_auto_population_times_real_populations_of_the_sweep(tmp_path):
     (tmp_path / "pop.yaml").write_text(SWEEP)
     sw = Sweep(str(tmp_path / "pop.yaml"), {"model_type": "shallow", "target_params": "20000"},
                str(tmp_path / "r.jsonl"))
-    assert epoch_timer(sw, sw.base_cfg)(2) > 0  # a population of 2 trained and timed
+    # a population of 2 trains an epoch (compiling), then one more, which is the time
+    from jaxcollective import population
+
+    calls, real = [], population.Population.epoch
+
+    def timed(self):
+        t = time.perf_counter()
+        out = real(self)
+        calls.append((self.k, time.perf_counter() - t))
+        return out
+    population.Population.epoch = timed
+    try:
+        s = epoch_timer(sw, sw.base_cfg)(2)
+    finally:
+        population.Population.epoch = real
+    assert [k for k, _ in calls] == [2, 2]
+    assert calls[1][1] <= s <= calls[1][1] + 0.05
 
 
 def test_an_impossible_population_is_one_line_before_any_trial(tmp_path, capsys):

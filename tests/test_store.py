@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import pytest
 import yaml
+
+from child import Child
 
 from pg import Hosts, PgServer, pg_bindir
 
@@ -96,7 +97,6 @@ def test_two_hosts_run_exactly_the_trials_asked_for(net, tmp_path):
     assert len({(r["config"]["learning_rate"], r["config"]["seed"]) for r in recs}) == 8
     assert all(per_host), [len(h) for h in per_host]  # both hosts worked
     print(f"trials per host: {[len(h) for h in per_host]}")
-    # every line on the host that ran it: its worker's pid ran in that host
     states = [t.state.name for t in study(server).trials]
     assert states == ["COMPLETE"] * 8, states  # no surplus, nothing failed
     both = tmp_path / "all.jsonl"
@@ -108,44 +108,27 @@ def test_two_hosts_run_exactly_the_trials_asked_for(net, tmp_path):
 
 
 def test_the_server_restarted_mid_study_the_workers_wait_and_finish(net, tmp_path):
+    """The server goes down while a trial trains, and comes back: the worker waits (one
+    line when the outage starts, one when it ends) and finishes the study. The worker is
+    frozen while the server stops, so its next call (the epoch's report) meets the
+    outage whatever the machine's speed."""
     server, host, _ = net
     path = sweep_file(tmp_path, epochs=4)
     p = worker(host, 0, path, tmp_path, "--heartbeat=10", trials=2)
-    deadline = time.time() + 300
-    while not lines(tmp_path / "host0.jsonl"):
-        assert p.poll() is None and time.time() < deadline, p.communicate()[1][-3000:]
-        time.sleep(0.1)
-    server.stop()  # down for a few seconds, then back
-    time.sleep(3)
+    err = Child(proc=p)
+    err.wait_line("trial 1: epoch 1/4")
+    p.send_signal(signal.SIGSTOP)
+    try:
+        server.stop()
+    finally:
+        p.send_signal(signal.SIGCONT)
+    err.wait_line("the study's database cannot be reached")
     server.start()
-    out, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
-    assert "the study's database cannot be reached" in err and "is back after" in err, err[-3000:]
-    assert "Traceback" not in err
+    text = err.finish()[1]
+    assert p.returncode == 0, text[-3000:]
+    assert "is back after" in text and "Traceback" not in text, text[-3000:]
     assert [t.state.name for t in study(server).trials] == ["COMPLETE"] * 2
     assert len(lines(tmp_path / "host0.jsonl")) == 2
-
-
-class Stderr:
-    """A worker's stderr, read as it comes (a thread), and waited on for a line."""
-
-    def __init__(self, proc):
-        self.proc, self.lines = proc, []
-        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stderr), daemon=True)
-        self.thread.start()
-
-    def wait_for(self, text, timeout=300):
-        deadline = time.time() + timeout
-        while not any(text in line for line in self.lines):
-            assert self.proc.poll() is None or self.thread.is_alive(), \
-                f"exited before {text!r}: " + "".join(self.lines[-30:])
-            assert time.time() < deadline, f"no {text!r} in {timeout} s: " + "".join(self.lines[-30:])
-            time.sleep(0.05)
-
-    def text(self):
-        self.proc.wait(timeout=600)
-        self.thread.join(timeout=60)
-        return "".join(self.lines)
 
 
 def saved(folder, epoch):
@@ -164,21 +147,18 @@ def test_a_host_dying_at_the_end_of_a_study_leaves_it_complete(net, tmp_path):
         pytest.skip("a host killed outright needs network namespaces (root, iproute2)")
     path = sweep_file(tmp_path, epochs=20)
     a = worker(host, 0, path, tmp_path, "--population=2", "--heartbeat=1", trials=3)
-    a_err = Stderr(a)
-    deadline = time.time() + 300
-    while len(saved(tmp_path / "ck", 2)) < 2:  # both members have saved epoch 2
-        assert a.poll() is None and time.time() < deadline, a_err.text()[-3000:]
-        time.sleep(0.05)
+    a_err = Child(proc=a)
+    a_err.wait_for(lambda: len(saved(tmp_path / "ck", 2)) >= 2, "both members' epoch-2 checkpoints")
     hosts.kill(0, signal.SIGSTOP)
     # B's grace (2 x 12 s) outlasts its start and its trial, so A's trials are still
     # live to B when it runs out of trials to claim
     b = worker(host, 1, path, tmp_path, "--heartbeat=12", trials=3)
-    b_err = Stderr(b)
-    b_err.wait_for("waiting for 2 trials running elsewhere")
+    b_err = Child(proc=b)
+    b_err.wait_line("waiting for 2 trials running elsewhere")
     killed_at = time.time()
     assert hosts.kill(0)
     a.wait(timeout=60)  # reaped, as its shell would (a zombie's pid still looks alive)
-    err = b_err.text()
+    err = b_err.finish()[1]
     ended = time.time() - killed_at
     assert b.returncode == 0, err[-3000:]
     recs = lines(tmp_path / "host1.jsonl")
@@ -201,10 +181,7 @@ def test_a_host_killed_mid_trial_is_restarted_by_the_other_without_its_checkpoin
     path = sweep_file(tmp_path, epochs=8)
     b = worker(host, 1, path, tmp_path, "--heartbeat=2", f"--set=checkpoint_dir={tmp_path / 'ck1'}",
                trials=3)
-    deadline = time.time() + 300
-    while not saved(tmp_path / "ck1", 2):
-        assert b.poll() is None and time.time() < deadline, b.communicate()[1][-3000:]
-        time.sleep(0.05)
+    Child(proc=b).wait_for(lambda: saved(tmp_path / "ck1", 2), "an epoch-2 checkpoint")
     assert hosts.kill(1)  # every process of host 1, SIGKILL, no clean-up
     b.wait()
     a = worker(host, 0, path, tmp_path, "--heartbeat=2", f"--set=checkpoint_dir={tmp_path / 'ck0'}",

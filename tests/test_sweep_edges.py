@@ -290,3 +290,88 @@ def test_a_resumed_retry_reports_an_epoch_again_without_a_warning():
                        text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "reported", p.stderr[-2000:]
     assert "Warning" not in p.stderr, p.stderr
+
+
+def test_a_stopped_trials_retry_keeps_its_hyperband_bracket_and_values(tmp_path):
+    """The sequential loop's stop (sweep.conclude) queues a retry that sits in its
+    original's bracket with its original's reported values; the stopped original is in
+    no bracket. (The population path is tested end to end above.)"""
+    from jaxcollective.sweep import Hyperband, RETRY, conclude
+
+    pruner = Hyperband(min_resource=1, max_resource=27, reduction_factor=3)  # 4 brackets
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=pruner,
+                                direction="maximize", study_name="hb")
+    pruner._try_initialization(study)  # its brackets (prune() makes them at the first report)
+    originals, running = [], [study.ask() for _ in range(8)]
+    for t in running:
+        t.report(50.0 + t.number, 1)
+        originals.append((t.number, pruner._get_bracket_id(study, study._storage.get_trial(
+            t._trial_id))))
+    for t in running:
+        t.set_user_attr("status", "stopped")  # as trial_outcome records a signal's stop
+        conclude(study, t, "stopped", None)
+    own = []
+    for number, bracket in originals:
+        retry = study.ask()
+        frozen = study._storage.get_trial(retry._trial_id)
+        assert RETRY.retried_trial_number(frozen) == number
+        assert pruner._get_bracket_id(study, frozen) == bracket
+        assert frozen.intermediate_values == {1: 50.0 + number}
+        own.append(optuna.pruners.HyperbandPruner._get_bracket_id(pruner, study, frozen))
+        study.tell(retry, 60.0)
+    assert own != [b for _, b in originals]  # by its own number, some would move
+    for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):
+        assert pruner._get_bracket_id(study, t) == -1
+
+
+def test_a_draining_population_shrinks_only_when_it_pays():
+    from jaxcollective.sweep import shrink_pays
+
+    compile_then = [10.0, 1.0, 1.0]  # the first epoch compiled for 9 s, then 1 s an epoch
+    assert shrink_pays(8, 2, compile_then, epochs_left=20)  # 20 x 1 x (1 - 2/8) = 15 > 9
+    assert not shrink_pays(8, 2, compile_then, epochs_left=10)  # 7.5 < 9
+    assert not shrink_pays(8, 3, compile_then, epochs_left=16)  # into 4: 8 < 9
+    assert shrink_pays(8, 3, compile_then, epochs_left=20)  # 10 > 9
+    assert not shrink_pays(8, 2, [10.0], epochs_left=1000)  # no compile time measured yet
+
+
+@pytest.mark.slow
+def test_a_population_sweep_shrinks_and_its_members_train_on(tmp_path, monkeypatch):
+    """A grid of 4 points in one population of 4: the two 1-epoch members end after
+    epoch 1, the population shrinks to 2 (shrink_pays made to say yes), and the 4-epoch
+    members carry on there to the same results as in a population that never shrinks."""
+    from jaxcollective import population, sweep
+
+    spec = {"program": "run.py", "method": "grid",
+            "metric": {"name": "val/accuracy", "goal": "maximize"},
+            "parameters": {**POP["parameters"], "epochs": {"values": [1, 4]},
+                           "seed": {"values": [0, 1]},
+                           "learning_rate": {"value": 0.05}}}
+    shrinks = []
+    smaller = population.Population.smaller
+
+    def spy(self, slots):
+        shrinks.append((self.k, list(slots)))
+        return smaller(self, slots)
+    monkeypatch.setattr(population.Population, "smaller", spy)
+    ended = {}
+    for name, pays in (("shrinks", True), ("keeps", False)):
+        tmp = tmp_path / name
+        tmp.mkdir()
+        monkeypatch.setattr(sweep, "shrink_pays", lambda *a, pays=pays: pays)
+        assert sweep_main([str(write(tmp, spec)), "--trials=4", "--population=4", *args(tmp)]) == 0
+        recs = lines(tmp / "r.jsonl")
+        assert sorted((r["config"]["epochs"], r["config"]["seed"]) for r in recs) == \
+            [(1, 0), (1, 1), (4, 0), (4, 1)] and {r["status"] for r in recs} == {"finished"}
+        ended[name] = {r["config"]["seed"]: r for r in recs if r["config"]["epochs"] == 4}
+        if pays:
+            assert shrinks == [(4, [2, 3])]  # once, the two live members, into a population of 2
+    assert len(shrinks) == 1
+    for seed, r in ended["shrinks"].items():
+        kept = ended["keeps"][seed]
+        assert r["epochs_completed"] == kept["epochs_completed"] == 4
+        assert r["population_slot"] == kept["population_slot"]
+        # the same run to float noise: the programs of 4 and of 2 members round alike
+        # here (measured: equal to 1e-6); a lost state or epoch counter moves it by points
+        assert r["final/best_val_accuracy"] == pytest.approx(kept["final/best_val_accuracy"], abs=0.5)
+        assert r["final_train_loss"] == pytest.approx(kept["final_train_loss"], rel=1e-3)

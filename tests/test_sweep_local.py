@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from child import Child
 
 optuna = pytest.importorskip("optuna")
 
@@ -85,36 +86,55 @@ def launch(tmp, path, *extra):
 
 
 def test_two_processes_share_one_sqlite_study_with_disjoint_trials(tmp_path):
+    """Two processes on one SQLite study take turns: exactly N trials, none twice, and
+    the one that runs out first waits for the other's trial instead of leaving. Process
+    A is frozen (SIGSTOP) in its first trial while B claims and runs all the others, so
+    both take trials whatever the machine's speed."""
     path = sweep_file(tmp_path, early_terminate=None)
     common = ["--trials=6", f"--storage=sqlite:///{tmp_path / 's.db'}", "--study=shared",
               f"--results={tmp_path / 'r.jsonl'}"]
-    procs = [launch(tmp_path, path, *common, f"--seed={i}") for i in range(2)]
-    for p in procs:
-        out, err = p.communicate(timeout=600)
+    a = launch(tmp_path, path, *common, "--seed=0")
+    a_err = Child(proc=a)
+    a_err.wait_line("trial 0: epoch 1/")  # training, not claiming: it holds no lock
+    a.send_signal(signal.SIGSTOP)
+    try:
+        b = launch(tmp_path, path, *common, "--seed=1")
+        b_err = Child(proc=b)
+        b_err.wait_line("5/6 done")
+        b_err.wait_line("waiting for 1 trial running elsewhere")
+        assert b.poll() is None  # it does not leave the study one short
+    finally:
+        a.send_signal(signal.SIGCONT)
+    for p, err in ((a, a_err.finish()[1]), (b, b_err.finish()[1])):
         assert p.returncode == 0, err[-2000:]
     recs = lines(tmp_path / "r.jsonl")
     numbers = [r["sweep_trial"] for r in recs]
-    assert len(numbers) == len(set(numbers)) >= 6  # no trial run twice
-    assert len({r["sweep_worker"] for r in recs}) == 2  # both processes took trials
+    assert sorted(numbers) == list(range(6))  # exactly 6, none twice
+    assert [r["sweep_trial"] for r in recs if r["sweep_worker"] == a.pid] == [0]
+    assert len([r for r in recs if r["sweep_worker"] == b.pid]) == 5
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 's.db'}")
-    assert sorted(t.number for t in study.trials) == sorted(numbers)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
 
 
 def test_a_killed_study_resumes(tmp_path):
+    """kill -9 in a trial's first epoch: the same command retries that trial at once (its
+    process is gone from this host), and the study ends with exactly N."""
     path = sweep_file(tmp_path, early_terminate=None)
     common = ["--trials=5", f"--storage=sqlite:///{tmp_path / 's.db'}", "--study=k",
-              f"--results={tmp_path / 'r.jsonl'}", "--heartbeat=1"]
+              f"--results={tmp_path / 'r.jsonl'}"]
     p = launch(tmp_path, path, *common)
-    while "2/5 done" not in p.stderr.readline():
-        assert p.poll() is None
+    err = Child(proc=p)
+    err.wait_line("trial 2: epoch 1/")
     p.send_signal(signal.SIGKILL)
-    p.wait()
-    time.sleep(3)  # past the grace period of the trial it left RUNNING
+    err.finish()
     p = launch(tmp_path, path, *common)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-2000:]
     study = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path / 's.db'}")
-    states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) >= 5
-    assert optuna.trial.TrialState.RUNNING not in states
+    states = [t.state.name for t in study.trials]
+    assert sorted(states) == ["COMPLETE"] * 5 + ["FAIL"], states  # nothing left RUNNING
     assert "[sweep k] 5/5 done" in err
+    recs = lines(tmp_path / "r.jsonl")
+    assert len(recs) == 5 and {r["status"] for r in recs} == {"finished"}
+    (retry,) = [r for r in recs if "sweep_retry_of" in r]
+    assert retry["sweep_retry_of"] == 2 and retry["sweep_trial"] == 3  # the rerun's first

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from child import Child
+
 optuna = pytest.importorskip("optuna")
 
 from jaxcollective.report import load_results, make_report  # noqa: E402
@@ -305,3 +307,67 @@ def test_a_sweep_says_which_study_it_runs(tmp_path, capsys):
                        f"--results={tmp_path / 'typo' / 'r.jsonl'}"]) == 0
     assert capsys.readouterr().err.splitlines()[0] == \
         f"[sweep s] new study s in sqlite:///{tmp_path / 'typo' / 'sweeps.db'}"
+
+
+def test_one_ctrl_c_stops_every_parallel_worker_and_queues_their_trials(tmp_path):
+    path = sweep_file(tmp_path, epochs=40)
+    args = ["--parallel=2", "--trials=3", *common(tmp_path)]
+    p = launch(path, *args)
+    err = Child(proc=p)
+    err.wait_line(": epoch 2/40", n=2)  # both workers are training a trial
+    p.send_signal(signal.SIGINT)
+    text = err.finish(timeout=120)[1]
+    assert p.returncode == 0 and "Traceback" not in text, text[-3000:]
+    assert text.count("run the same command again") == 2, text[-3000:]
+    recs = lines(tmp_path / "r.jsonl")
+    assert sorted(r["status"] for r in recs) == ["stopped", "stopped"]
+    assert len({r["sweep_worker"] for r in recs}) == 2
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["FAIL", "FAIL", "WAITING", "WAITING"], states  # both queued for retry
+
+
+def test_a_bayes_sweep_maps_q_uniform_and_int_uniform(tmp_path, capsys):
+    """`method: bayes` runs on TPE; q_uniform values lie on their grid of q, int_uniform
+    values are integers within their bounds."""
+    path = sweep_file(tmp_path, learning_rate={"distribution": "q_uniform", "min": 0.001,
+                                               "max": 0.009, "q": 0.002},
+                      seed={"distribution": "int_uniform", "min": 3, "max": 5})
+    spec = yaml.safe_load(path.read_text())
+    spec["method"] = "bayes"
+    path.write_text(yaml.safe_dump(spec))
+    assert sweep_main([str(path), "--trials=4", *common(tmp_path)]) == 0
+    recs = lines(tmp_path / "r.jsonl")
+    assert len(recs) == 4
+    for r in recs:
+        lr, seed = r["config"]["learning_rate"], r["config"]["seed"]
+        assert any(lr == pytest.approx(q) for q in (0.001, 0.003, 0.005, 0.007, 0.009)), lr
+        assert isinstance(seed, int) and 3 <= seed <= 5
+    from jaxcollective.sweep import Sweep, sampler_of
+
+    sw = Sweep(str(path), {}, str(tmp_path / "r.jsonl"))
+    sampler = sampler_of(sw.sweep, sw.space, 0)
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._constant_liar
+    assert sw.space["learning_rate"] == optuna.distributions.FloatDistribution(0.001, 0.009, step=0.002)
+    assert sw.space["seed"] == optuna.distributions.IntDistribution(3, 5)
+
+
+def test_readmes_first_local_sweep_command_runs_on_digits(tmp_path):
+    """README's command as it stands (a bayes sweep of every model type at 1.8M to 7.15M
+    parameters), shortened to 1 trial of 1 epoch: --set dataset=digits drops the file's
+    input_dim and num_classes (MNIST's) and says so, and the trial runs on digits."""
+    readme = (ROOT / "README.md").read_text()
+    cmd = next(line for line in readme.splitlines()
+               if line.startswith("python -m jaxcollective.sweep sweeps/phase1.yaml"))
+    argv = cmd.split()[3:]
+    assert "--set" in argv and "dataset=digits" in argv, cmd
+    argv = ["--trials=1" if a.startswith("--trials=") else "epochs=1" if a.startswith("epochs=")
+            else a for a in argv]
+    p = launch(ROOT / argv[0], *argv[1:], *common(tmp_path), "--set", "batch_size=128")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    for key in ("input_dim", "num_classes"):
+        assert f"note: --set dataset=digits drops the sweep's fixed {key}" in err
+    (rec,) = lines(tmp_path / "r.jsonl")
+    assert rec["status"] == "finished" and rec["dataset"] == "digits"
+    assert 1_700_000 < rec["model_params"] < 7_300_000 and rec["epochs_completed"] == 1
