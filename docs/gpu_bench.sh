@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed figures of README's performance table, in one go (needs only jax, flax
+# The speed figures of docs/performance.md's tables, in one go (needs only jax, flax
 # and optax; no data, no network). On a GPU machine:
 #   bash docs/gpu_bench.sh [OUT_DIR]          # writes OUT_DIR/bench.jsonl, prints it
 # Each bench line is a JSON object of `python -m jaxcollective.bench`; the last line

@@ -1,11 +1,11 @@
-"""The parameter-efficiency study of README's "Results", on real Fashion-MNIST.
+"""The parameter-efficiency study of docs/results.md, on real Fashion-MNIST.
 
     python docs/study.py                  # 2 collective sizes (~77 min on 2 CPU cores)
     python docs/study.py --sizes=full     # the original's range, 1.8M to 7.1M (a GPU)
     python docs/study.py --schedule=long  # augmentation, 36 epochs, tuned (hours)
     python docs/study.py --schedule=converged  # as long, each run to early stopping (hours)
 
-The short schedule (README's first answer):
+The short schedule (the 6-epoch study of docs/results.md):
 
 1. For each collective size: `sweeps/study_fashion.yaml` through the local sweep runner,
    a grid of the 7 model types x 3 learning rates, seed 0 (the baselines take the
@@ -88,7 +88,7 @@ SIZES = {
                  analyst_hidden="[512, 256]", analyst_output=96),   # 7,138,105
 }
 SIZE_SETS = {"cpu": ["0.57M", "2.97M"], "full": ["1.8M", "2.97M", "4.0M", "4.9M", "6.1M", "7.1M"]}
-# README's 6-epoch study, and the converged one (issue: trained as the original trains)
+# the 6-epoch study, and the converged one (issue: trained as the original trains)
 SCHEDULES = {
     "short": dict(work="runs/study_fashion", out="docs/study"),
     # the long study spans sessions: its work folder's records are committed as they grow
@@ -98,7 +98,7 @@ SCHEDULES = {
 }
 CONVERGED = {"plateau": 8, "patience": 16, "epochs": 300}  # the converged schedule's defaults
 OPTIONS = {
-    "schedule": "short (default: README's grid of 3 learning rates, 6 epochs, no augmentation) "
+    "schedule": "short (default: the grid of 3 learning rates, 6 epochs, no augmentation) "
                 "or long (augmentation on, 36 epochs, learning rate x weight decay chosen by "
                 "successive halving on validation at epochs 4, 12 and 36) or converged (as "
                 "long, every run trained to early stopping, its rate cut on plateaus; "
@@ -421,7 +421,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
 
 
 def short_study(counts, seeds, sweep, fixed, varied, grid, work, log, stop, progress) -> None:
-    """README's 6-epoch study: the grid per size through the sweep runner, then more seeds
+    """The 6-epoch study: the grid per size through the sweep runner, then more seeds
     of the configuration validation chose. `counts`: each size's collective parameters."""
     names = list(counts)
     results = work / "results.jsonl"

@@ -295,7 +295,7 @@ def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     except (NotImplementedError, ValueError, FileNotFoundError) as err:
         raise DataError(f"{builder.name!r} in {builder.data_dir} is prepared in a format that "
                         "needs TensorFlow to read (tfrecord); use the raw files instead "
-                        "(--data_dir=FOLDER, see README's Datasets)") from err
+                        "(--data_dir=FOLDER, see docs/datasets.md)") from err
 
 
 # Official training split sizes, known before loading (for checks before any work).

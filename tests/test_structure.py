@@ -172,7 +172,8 @@ def test_design_doc_lists_every_key_with_its_role():
     text = (ROOT / "docs" / "design.md").read_text()
     for k, f in FIELDS.items():
         assert re.search(rf"^\| `{k}` \| {f.metadata['role'].value} \|", text, re.M), k
-    code = "\n".join(p.read_text() for p in [*PKG.glob("*.py"), ROOT / "README.md"])
+    code = "\n".join(p.read_text() for p in [*PKG.glob("*.py"), ROOT / "README.md",
+                                              *(ROOT / "docs").glob("*.md")])
     for section in {" ".join(s.split()) for s in re.findall(r'docs/design\.md, "([^"]+)"', code)}:
         assert re.search(rf"^## {re.escape(section)}$", text, re.M), section
     assert "SPEC" not in code
