@@ -31,8 +31,9 @@ def work(url: str, total: int, out) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with study_lock(url):
-        study = optuna.create_study(study_name="bench", storage=storage_of(url, 30),
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            study_name="bench", storage=storage_of(url, 30), load_if_exists=True
+        )
     got, waited = 0, 0.0
     while True:
         t = time.perf_counter()
@@ -64,20 +65,30 @@ def bench(url: str, total: int, workers: int) -> dict:
     wall = time.perf_counter() - start
     got = [g for g, _ in results]
     assert sum(got) == total, got
-    return {"store": url.split(":", 1)[0], "workers": workers, "trials": total,
-            "wall_s": round(wall, 2), "claims_per_s": round(total / wall, 1),
-            "mean_claim_ms": round(1000 * sum(w for _, w in results) / total, 1),
-            "trials_per_worker": sorted(got)}
+    return {
+        "store": url.split(":", 1)[0],
+        "workers": workers,
+        "trials": total,
+        "wall_s": round(wall, 2),
+        "claims_per_s": round(total / wall, 1),
+        "mean_claim_ms": round(1000 * sum(w for _, w in results) / total, 1),
+        "trials_per_worker": sorted(got),
+    }
 
 
 def main(argv: list[str]) -> int:
     from jaxcollective.cli import guarded, int_option, parse_argv
 
     def _main():
-        _, opts = parse_argv(argv, {"trials": "trials in all (default 400)",
-                                    "workers": "concurrent workers (default 8)",
-                                    "postgres": "a PostgreSQL URL (default: a throwaway server)"},
-                             config_keys=False)
+        _, opts = parse_argv(
+            argv,
+            {
+                "trials": "trials in all (default 400)",
+                "workers": "concurrent workers (default 8)",
+                "postgres": "a PostgreSQL URL (default: a throwaway server)",
+            },
+            config_keys=False,
+        )
         total = int_option(opts, "trials", 400, minimum=1)
         workers = int_option(opts, "workers", 8, minimum=1)
         with tempfile.TemporaryDirectory() as tmp:
@@ -98,6 +109,7 @@ def main(argv: list[str]) -> int:
             if server is not None:
                 server.remove()
         return 0
+
     return guarded(_main)
 
 

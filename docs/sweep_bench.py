@@ -33,17 +33,40 @@ def populations(opts):
         tmp = Path(tempfile.mkdtemp(prefix=f"pop-bench-{k}-"))
         env = dict(os.environ, WANDB_MODE="disabled", JAXCOLLECTIVE_CACHE_DIR=str(tmp / "xla"))
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "jaxcollective.sweep", sweep, f"--trials={trials}",
-                        f"--population={k}", f"--storage=sqlite:///{tmp / 'bench.db'}",
-                        f"--results={tmp / 'r.jsonl'}", "--set", f"checkpoint_dir={tmp / 'ck'}"],
-                       cwd=ROOT, env=env, check=True, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jaxcollective.sweep",
+                sweep,
+                f"--trials={trials}",
+                f"--population={k}",
+                f"--storage=sqlite:///{tmp / 'bench.db'}",
+                f"--results={tmp / 'r.jsonl'}",
+                "--set",
+                f"checkpoint_dir={tmp / 'ck'}",
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - t
         recs = [json.loads(line) for line in (tmp / "r.jsonl").read_text().splitlines()]
-        print(json.dumps({"sweep": Path(sweep).name, "population": k, "trials": len(recs),
-                          "pruned": sum(r["status"] == "pruned" for r in recs),
-                          "epochs": sum(r["epochs_completed"] for r in recs),
-                          "wall_s": round(wall, 1),
-                          "trials_per_hour": round(3600 * len(recs) / wall)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "sweep": Path(sweep).name,
+                    "population": k,
+                    "trials": len(recs),
+                    "pruned": sum(r["status"] == "pruned" for r in recs),
+                    "epochs": sum(r["epochs_completed"] for r in recs),
+                    "wall_s": round(wall, 1),
+                    "trials_per_hour": round(3600 * len(recs) / wall),
+                }
+            ),
+            flush=True,
+        )
 
 
 def main(argv):
@@ -57,11 +80,24 @@ def main(argv):
 
     env = dict(base_env, JAXCOLLECTIVE_CACHE_DIR=str(tmp / "xla-local"))
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "jaxcollective.sweep", sweep, f"--trials={trials}",
-                    "--study=bench", f"--storage=sqlite:///{tmp / 'bench.db'}",
-                    f"--results={tmp / 'local.jsonl'}", "--set", f"checkpoint_dir={tmp / 'ck'}"],
-                   cwd=ROOT, env=env, check=True,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxcollective.sweep",
+            sweep,
+            f"--trials={trials}",
+            "--study=bench",
+            f"--storage=sqlite:///{tmp / 'bench.db'}",
+            f"--results={tmp / 'local.jsonl'}",
+            "--set",
+            f"checkpoint_dir={tmp / 'ck'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     local_s = time.perf_counter() - t
 
     import optuna
@@ -74,12 +110,32 @@ def main(argv):
     t = time.perf_counter()
     for trial in study.trials:
         args = [f"--{k}={v}" for k, v in {**fixed, **trial.params}.items()]
-        subprocess.run([sys.executable, "run.py", *args, f"--results={tmp / 'procs.jsonl'}",
-                        f"--checkpoint_dir={tmp / 'ck'}"], cwd=ROOT, env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "run.py",
+                *args,
+                f"--results={tmp / 'procs.jsonl'}",
+                f"--checkpoint_dir={tmp / 'ck'}",
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     procs_s = time.perf_counter() - t
-    print(json.dumps({"sweep": sweep, "trials": len(study.trials), "local_s": round(local_s, 1),
-                      "processes_s": round(procs_s, 1), "speedup": round(procs_s / local_s, 2)}))
+    print(
+        json.dumps(
+            {
+                "sweep": sweep,
+                "trials": len(study.trials),
+                "local_s": round(local_s, 1),
+                "processes_s": round(procs_s, 1),
+                "speedup": round(procs_s / local_s, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

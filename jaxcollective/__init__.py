@@ -13,5 +13,6 @@ __all__ = ["Config", "ConfigError", "describe"]
 def __getattr__(name):
     if name == "describe":
         from .api import describe
+
         return describe
     raise AttributeError(f"module 'jaxcollective' has no attribute {name!r}")

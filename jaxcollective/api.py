@@ -13,8 +13,11 @@ def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> dict[str, str]
     seed's sweep sends collective keys to baselines and target_params to the collective,
     and the original's configs carry keys that have no effect here."""
     given = set(given or ())
-    ignored, why = ((BASELINE_ONLY, "baseline-only") if cfg.model_type == "collective"
-                    else (COLLECTIVE_ONLY, "collective-only"))
+    ignored, why = (
+        (BASELINE_ONLY, "baseline-only")
+        if cfg.model_type == "collective"
+        else (COLLECTIVE_ONLY, "collective-only")
+    )
     out = {k: why for k in ignored & given}
     if "lr_plateau_factor" in given and cfg.lr_plateau_patience == 0:
         out["lr_plateau_factor"] = "plateau-off"  # a constant learning rate

@@ -35,18 +35,22 @@ def augment(x_BxHxWxCh: jax.Array, key: jax.Array, spec: AugSpec) -> jax.Array:
     """Randomly warp a batch of float images; the identity when `spec` has zero strength."""
     b, h, w, _ = x_BxHxWxCh.shape
     k_rot, k_scale, k_shift, k_crop, k_flip = jax.random.split(key, 5)
-    angle_B = jnp.deg2rad(jax.random.uniform(k_rot, (b,), minval=-spec.rotate_deg, maxval=spec.rotate_deg))
+    angle_B = jnp.deg2rad(
+        jax.random.uniform(k_rot, (b,), minval=-spec.rotate_deg, maxval=spec.rotate_deg)
+    )
     scale_B = jax.random.uniform(k_scale, (b,), minval=spec.scale[0], maxval=spec.scale[1])
     max_shift = jnp.array([spec.translate_frac * w, spec.translate_frac * h])
     shift_Bx2 = jax.random.uniform(k_shift, (b, 2), minval=-1.0, maxval=1.0) * max_shift
     if spec.crop_pad:
         shift_Bx2 = shift_Bx2 + jax.random.randint(
-            k_crop, (b, 2), -spec.crop_pad, spec.crop_pad + 1).astype(shift_Bx2.dtype)
+            k_crop, (b, 2), -spec.crop_pad, spec.crop_pad + 1
+        ).astype(shift_Bx2.dtype)
     flip_B = jax.random.bernoulli(k_flip, spec.flip_p, (b,))
 
     # Output pixel p -> source q = (R S)^-1 (p - c - t) + c, with c the image centre.
-    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                          indexing="ij")
+    ys, xs = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     px_BxHxW = xs[None] - cx - shift_Bx2[:, 0, None, None]
     py_BxHxW = ys[None] - cy - shift_Bx2[:, 1, None, None]
@@ -64,11 +68,17 @@ def _bilinear(x_BxHxWxCh, qx_BxHxW, qy_BxHxW):
     x0, y0 = jnp.floor(qx_BxHxW), jnp.floor(qy_BxHxW)
     fx, fy = qx_BxHxW - x0, qy_BxHxW - y0
     out = jnp.zeros_like(x_BxHxWxCh)
-    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                        (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+    for dx, dy, wgt in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
         xi, yi = x0 + dx, y0 + dy
         inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
         idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
-        vals = jnp.take_along_axis(flat_BxPxCh, idx.reshape(b, h * w, 1), axis=1).reshape(b, h, w, c)
+        vals = jnp.take_along_axis(flat_BxPxCh, idx.reshape(b, h * w, 1), axis=1).reshape(
+            b, h, w, c
+        )
         out = out + jnp.where(inside, wgt, 0.0)[..., None] * vals
     return out

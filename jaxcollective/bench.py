@@ -33,23 +33,25 @@ from .config import Config, ConfigError
 EXTRA = {
     "config": "preset applied first: debug or phase1",
     "steps": "timed updates, in calls of 10, for the steady-state median (default 100; 0: "
-             "time epochs only)",
+    "time epochs only)",
     "epochs": "full epochs to time after the first (default 1); 0 skips epoch_s",
     "torch": "also time the PyTorch reference (needs torch): true/false (default false)",
     "matmul_precision": "jax_default_matmul_precision for this line, e.g. highest (true "
-                        "float32 matmuls on a GPU; default: JAX's, TF32 there)",
+    "float32 matmuls on a GPU; default: JAX's, TF32 there)",
     "lines": "a file (- for stdin) of bench lines, run one after another in this process: "
-             "each line holds more options (the same forms), added to the command line's; "
-             "one JSON object per line; a line out of device memory is skipped (stderr)",
+    "each line holds more options (the same forms), added to the command line's; "
+    "one JSON object per line; a line out of device memory is skipped (stderr)",
     "help": "show this message",
 }
 
 UPDATES_PER_CALL = 10
 # Dense peak TFLOP/s by device kind (SXM parts): bf16, TF32 and true-fp32 tensor rates.
-GPU_PEAKS = {"H200": {"bfloat16": 989.0, "tensorfloat32": 494.7, "float32": 67.0},
-             "H100": {"bfloat16": 989.0, "tensorfloat32": 494.7, "float32": 67.0},
-             "A100": {"bfloat16": 312.0, "tensorfloat32": 156.0, "float32": 19.5},
-             "L4": {"bfloat16": 121.0, "tensorfloat32": 60.0, "float32": 30.3}}
+GPU_PEAKS = {
+    "H200": {"bfloat16": 989.0, "tensorfloat32": 494.7, "float32": 67.0},
+    "H100": {"bfloat16": 989.0, "tensorfloat32": 494.7, "float32": 67.0},
+    "A100": {"bfloat16": 312.0, "tensorfloat32": 156.0, "float32": 19.5},
+    "L4": {"bfloat16": 121.0, "tensorfloat32": 60.0, "float32": 30.3},
+}
 # `jax_default_matmul_precision` values that keep float32 matmuls in true float32; any
 # other value (the default None included) lets XLA use TF32 tensor cores on Ampere+.
 FULL_FP32 = ("highest", "float32", "F32_F32_F32")
@@ -85,15 +87,24 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
 
     cfg = cfg.replace(dataset="synthetic", synthetic_like=cfg.data_like)
     resolved = resolve(cfg)
-    log(f"[synthetic] {cfg.model_type}: {resolved.model_params:,} params, batch {cfg.batch_size}"
+    log(
+        f"[synthetic] {cfg.model_type}: {resolved.model_params:,} params, batch {cfg.batch_size}"
         f" x{cfg.num_seeds} seeds, {cfg.dtype}, augmentation {cfg.use_augmentation}, "
-        f"{jax.devices()[0].device_kind} x{len(jax.devices())}")
+        f"{jax.devices()[0].device_kind} x{len(jax.devices())}"
+    )
     trainer = Trainer(resolved, make_synthetic(cfg.data_like, seed=cfg.seed))
-    out = {"model_type": cfg.model_type, "model_params": resolved.model_params,
-           "batch_size": cfg.batch_size, "num_seeds": cfg.num_seeds, "dtype": cfg.dtype,
-           "use_augmentation": cfg.use_augmentation, "synthetic": True,
-           "dataset_shape": cfg.data_like, "device": jax.devices()[0].device_kind,
-           "n_devices": len(jax.devices())}
+    out = {
+        "model_type": cfg.model_type,
+        "model_params": resolved.model_params,
+        "batch_size": cfg.batch_size,
+        "num_seeds": cfg.num_seeds,
+        "dtype": cfg.dtype,
+        "use_augmentation": cfg.use_augmentation,
+        "synthetic": True,
+        "dataset_shape": cfg.data_like,
+        "device": jax.devices()[0].device_kind,
+        "n_devices": len(jax.devices()),
+    }
     if steps > 0:
         out.update(time_steps(trainer, steps))
     if steps > 0 and jax.default_backend() == "gpu":
@@ -106,10 +117,13 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
         out.update(time_epochs(trainer, epochs))
     if torch_ref:
         from .torch_reference import time_torch
+
         out["torch_samples_per_s"] = round(time_torch(cfg, steps), 1)
         out["speedup_vs_torch"] = round(out["train_samples_per_s"] / out["torch_samples_per_s"], 2)
-        log(f"PyTorch reference: {out['torch_samples_per_s']:,.0f} samples/s; "
-            f"speed-up {out['speedup_vs_torch']}x")
+        log(
+            f"PyTorch reference: {out['torch_samples_per_s']:,.0f} samples/s; "
+            f"speed-up {out['speedup_vs_torch']}x"
+        )
     return out
 
 
@@ -148,9 +162,13 @@ def time_steps(trainer, steps: int) -> dict:
     step_s = statistics.median(times)
     samples = b * a * cfg.num_seeds / step_s
     log(f"steady state: {samples:,.0f} samples/s ({step_s * 1e3:.2f} ms per update)")
-    return {"compile_s": round(compile_s, 3), "train_samples_per_s": round(samples, 1),
-            "step_ms": round(step_s * 1e3, 3), "flops_per_step": flops,
-            "tflops": round(flops / step_s / 1e12, 4)}
+    return {
+        "compile_s": round(compile_s, 3),
+        "train_samples_per_s": round(samples, 1),
+        "step_ms": round(step_s * 1e3, 3),
+        "flops_per_step": flops,
+        "tflops": round(flops / step_s / 1e12, 4),
+    }
 
 
 def time_epochs(trainer, epochs: int) -> dict:
@@ -181,8 +199,10 @@ def read_lines(path: str) -> list[list[str]]:
     try:
         text = sys.stdin.read() if path == "-" else open(path).read()
     except OSError as e:
-        raise ConfigError(f"--lines={path}: cannot read it ({e.strerror}); give a file of "
-                          "bench lines, one line of options each, or - for stdin") from None
+        raise ConfigError(
+            f"--lines={path}: cannot read it ({e.strerror}); give a file of "
+            "bench lines, one line of options each, or - for stdin"
+        ) from None
     lines = [shlex.split(line, comments=True) for line in text.splitlines()]
     return [line for line in lines if line]
 
@@ -202,12 +222,15 @@ def line_job(values: dict, opts: dict) -> tuple:
     epochs = int_option(opts, "epochs", 1, minimum=0)
     torch_ref = bool_option(opts, "torch")
     if torch_ref and importlib.util.find_spec("torch") is None:
-        raise ConfigError("--torch=true times the PyTorch reference and needs PyTorch: "
-                          "`pip install torch --index-url https://download.pytorch.org/whl/cpu`"
-                          " (or leave --torch out)")
+        raise ConfigError(
+            "--torch=true times the PyTorch reference and needs PyTorch: "
+            "`pip install torch --index-url https://download.pytorch.org/whl/cpu`"
+            " (or leave --torch out)"
+        )
     if "lines" in opts:
-        raise ConfigError("--lines: a line names --lines itself; a line holds the options "
-                          "of one bench")
+        raise ConfigError(
+            "--lines: a line names --lines itself; a line holds the options of one bench"
+        )
     return cfg, steps, epochs, torch_ref, opts.get("matmul_precision")
 
 
@@ -225,7 +248,9 @@ def main(argv: list[str]) -> int:
     def _main():
         values, opts = parse_argv(argv, EXTRA, flags=("help",))
         if "help" in opts:
-            print(help_text("python -m jaxcollective.bench", __doc__.strip().splitlines()[0], EXTRA))
+            print(
+                help_text("python -m jaxcollective.bench", __doc__.strip().splitlines()[0], EXTRA)
+            )
             return 0
         if "lines" not in opts:
             print(json.dumps(run_job(*line_job(values, opts))), flush=True)
@@ -234,8 +259,9 @@ def main(argv: list[str]) -> int:
         for i, words in enumerate(read_lines(opts.pop("lines")), 1):
             try:
                 line_values, line_opts = parse_argv(words, EXTRA)
-                jobs.append((" ".join(words), line_job({**values, **line_values},
-                                                       {**opts, **line_opts})))
+                jobs.append(
+                    (" ".join(words), line_job({**values, **line_values}, {**opts, **line_opts}))
+                )
             except ConfigError as e:
                 raise ConfigError(f"--lines, line {i}: {e}") from None
         for i, (words, job) in enumerate(jobs, 1):
@@ -250,6 +276,7 @@ def main(argv: list[str]) -> int:
                 gc.collect()  # the line's data and state leave the device before the next
             print(json.dumps(row), flush=True)
         return 0
+
     return guarded(_main)
 
 

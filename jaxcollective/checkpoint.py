@@ -107,8 +107,10 @@ def check_writable(cfg: Config) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"--checkpoint_dir={cfg.checkpoint_dir} is not writable "
-                          f"({err.strerror or err}); pass a writable folder") from None
+        raise ConfigError(
+            f"--checkpoint_dir={cfg.checkpoint_dir} is not writable "
+            f"({err.strerror or err}); pass a writable folder"
+        ) from None
 
 
 def _to_json(history: list[dict[str, np.ndarray]]) -> list[dict[str, list]]:
@@ -123,8 +125,9 @@ class Checkpointer:
     """Saves (async) and restores one run's state; every failure to write is a warning
     and training goes on."""
 
-    def __init__(self, cfg: Config, folder: Optional[Path] = None,
-                 lock: Optional[FolderLock] = None):
+    def __init__(
+        self, cfg: Config, folder: Optional[Path] = None, lock: Optional[FolderLock] = None
+    ):
         import orbax.checkpoint as ocp
 
         self.ocp, self.cfg = ocp, cfg
@@ -139,8 +142,12 @@ class Checkpointer:
     def manager(self):
         if self._manager is None:
             ocp = self.ocp
-            self._manager = ocp.CheckpointManager(self.dir, options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, enable_async_checkpointing=True, create=True))
+            self._manager = ocp.CheckpointManager(
+                self.dir,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, enable_async_checkpointing=True, create=True
+                ),
+            )
         return self._manager
 
     def peek(self) -> Optional[dict[str, Any]]:
@@ -152,8 +159,9 @@ class Checkpointer:
             step = self.manager.latest_step()
             if step is None:
                 return None
-            meta = self.manager.restore(step, args=self.ocp.args.Composite(
-                meta=self.ocp.args.JsonRestore()))["meta"]
+            meta = self.manager.restore(
+                step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore())
+            )["meta"]
             meta["step"] = step
             return meta
         except Exception as err:  # noqa: BLE001 - any damage means: start fresh
@@ -164,17 +172,22 @@ class Checkpointer:
         """(state, history) of the checkpoint `meta` came from, shaped like `target`;
         None (with a warning) when the shapes do not match or it cannot be read."""
         try:
-            got = self.manager.restore(meta["step"], args=self.ocp.args.Composite(
-                state=self.ocp.args.StandardRestore(target)))["state"]
+            got = self.manager.restore(
+                meta["step"],
+                args=self.ocp.args.Composite(state=self.ocp.args.StandardRestore(target)),
+            )["state"]
             import jax  # here, not at the top: run.py checks its config before JAX starts
 
             if jax.tree.structure(got) != jax.tree.structure(target) or any(
-                    a.shape != b.shape for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(target))):
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(target))
+            ):
                 raise ValueError("shapes differ")
             self.saved_epoch = meta["step"]
             return got, _from_json(meta["history"])
         except Exception as err:  # noqa: BLE001
-            warn(f"checkpoint in {self.dir} does not fit this run ({describe_error(err)}); starting fresh")
+            warn(
+                f"checkpoint in {self.dir} does not fit this run ({describe_error(err)}); starting fresh"
+            )
             return None
 
     def due(self, epoch: int) -> bool:
@@ -182,26 +195,38 @@ class Checkpointer:
             return epoch % self.every == 0
         return time.perf_counter() - self.last_save >= SAVE_INTERVAL_S
 
-    def save(self, epoch: int, state, history: list, wandb_id: Optional[str], *,
-             wait: bool = False) -> None:
+    def save(
+        self, epoch: int, state, history: list, wandb_id: Optional[str], *, wait: bool = False
+    ) -> None:
         """Save asynchronously (the arrays are copied off first, so training goes on);
         `wait` blocks until it is committed (when the run stops)."""
         if epoch == self.saved_epoch:  # already on disk (a stop right after a save)
             if wait:
                 self.close(release=False)
             return
-        meta = {"epoch": epoch, "history": _to_json(history), "wandb_id": wandb_id,
-                "fingerprint": fingerprint(self.cfg), "config": self.cfg.to_dict()}
+        meta = {
+            "epoch": epoch,
+            "history": _to_json(history),
+            "wandb_id": wandb_id,
+            "fingerprint": fingerprint(self.cfg),
+            "config": self.cfg.to_dict(),
+        }
         try:
-            self.manager.save(epoch, args=self.ocp.args.Composite(
-                state=self.ocp.args.StandardSave(state), meta=self.ocp.args.JsonSave(meta)),
-                force=True)
+            self.manager.save(
+                epoch,
+                args=self.ocp.args.Composite(
+                    state=self.ocp.args.StandardSave(state), meta=self.ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
             if wait:
                 self.manager.wait_until_finished()
             self.last_save = time.perf_counter()
             self.saved_epoch = epoch
         except Exception as err:  # noqa: BLE001 - a full disk must not end the run
-            warn(f"could not save a checkpoint to {self.dir} ({describe_error(err)}); training goes on")
+            warn(
+                f"could not save a checkpoint to {self.dir} ({describe_error(err)}); training goes on"
+            )
 
     def finish(self, keep: bool) -> None:
         """Wait for saves in flight; remove the folder unless asked to keep it."""
@@ -239,11 +264,17 @@ def open_checkpoints(cfg: Config):
         if lock.acquire():
             break
     else:
-        raise ConfigError(f"{MAX_COPIES} live runs of this configuration already hold "
-                          f"{run_dir(cfg)} and its copies; wait for one to end")
+        raise ConfigError(
+            f"{MAX_COPIES} live runs of this configuration already hold "
+            f"{run_dir(cfg)} and its copies; wait for one to end"
+        )
     if copy > 1:
-        print(f"note: another live run of this configuration holds {run_dir(cfg)}; this run "
-              f"checkpoints to {folder}", file=sys.stderr, flush=True)
+        print(
+            f"note: another live run of this configuration holds {run_dir(cfg)}; this run "
+            f"checkpoints to {folder}",
+            file=sys.stderr,
+            flush=True,
+        )
     checkpointer = Checkpointer(cfg, folder, lock)
     if cfg.resume == "never":
         shutil.rmtree(checkpointer.dir, ignore_errors=True)
@@ -251,10 +282,15 @@ def open_checkpoints(cfg: Config):
     meta = checkpointer.peek()
     if meta is not None and meta["epoch"] > cfg.epochs:
         checkpointer.close()
-        raise ConfigError(f"the checkpoint in {checkpointer.dir} has reached epoch "
-                          f"{meta['epoch']}, past --epochs={cfg.epochs}; pass --epochs={meta['epoch']} "
-                          "or more to continue it, or --resume=never to start over")
+        raise ConfigError(
+            f"the checkpoint in {checkpointer.dir} has reached epoch "
+            f"{meta['epoch']}, past --epochs={cfg.epochs}; pass --epochs={meta['epoch']} "
+            "or more to continue it, or --resume=never to start over"
+        )
     if meta is not None:
-        print(f"resuming from epoch {meta['epoch']} (checkpoint {checkpointer.dir})",
-              file=sys.stderr, flush=True)
+        print(
+            f"resuming from epoch {meta['epoch']} (checkpoint {checkpointer.dir})",
+            file=sys.stderr,
+            flush=True,
+        )
     return checkpointer, meta

@@ -20,10 +20,15 @@ class UsageError(ConfigError):
     pass
 
 
-def parse_argv(argv: Iterable[str], extra: Optional[dict[str, str]] = None,
-               flags: Iterable[str] = (), *, repeated: Iterable[str] = (),
-               positional: Optional[str] = None,
-               config_keys: bool = True) -> tuple[dict[str, str], dict]:
+def parse_argv(
+    argv: Iterable[str],
+    extra: Optional[dict[str, str]] = None,
+    flags: Iterable[str] = (),
+    *,
+    repeated: Iterable[str] = (),
+    positional: Optional[str] = None,
+    config_keys: bool = True,
+) -> tuple[dict[str, str], dict]:
     """Split argv into (config values, extra options). `extra` maps the names of
     non-config options to their help; `flags` are the extra options that take no value;
     `repeated` ones collect a list (`--set A=1 --set B=2`); `positional` names the one
@@ -43,8 +48,9 @@ def parse_argv(argv: Iterable[str], extra: Optional[dict[str, str]] = None,
                 options[positional] = tok
                 i += 1
                 continue
-            raise UsageError(f"unexpected argument {tok!r}: options are written --key=value; "
-                             "see --help")
+            raise UsageError(
+                f"unexpected argument {tok!r}: options are written --key=value; see --help"
+            )
         name, eq, value = tok[2:].partition("=")
         name = name.replace("-", "_")
         name = ALIASES.get(name, name) if config_keys else name
@@ -52,8 +58,9 @@ def parse_argv(argv: Iterable[str], extra: Optional[dict[str, str]] = None,
         if not is_option and not config_keys:
             raise UsageError(f"unknown option --{name}; see --help")
         if not eq:
-            takes_bool = name in flags or (not is_option and name in FIELDS
-                                           and FIELDS[name].type in ("bool", bool))
+            takes_bool = name in flags or (
+                not is_option and name in FIELDS and FIELDS[name].type in ("bool", bool)
+            )
             nxt = args[i + 1] if i + 1 < len(args) else None
             if name in flags:
                 value = "true"
@@ -69,8 +76,11 @@ def parse_argv(argv: Iterable[str], extra: Optional[dict[str, str]] = None,
             continue
         target = options if is_option else values
         if name in target and target[name] != value:
-            print(f"warning: --{name} is given twice ({target[name]!r}, then {value!r}); "
-                  f"using {value!r}", file=sys.stderr)
+            print(
+                f"warning: --{name} is given twice ({target[name]!r}, then {value!r}); "
+                f"using {value!r}",
+                file=sys.stderr,
+            )
         target[name] = value  # an unknown key is Config's to refuse, as from a sweep
         i += 1
     return values, options
@@ -99,8 +109,14 @@ def int_option(opts: dict, name: str, default: int, minimum: int) -> int:
     return value
 
 
-def help_text(prog: str, summary: str, extra: dict[str, str], *, config_keys: bool = True,
-              args: str = "[--key=value ...]") -> str:
+def help_text(
+    prog: str,
+    summary: str,
+    extra: dict[str, str],
+    *,
+    config_keys: bool = True,
+    args: str = "[--key=value ...]",
+) -> str:
     """--help of an entry point: usage, summary, its own options, then (where config keys
     are options) every key by group with its default."""
     lines = [f"usage: {prog} {args}", "", summary, "", "options:"]
@@ -140,6 +156,8 @@ def guarded(main: Callable[[], int]) -> int:
 
 def console_script(main: Callable[[list[str]], int]) -> Callable[[], None]:
     """An installed command (pyproject's [project.scripts]) that runs `main(argv)`."""
+
     def run() -> None:
         sys.exit(main(sys.argv[1:]))
+
     return run

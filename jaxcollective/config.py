@@ -19,8 +19,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-MODEL_TYPES = ("collective", "shallow", "balanced", "deep", "very_deep",
-               "deep_resnet", "very_deep_resnet")
+MODEL_TYPES = (
+    "collective",
+    "shallow",
+    "balanced",
+    "deep",
+    "very_deep",
+    "deep_resnet",
+    "very_deep_resnet",
+)
 BASELINE_TYPES = MODEL_TYPES[1:]
 COLLECTIVE_VERSIONS = ("simple_mlp", "encoder_head")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -41,8 +48,9 @@ class DatasetInfo:
 DATASETS = {
     "mnist": DatasetInfo(784, 10, (28, 28, 1), (0.1307,), (0.3081,)),
     "fashion_mnist": DatasetInfo(784, 10, (28, 28, 1), (0.2860,), (0.3530,)),
-    "cifar10": DatasetInfo(3072, 10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
-                           (0.2470, 0.2435, 0.2616)),
+    "cifar10": DatasetInfo(
+        3072, 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
     # scikit-learn's 8x8 digits (pixel values 0..16, stored scaled to 0..255).
     "digits": DatasetInfo(64, 10, (8, 8, 1), (0.3053,), (0.3760,)),
 }
@@ -62,21 +70,32 @@ class ConfigError(ValueError):
 class Role(str, enum.Enum):
     """What a config key does to a run (docs/design.md, "Config keys and their roles").
     Declared once, on the key's field; every list that must know it derives from it."""
-    PROGRAM = "program"      # shapes the compiled program: another value compiles anew
-    VALUE = "value"          # reaches the compiled program as data (optimizer state, RNG
+
+    PROGRAM = "program"  # shapes the compiled program: another value compiles anew
+    VALUE = "value"  # reaches the compiled program as data (optimizer state, RNG
     #                          keys, index arrays): trials that differ only in these share
     #                          one compiled program and may be members of one population
-    LENGTH = "length"        # how long the run is: a longer run extends a shorter one
-    DATA = "data"            # where the data are read from (the data are checked by content)
-    OUTPUT = "output"        # what is written where: results, logging, checkpoints
-    DEVICE = "device"        # where the program runs (not what it computes)
-    CHECK = "check"          # the original's keys that must agree with the dataset, then
+    LENGTH = "length"  # how long the run is: a longer run extends a shorter one
+    DATA = "data"  # where the data are read from (the data are checked by content)
+    OUTPUT = "output"  # what is written where: results, logging, checkpoints
+    DEVICE = "device"  # where the program runs (not what it computes)
+    CHECK = "check"  # the original's keys that must agree with the dataset, then
     #                          change nothing
     NO_EFFECT = "no-effect"  # accepted for the original's configs; changes nothing here
 
 
-def _key(default, help, group, role: Role, why: str, *, trajectory: bool = True,
-         program_part=None, setting: bool = False, step_value: bool = False):
+def _key(
+    default,
+    help,
+    group,
+    role: Role,
+    why: str,
+    *,
+    trajectory: bool = True,
+    program_part=None,
+    setting: bool = False,
+    step_value: bool = False,
+):
     """A config field and its declaration: `help` for --help, `group` for its section,
     `role` and `why` (the role's reason; for NO_EFFECT the one word a run records).
     `trajectory=False`: the metrics do not depend on it although it shapes the program.
@@ -85,8 +104,16 @@ def _key(default, help, group, role: Role, why: str, *, trajectory: bool = True,
     `step_value=True`: a VALUE key the train step reads from its replica's row of
     train.ReplicaData (a number of the loss or the model), not a constant it compiles in."""
     assert not step_value or role is Role.VALUE
-    meta = {"help": help, "group": group, "role": role, "why": why, "trajectory": trajectory,
-            "program_part": program_part, "setting": setting, "step_value": step_value}
+    meta = {
+        "help": help,
+        "group": group,
+        "role": role,
+        "why": why,
+        "trajectory": trajectory,
+        "program_part": program_part,
+        "setting": setting,
+        "step_value": step_value,
+    }
     return field(default=tuple(default) if isinstance(default, list) else default, metadata=meta)
 
 
@@ -98,159 +125,335 @@ _STEP_VALUE = "reaches the step as data (its replica's row), not compiled in"
 @dataclass(frozen=True)
 class Config:
     # --- experiment
-    model_type: str = _key("collective", f"one of {', '.join(MODEL_TYPES)}", "experiment", P,
-                           "selects the model")
-    dataset: str = _key("mnist", f"one of {', '.join(DATASET_NAMES)}", "experiment", P,
-                        "input width, normalisation and augmentation")
-    synthetic_like: str = _key("fashion_mnist", "shape of the synthetic dataset", "experiment", P,
-                               "the synthetic data's shape")
+    model_type: str = _key(
+        "collective", f"one of {', '.join(MODEL_TYPES)}", "experiment", P, "selects the model"
+    )
+    dataset: str = _key(
+        "mnist",
+        f"one of {', '.join(DATASET_NAMES)}",
+        "experiment",
+        P,
+        "input width, normalisation and augmentation",
+    )
+    synthetic_like: str = _key(
+        "fashion_mnist",
+        "shape of the synthetic dataset",
+        "experiment",
+        P,
+        "the synthetic data's shape",
+    )
     target_params: Optional[int] = _key(
-        None, "baselines: parameter budget (default: size of the collective of this config)",
-        "experiment", P, "a baseline's widths are sized from it")
+        None,
+        "baselines: parameter budget (default: size of the collective of this config)",
+        "experiment",
+        P,
+        "a baseline's widths are sized from it",
+    )
     # --- collective
     n_total: int = _key(8, "experts + analysts", "collective", P, _ARCH)
-    expert_ratio: float = _key(0.2, "fraction of n_total that are experts, in (0, 1)",
-                               "collective", P, _ARCH)
-    n_experts: Optional[int] = _key(None, "number of experts (overrides expert_ratio)",
-                                    "collective", P, _ARCH)
-    expert_hidden: tuple = _key([512, 256], "expert hidden widths (2 or more)", "collective", P, _ARCH)
+    expert_ratio: float = _key(
+        0.2, "fraction of n_total that are experts, in (0, 1)", "collective", P, _ARCH
+    )
+    n_experts: Optional[int] = _key(
+        None, "number of experts (overrides expert_ratio)", "collective", P, _ARCH
+    )
+    expert_hidden: tuple = _key(
+        [512, 256], "expert hidden widths (2 or more)", "collective", P, _ARCH
+    )
     expert_output: int = _key(128, "expert output width", "collective", P, _ARCH)
-    analyst_hidden: tuple = _key([256, 128], "analyst hidden widths (2 or more)", "collective", P,
-                                 _ARCH)
+    analyst_hidden: tuple = _key(
+        [256, 128], "analyst hidden widths (2 or more)", "collective", P, _ARCH
+    )
     analyst_output: int = _key(64, "analyst output width", "collective", P, _ARCH)
     c_expert: float = _key(0.25, "expert encoder compression", "collective", P, _ARCH)
     c_collective: float = _key(1.0, "collective input compression", "collective", P, _ARCH)
-    collective_version: str = _key("simple_mlp", "head: simple_mlp or encoder_head", "collective",
-                                   P, _ARCH)
-    collective_hidden_scale: float = _key(1.0, "head hidden width / head input width",
-                                          "collective", P, _ARCH)
-    adaptive_collective_min_dim: int = _key(64, "lower bound of the adaptive width", "collective",
-                                            P, _ARCH)
-    adaptive_collective_max_dim: int = _key(2048, "upper bound of the adaptive width",
-                                            "collective", P, _ARCH)
-    vary_expert_architectures: bool = _key(False, "expert i uses width variant i % 4",
-                                           "collective", P, _ARCH)
-    vary_analyst_architectures: bool = _key(False, "analyst i uses width variant i % 4",
-                                            "collective", P, _ARCH)
-    use_drop_models: bool = _key(False, "model-level dropout of whole members", "collective", P,
-                                 "adds the member-dropout computation")
-    drop_models_expert_rate: float = _key(0.1, "probability an expert is dropped", "collective", V,
-                                          _STEP_VALUE, step_value=True)
-    drop_models_analyst_rate: float = _key(0.1, "probability an analyst is dropped", "collective",
-                                           V, _STEP_VALUE, step_value=True)
-    use_expert_diversity: bool = _key(False, "add the expert diversity loss", "collective", P,
-                                      "adds a loss term")
-    use_analyst_diversity: bool = _key(False, "add the analyst diversity loss", "collective", P,
-                                       "adds a loss term")
-    diversity_lambda: float = _key(0.01, "weight of each diversity loss", "collective", V,
-                                   _STEP_VALUE, step_value=True)
-    diversity_temperature: float = _key(1.0, "divisor of the diversity loss", "collective", V,
-                                        _STEP_VALUE, step_value=True)
+    collective_version: str = _key(
+        "simple_mlp", "head: simple_mlp or encoder_head", "collective", P, _ARCH
+    )
+    collective_hidden_scale: float = _key(
+        1.0, "head hidden width / head input width", "collective", P, _ARCH
+    )
+    adaptive_collective_min_dim: int = _key(
+        64, "lower bound of the adaptive width", "collective", P, _ARCH
+    )
+    adaptive_collective_max_dim: int = _key(
+        2048, "upper bound of the adaptive width", "collective", P, _ARCH
+    )
+    vary_expert_architectures: bool = _key(
+        False, "expert i uses width variant i % 4", "collective", P, _ARCH
+    )
+    vary_analyst_architectures: bool = _key(
+        False, "analyst i uses width variant i % 4", "collective", P, _ARCH
+    )
+    use_drop_models: bool = _key(
+        False,
+        "model-level dropout of whole members",
+        "collective",
+        P,
+        "adds the member-dropout computation",
+    )
+    drop_models_expert_rate: float = _key(
+        0.1, "probability an expert is dropped", "collective", V, _STEP_VALUE, step_value=True
+    )
+    drop_models_analyst_rate: float = _key(
+        0.1, "probability an analyst is dropped", "collective", V, _STEP_VALUE, step_value=True
+    )
+    use_expert_diversity: bool = _key(
+        False, "add the expert diversity loss", "collective", P, "adds a loss term"
+    )
+    use_analyst_diversity: bool = _key(
+        False, "add the analyst diversity loss", "collective", P, "adds a loss term"
+    )
+    diversity_lambda: float = _key(
+        0.01, "weight of each diversity loss", "collective", V, _STEP_VALUE, step_value=True
+    )
+    diversity_temperature: float = _key(
+        1.0, "divisor of the diversity loss", "collective", V, _STEP_VALUE, step_value=True
+    )
     # --- training
-    optimizer: str = _key("adam", "adam (L2 in the gradient), adamw or sgd (momentum 0.9)",
-                          "training", P, "the update rule")
-    learning_rate: float = _key(1e-3, "learning rate (constant unless lr_plateau_patience > 0)",
-                                "training", V, "lives in the optimizer state")
+    optimizer: str = _key(
+        "adam",
+        "adam (L2 in the gradient), adamw or sgd (momentum 0.9)",
+        "training",
+        P,
+        "the update rule",
+    )
+    learning_rate: float = _key(
+        1e-3,
+        "learning rate (constant unless lr_plateau_patience > 0)",
+        "training",
+        V,
+        "lives in the optimizer state",
+    )
     lr_plateau_patience: int = _key(
-        0, "multiply the learning rate by lr_plateau_factor after this many epochs in a row "
-        "without a new best validation accuracy (0: constant, as the original)", "training", V,
+        0,
+        "multiply the learning rate by lr_plateau_factor after this many epochs in a row "
+        "without a new best validation accuracy (0: constant, as the original)",
+        "training",
+        V,
         "sets the learning rate in the optimizer state from the validation history",
-        setting=True)
-    lr_plateau_factor: float = _key(0.1, "the factor of each plateau reduction, in (0, 1)",
-                                    "training", V, "sets the learning rate in the optimizer "
-                                    "state from the validation history", setting=True)
-    weight_decay: float = _key(0.0, "adam: L2 coefficient; adamw: decoupled decay; sgd: L2",
-                               "training", V, "lives in the optimizer state; 0 compiles "
-                               "without the decay pass", program_part=lambda v: v > 0)
-    batch_size: int = _key(128, "global batch size (split across devices)", "training", P,
-                           "the batch's shape")
-    eval_batch_size: int = _key(1000, "validation/test batch size (padded and masked: the "
-                                "metrics do not depend on it)", "training", P,
-                                "the evaluation batches' shape; masked, so no metric changes",
-                                trajectory=False)
-    val_split: float = _key(0.1, "fraction of the training split held out for validation, "
-                            "in (0, 1)", "training", V, "the split's index arrays, whose "
-                            "lengths are shapes", program_part=lambda v: v)
-    gradient_accumulation_steps: int = _key(1, "micro-batches of batch_size per update",
-                                            "training", P, "the update's inner loop",
-                                            setting=True)
-    epochs: int = _key(20, "training epochs (with early stopping: at most)", "training",
-                       Role.LENGTH, "a run with more epochs extends one with fewer", setting=True)
+        setting=True,
+    )
+    lr_plateau_factor: float = _key(
+        0.1,
+        "the factor of each plateau reduction, in (0, 1)",
+        "training",
+        V,
+        "sets the learning rate in the optimizer state from the validation history",
+        setting=True,
+    )
+    weight_decay: float = _key(
+        0.0,
+        "adam: L2 coefficient; adamw: decoupled decay; sgd: L2",
+        "training",
+        V,
+        "lives in the optimizer state; 0 compiles without the decay pass",
+        program_part=lambda v: v > 0,
+    )
+    batch_size: int = _key(
+        128, "global batch size (split across devices)", "training", P, "the batch's shape"
+    )
+    eval_batch_size: int = _key(
+        1000,
+        "validation/test batch size (padded and masked: the metrics do not depend on it)",
+        "training",
+        P,
+        "the evaluation batches' shape; masked, so no metric changes",
+        trajectory=False,
+    )
+    val_split: float = _key(
+        0.1,
+        "fraction of the training split held out for validation, in (0, 1)",
+        "training",
+        V,
+        "the split's index arrays, whose lengths are shapes",
+        program_part=lambda v: v,
+    )
+    gradient_accumulation_steps: int = _key(
+        1,
+        "micro-batches of batch_size per update",
+        "training",
+        P,
+        "the update's inner loop",
+        setting=True,
+    )
+    epochs: int = _key(
+        20,
+        "training epochs (with early stopping: at most)",
+        "training",
+        Role.LENGTH,
+        "a run with more epochs extends one with fewer",
+        setting=True,
+    )
     early_stopping_patience: int = _key(
-        0, "stop once this many epochs in a row brought no new best validation accuracy (mean "
-        "over the replicas; 0: train all epochs)", "training", Role.LENGTH,
-        "decides where the run ends, from its validation history; the epochs before are the "
-        "same", setting=True)
-    use_augmentation: bool = _key(False, "on-device augmentation (docs/design.md, Data)",
-                                  "training", P, "adds the augmentation", setting=True)
-    seed: int = _key(0, "one seed: split, init, shuffling, dropout, augmentation", "training", V,
-                     "the RNG keys")
-    num_seeds: int = _key(1, "replicas trained together with seeds seed, seed+1, ...", "training",
-                          P, "the replica axis")
-    dtype: str = _key("float32", "compute dtype: float32 or bfloat16 (parameters stay float32)",
-                      "training", P, "the compute dtype", setting=True)
+        0,
+        "stop once this many epochs in a row brought no new best validation accuracy (mean "
+        "over the replicas; 0: train all epochs)",
+        "training",
+        Role.LENGTH,
+        "decides where the run ends, from its validation history; the epochs before are the same",
+        setting=True,
+    )
+    use_augmentation: bool = _key(
+        False,
+        "on-device augmentation (docs/design.md, Data)",
+        "training",
+        P,
+        "adds the augmentation",
+        setting=True,
+    )
+    seed: int = _key(
+        0, "one seed: split, init, shuffling, dropout, augmentation", "training", V, "the RNG keys"
+    )
+    num_seeds: int = _key(
+        1,
+        "replicas trained together with seeds seed, seed+1, ...",
+        "training",
+        P,
+        "the replica axis",
+    )
+    dtype: str = _key(
+        "float32",
+        "compute dtype: float32 or bfloat16 (parameters stay float32)",
+        "training",
+        P,
+        "the compute dtype",
+        setting=True,
+    )
     use_mixed_precision: Optional[bool] = _key(
-        None, "the original's key: true = dtype bfloat16 (float32 parameters; bf16 has float32's "
+        None,
+        "the original's key: true = dtype bfloat16 (float32 parameters; bf16 has float32's "
         "exponent range, so no loss scaling is needed), false = float32; a value given wins "
-        "over a preset's; contradicting an explicit dtype is an error", "training", P,
-        "sets dtype")
-    topk: tuple = _key((1,), "accuracies to log, e.g. (1, 5): top-k for each k > 1 as "
-                       "*/accuracy_topK (top-1 stays */accuracy)", "training", P,
-                       "adds metrics to the step")
+        "over a preset's; contradicting an explicit dtype is an error",
+        "training",
+        P,
+        "sets dtype",
+    )
+    topk: tuple = _key(
+        (1,),
+        "accuracies to log, e.g. (1, 5): top-k for each k > 1 as "
+        "*/accuracy_topK (top-1 stays */accuracy)",
+        "training",
+        P,
+        "adds metrics to the step",
+    )
     # --- runtime
-    device: str = _key("auto", "auto, cuda (alias gpu) or cpu; a missing GPU is a warning",
-                       "runtime", Role.DEVICE, "where, not what")
+    device: str = _key(
+        "auto",
+        "auto, cuda (alias gpu) or cpu; a missing GPU is a warning",
+        "runtime",
+        Role.DEVICE,
+        "where, not what",
+    )
     data_dir: Optional[str] = _key(
-        None, "folder with the raw dataset files (itself, DIR/<dataset>, torchvision's "
+        None,
+        "folder with the raw dataset files (itself, DIR/<dataset>, torchvision's "
         "DIR/MNIST/raw, DIR/downloads/manual) or a prepared TFDS data dir; then "
         "$JAXCOLLECTIVE_DATA_DIR, $TFDS_DATA_DIR, ~/tensorflow_datasets, "
-        "/usr/share/datasets are searched", "runtime", Role.DATA,
-        "the files are checked by content")
-    manual_dir: Optional[str] = _key(None, "another folder searched like data_dir (TFDS's name)",
-                                     "runtime", Role.DATA, "the files are checked by content")
-    results: str = _key("runs/results.jsonl", "results file: one JSON line per finished run",
-                        "runtime", Role.OUTPUT, "where the record goes")
+        "/usr/share/datasets are searched",
+        "runtime",
+        Role.DATA,
+        "the files are checked by content",
+    )
+    manual_dir: Optional[str] = _key(
+        None,
+        "another folder searched like data_dir (TFDS's name)",
+        "runtime",
+        Role.DATA,
+        "the files are checked by content",
+    )
+    results: str = _key(
+        "runs/results.jsonl",
+        "results file: one JSON line per finished run",
+        "runtime",
+        Role.OUTPUT,
+        "where the record goes",
+    )
     wandb_project: str = _key("jaxcollective", "wandb project", "runtime", Role.OUTPUT, "logging")
-    wandb_name: Optional[str] = _key(None, "wandb run name (default: type-size-dataset-seed)",
-                                     "runtime", Role.OUTPUT, "logging")
+    wandb_name: Optional[str] = _key(
+        None, "wandb run name (default: type-size-dataset-seed)", "runtime", Role.OUTPUT, "logging"
+    )
     wandb_entity: Optional[str] = _key(None, "wandb entity", "runtime", Role.OUTPUT, "logging")
-    progress: bool = _key(True, "progress bar over epochs on stderr", "runtime", Role.OUTPUT,
-                          "display")
-    checkpoint_dir: str = _key("runs/checkpoints", "checkpoints, a folder per run named by its "
-                               "config's fingerprint", "runtime", Role.OUTPUT, "checkpoints")
-    checkpoint_every: int = _key(0, "save every K epochs; 0: after any epoch ending 60 s or more "
-                                 "after the last save (and always when the run stops)", "runtime",
-                                 Role.OUTPUT, "checkpoints")
-    resume: str = _key("auto", "auto: continue from a checkpoint of the same config; never: "
-                       "start over (and replace it)", "runtime", Role.OUTPUT, "checkpoints")
-    keep_checkpoint: bool = _key(False, "keep the final state when the run finishes (else its "
-                                 "checkpoint folder is removed)", "runtime", Role.OUTPUT,
-                                 "checkpoints")
+    progress: bool = _key(
+        True, "progress bar over epochs on stderr", "runtime", Role.OUTPUT, "display"
+    )
+    checkpoint_dir: str = _key(
+        "runs/checkpoints",
+        "checkpoints, a folder per run named by its config's fingerprint",
+        "runtime",
+        Role.OUTPUT,
+        "checkpoints",
+    )
+    checkpoint_every: int = _key(
+        0,
+        "save every K epochs; 0: after any epoch ending 60 s or more "
+        "after the last save (and always when the run stops)",
+        "runtime",
+        Role.OUTPUT,
+        "checkpoints",
+    )
+    resume: str = _key(
+        "auto",
+        "auto: continue from a checkpoint of the same config; never: start over (and replace it)",
+        "runtime",
+        Role.OUTPUT,
+        "checkpoints",
+    )
+    keep_checkpoint: bool = _key(
+        False,
+        "keep the final state when the run finishes (else its checkpoint folder is removed)",
+        "runtime",
+        Role.OUTPUT,
+        "checkpoints",
+    )
     # Accepted for the original's sweeps; checked against the dataset or ignored.
-    input_dim: Optional[int] = _key(None, "must match the dataset if given", "compat",
-                                    Role.CHECK, "checked against the dataset")
-    num_classes: Optional[int] = _key(None, "must match the dataset if given", "compat",
-                                      Role.CHECK, "checked against the dataset")
-    num_workers: Optional[int] = _key(None, "no effect: the data pipeline runs on the device",
-                                      "compat", Role.NO_EFFECT, "on-device-data")
-    use_gpu: Optional[bool] = _key(None, "the original's key: false runs on the CPU (as "
-                                   "--device=cpu)", "compat", Role.DEVICE, "sets device")
-    use_torch_compile: Optional[bool] = _key(None, "no effect: every step is compiled (jit)",
-                                             "compat", Role.NO_EFFECT, "always-compiled")
-    log_interval: Optional[int] = _key(None, "no effect: metrics are logged once per epoch",
-                                       "compat", Role.NO_EFFECT, "per-epoch-logging")
-    training_strategy: Optional[str] = _key(None, "no effect: one training strategy here",
-                                            "compat", Role.NO_EFFECT, "single-strategy")
+    input_dim: Optional[int] = _key(
+        None, "must match the dataset if given", "compat", Role.CHECK, "checked against the dataset"
+    )
+    num_classes: Optional[int] = _key(
+        None, "must match the dataset if given", "compat", Role.CHECK, "checked against the dataset"
+    )
+    num_workers: Optional[int] = _key(
+        None,
+        "no effect: the data pipeline runs on the device",
+        "compat",
+        Role.NO_EFFECT,
+        "on-device-data",
+    )
+    use_gpu: Optional[bool] = _key(
+        None,
+        "the original's key: false runs on the CPU (as --device=cpu)",
+        "compat",
+        Role.DEVICE,
+        "sets device",
+    )
+    use_torch_compile: Optional[bool] = _key(
+        None, "no effect: every step is compiled (jit)", "compat", Role.NO_EFFECT, "always-compiled"
+    )
+    log_interval: Optional[int] = _key(
+        None,
+        "no effect: metrics are logged once per epoch",
+        "compat",
+        Role.NO_EFFECT,
+        "per-epoch-logging",
+    )
+    training_strategy: Optional[str] = _key(
+        None, "no effect: one training strategy here", "compat", Role.NO_EFFECT, "single-strategy"
+    )
 
     # ---------------------------------------------------------------- building
     @classmethod
     def from_dict(cls, values: dict[str, Any], preset: Optional[str] = None) -> "Config":
         """Defaults, then `preset`, then `values` (strings are parsed to the field type)."""
-        base: dict[str, Any] = dict(PRESETS[_check_choice("config", preset, PRESETS)]) if preset else {}
+        base: dict[str, Any] = (
+            dict(PRESETS[_check_choice("config", preset, PRESETS)]) if preset else {}
+        )
         unknown = sorted(set(values) - set(FIELDS))
         if unknown:
-            raise ConfigError(f"unknown config key {unknown[0]!r}; run `python run.py --help` "
-                              "for the list of keys")
+            raise ConfigError(
+                f"unknown config key {unknown[0]!r}; run `python run.py --help` "
+                "for the list of keys"
+            )
         given = {k: parse_value(k, v) for k, v in values.items()}
         merged = {**base, **given}
         merged["dtype"] = _resolve_dtype(given, base)
@@ -274,15 +477,18 @@ class Config:
 
     def replace(self, **kw) -> "Config":
         if "use_mixed_precision" in kw or "dtype" in kw:  # one sets the other
-            base = {k: v for k, v in self.to_dict().items()
-                    if k not in ("use_mixed_precision", "dtype")}
+            base = {
+                k: v for k, v in self.to_dict().items() if k not in ("use_mixed_precision", "dtype")
+            }
             return Config.from_dict({**base, **kw})
         cfg = dataclasses.replace(self, **{k: parse_value(k, v) for k, v in kw.items()})
         cfg.validate()
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     def shape_key(self) -> "Config":
         """This config with every field that does not change the model's shapes reset."""
@@ -310,8 +516,11 @@ class Config:
     def trajectory(self) -> dict[str, Any]:
         """The keys that decide what this run computes, epoch by epoch: two runs with the
         same trajectory are the same experiment (checkpoint fingerprint, report folding)."""
-        return {k: v for k, v in self.to_dict().items()
-                if k in TRAJECTORY_KEYS and k not in self.ignored_keys()}
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k in TRAJECTORY_KEYS and k not in self.ignored_keys()
+        }
 
     # ------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -327,8 +536,11 @@ class Config:
             if getattr(self, k) < 0:
                 _fail(k, getattr(self, k), "an integer >= 0 (0: off)")
         if not 0.0 < self.lr_plateau_factor < 1.0:
-            _fail("lr_plateau_factor", self.lr_plateau_factor, "a number strictly between 0 and 1, "
-                  "e.g. 0.1")
+            _fail(
+                "lr_plateau_factor",
+                self.lr_plateau_factor,
+                "a number strictly between 0 and 1, e.g. 0.1",
+            )
         if self.checkpoint_every < 0:
             _fail("checkpoint_every", self.checkpoint_every, "an integer >= 0 (0: every 60 s)")
         if self.n_total < 2:
@@ -337,8 +549,13 @@ class Config:
             _fail("expert_ratio", self.expert_ratio, "a number strictly between 0 and 1")
         if self.n_experts is not None and self.n_experts < 1:
             _fail("n_experts", self.n_experts, "a positive integer")
-        for k in ("c_expert", "c_collective", "collective_hidden_scale", "learning_rate",
-                  "diversity_temperature"):
+        for k in (
+            "c_expert",
+            "c_collective",
+            "collective_hidden_scale",
+            "learning_rate",
+            "diversity_temperature",
+        ):
             if not getattr(self, k) > 0:
                 _fail(k, getattr(self, k), "a number > 0")
         if not 0.0 < self.val_split < 1.0:
@@ -348,14 +565,24 @@ class Config:
             _fail("topk", self.topk, f"k values between 1 and {classes}, e.g. (1,) or (1, 5)")
         if self.seed < 0:
             _fail("seed", self.seed, "a non-negative integer")
-        for k in ("expert_output", "analyst_output", "adaptive_collective_min_dim",
-                  "batch_size", "eval_batch_size", "gradient_accumulation_steps", "epochs",
-                  "num_seeds"):
+        for k in (
+            "expert_output",
+            "analyst_output",
+            "adaptive_collective_min_dim",
+            "batch_size",
+            "eval_batch_size",
+            "gradient_accumulation_steps",
+            "epochs",
+            "num_seeds",
+        ):
             if getattr(self, k) < 1:
                 _fail(k, getattr(self, k), "a positive integer")
         if self.adaptive_collective_max_dim < self.adaptive_collective_min_dim:
-            _fail("adaptive_collective_max_dim", self.adaptive_collective_max_dim,
-                  f"an integer >= adaptive_collective_min_dim ({self.adaptive_collective_min_dim})")
+            _fail(
+                "adaptive_collective_max_dim",
+                self.adaptive_collective_max_dim,
+                f"an integer >= adaptive_collective_min_dim ({self.adaptive_collective_min_dim})",
+            )
         for k in ("expert_hidden", "analyst_hidden"):
             widths = getattr(self, k)
             if len(widths) < 2:
@@ -411,8 +638,10 @@ def _resolve_dtype(given: dict[str, Any], preset: dict[str, Any]) -> str:
     wins over the preset; both given and contradicting is an error."""
     mp, dt = given.get("use_mixed_precision"), given.get("dtype")
     if mp is not None and dt is not None and mp != (dt == "bfloat16"):
-        raise ConfigError(f"use_mixed_precision={mp} contradicts dtype={dt}; give one of them "
-                          "(use_mixed_precision=true means dtype=bfloat16)")
+        raise ConfigError(
+            f"use_mixed_precision={mp} contradicts dtype={dt}; give one of them "
+            "(use_mixed_precision=true means dtype=bfloat16)"
+        )
     if dt is not None:
         return dt
     if mp is not None:
@@ -449,38 +678,87 @@ def collective_dims(cfg: Config) -> CollectiveDims:
     if eed < 1:
         raise ConfigError(
             f"c_expert={cfg.c_expert} gives an expert encoder output of width 0 "
-            f"(int({n_experts} * {cfg.expert_output} * {cfg.c_expert})); use a larger c_expert")
-    adaptive = min(cfg.adaptive_collective_max_dim,
-                   max(cfg.adaptive_collective_min_dim,
-                       int(cfg.analyst_output * (1 + math.log2(max(n_analysts, 1))))))
+            f"(int({n_experts} * {cfg.expert_output} * {cfg.c_expert})); use a larger c_expert"
+        )
+    adaptive = min(
+        cfg.adaptive_collective_max_dim,
+        max(
+            cfg.adaptive_collective_min_dim,
+            int(cfg.analyst_output * (1 + math.log2(max(n_analysts, 1)))),
+        ),
+    )
     cid = int(adaptive * cfg.c_collective)
     if cid < 1:
-        raise ConfigError(f"c_collective={cfg.c_collective} gives a collective input of width 0; "
-                          "use a larger c_collective")
-    return CollectiveDims(info.input_dim, info.num_classes, n_experts, n_analysts, eed,
-                          info.input_dim + eed, adaptive, cid)
+        raise ConfigError(
+            f"c_collective={cfg.c_collective} gives a collective input of width 0; "
+            "use a larger c_collective"
+        )
+    return CollectiveDims(
+        info.input_dim,
+        info.num_classes,
+        n_experts,
+        n_analysts,
+        eed,
+        info.input_dim + eed,
+        adaptive,
+        cid,
+    )
 
 
 # ------------------------------------------------------------------ presets
 PRESETS: dict[str, dict[str, Any]] = {
     # The original's CONFIG_PHASE1: 2 experts, 6 analysts, 2,969,887 parameters.
-    "phase1": dict(dataset="fashion_mnist", n_total=8, expert_ratio=0.2,
-                   expert_hidden=(512, 256), expert_output=128,
-                   analyst_hidden=(256, 128), analyst_output=64, c_expert=0.25,
-                   c_collective=1.0, collective_version="simple_mlp",
-                   collective_hidden_scale=1.0, batch_size=128, gradient_accumulation_steps=4,
-                   eval_batch_size=1024, learning_rate=1e-3, epochs=100, optimizer="adam",
-                   weight_decay=1e-4, use_augmentation=True, use_mixed_precision=False,
-                   topk=(1,), val_split=0.1, seed=42),
+    "phase1": dict(
+        dataset="fashion_mnist",
+        n_total=8,
+        expert_ratio=0.2,
+        expert_hidden=(512, 256),
+        expert_output=128,
+        analyst_hidden=(256, 128),
+        analyst_output=64,
+        c_expert=0.25,
+        c_collective=1.0,
+        collective_version="simple_mlp",
+        collective_hidden_scale=1.0,
+        batch_size=128,
+        gradient_accumulation_steps=4,
+        eval_batch_size=1024,
+        learning_rate=1e-3,
+        epochs=100,
+        optimizer="adam",
+        weight_decay=1e-4,
+        use_augmentation=True,
+        use_mixed_precision=False,
+        topk=(1,),
+        val_split=0.1,
+        seed=42,
+    ),
     # The original's CONFIG_DEBUG: the same rules at small widths, 567,044 parameters.
-    "debug": dict(dataset="fashion_mnist", n_total=8, expert_ratio=0.2,
-                  expert_hidden=(128, 64), expert_output=32,
-                  analyst_hidden=(64, 32), analyst_output=16, c_expert=0.25,
-                  c_collective=1.0, collective_version="simple_mlp",
-                  collective_hidden_scale=1.0, batch_size=128, gradient_accumulation_steps=4,
-                  eval_batch_size=512, learning_rate=1e-3, epochs=5, optimizer="adam",
-                  weight_decay=0.0, use_augmentation=True, use_mixed_precision=True,
-                  topk=(1,), val_split=0.1, seed=42),
+    "debug": dict(
+        dataset="fashion_mnist",
+        n_total=8,
+        expert_ratio=0.2,
+        expert_hidden=(128, 64),
+        expert_output=32,
+        analyst_hidden=(64, 32),
+        analyst_output=16,
+        c_expert=0.25,
+        c_collective=1.0,
+        collective_version="simple_mlp",
+        collective_hidden_scale=1.0,
+        batch_size=128,
+        gradient_accumulation_steps=4,
+        eval_batch_size=512,
+        learning_rate=1e-3,
+        epochs=5,
+        optimizer="adam",
+        weight_decay=0.0,
+        use_augmentation=True,
+        use_mixed_precision=True,
+        topk=(1,),
+        val_split=0.1,
+        seed=42,
+    ),
 }
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
@@ -510,8 +788,9 @@ MEMBER_KEYS = frozenset(k for k in VALUE_KEYS if FIELDS[k].metadata["program_par
 # The VALUE keys the train step reads per replica (train.ReplicaData.values).
 STEP_VALUES = tuple(k for k, f in FIELDS.items() if f.metadata["step_value"])
 # Keys that decide what a run computes epoch by epoch (its checkpoint fingerprint).
-TRAJECTORY_KEYS = frozenset(k for k in keys_of(Role.PROGRAM, Role.VALUE)
-                            if FIELDS[k].metadata["trajectory"])
+TRAJECTORY_KEYS = frozenset(
+    k for k in keys_of(Role.PROGRAM, Role.VALUE) if FIELDS[k].metadata["trajectory"]
+)
 # Training settings that every run compared in one report section must share.
 SHARED_SETTINGS = tuple(k for k, f in FIELDS.items() if f.metadata["setting"])
 
@@ -538,7 +817,9 @@ def parse_value(key: str, value: Any) -> Any:
     """Convert `value` (a Python object, or its `str()` as wandb's agent sends it) to the
     type of config field `key`."""
     if key not in FIELDS:
-        raise ConfigError(f"unknown config key {key!r}; run `python run.py --help` for the list of keys")
+        raise ConfigError(
+            f"unknown config key {key!r}; run `python run.py --help` for the list of keys"
+        )
     hint = _HINTS[key]
     optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
@@ -563,8 +844,13 @@ def parse_value(key: str, value: Any) -> Any:
             return str(value)
     except (ValueError, TypeError, SyntaxError):
         pass
-    kind = {bool: "true or false", int: "an integer", float: "a number",
-            tuple: "a list of integers such as [512, 256]", str: "a string"}[base]
+    kind = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        tuple: "a list of integers such as [512, 256]",
+        str: "a string",
+    }[base]
     _fail(key, value, kind)
 
 

@@ -77,8 +77,10 @@ def digits_file() -> str:
     label), found without importing scikit-learn (its import costs ~2 s per process)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("--dataset=digits reads scikit-learn's bundled copy: "
-                          "`pip install scikit-learn` (it is in requirements.txt)")
+        raise ConfigError(
+            "--dataset=digits reads scikit-learn's bundled copy: "
+            "`pip install scikit-learn` (it is in requirements.txt)"
+        )
     return os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
 
 
@@ -95,8 +97,12 @@ def load_digits() -> Dataset:
 
 
 # ---------------------------------------------------------------- synthetic
-SYNTHETIC_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000),
-                   "cifar10": (50_000, 10_000), "digits": (1_438, 359)}
+SYNTHETIC_SIZES = {
+    "mnist": (60_000, 10_000),
+    "fashion_mnist": (60_000, 10_000),
+    "cifar10": (50_000, 10_000),
+    "digits": (1_438, 359),
+}
 
 
 def make_synthetic(like: str, seed: int = 0, sizes: Optional[tuple[int, int]] = None) -> Dataset:
@@ -104,11 +110,15 @@ def make_synthetic(like: str, seed: int = 0, sizes: Optional[tuple[int, int]] = 
     n_train, n_test = sizes or SYNTHETIC_SIZES[like]
     rng = np.random.default_rng(seed)
     shape = info.image_shape
-    return Dataset(f"synthetic[{like}]", info,
-                   rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-                   rng.integers(0, info.num_classes, n_train, dtype=np.int32),
-                   rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
-                   rng.integers(0, info.num_classes, n_test, dtype=np.int32), synthetic=True)
+    return Dataset(
+        f"synthetic[{like}]",
+        info,
+        rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+        rng.integers(0, info.num_classes, n_train, dtype=np.int32),
+        rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+        rng.integers(0, info.num_classes, n_test, dtype=np.int32),
+        synthetic=True,
+    )
 
 
 # --------------------------------------------------------- mnist, fashion_mnist, cifar10
@@ -130,32 +140,47 @@ def search_roots(data_dir: Optional[str] = None, manual_dir: Optional[str] = Non
 
 
 def _tfds_dir(data_dir: Optional[str]) -> Path:
-    return Path(data_dir or os.environ.get("JAXCOLLECTIVE_DATA_DIR")
-                or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets").expanduser()
+    return Path(
+        data_dir
+        or os.environ.get("JAXCOLLECTIVE_DATA_DIR")
+        or os.environ.get("TFDS_DATA_DIR")
+        or Path.home() / "tensorflow_datasets"
+    ).expanduser()
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("JAXCOLLECTIVE_DATA_CACHE")
-                or Path.home() / ".cache" / "jaxcollective" / "data").expanduser()
+    return Path(
+        os.environ.get("JAXCOLLECTIVE_DATA_CACHE")
+        or Path.home() / ".cache" / "jaxcollective" / "data"
+    ).expanduser()
 
 
 def how_to_supply(name: str, partial: list[str]) -> str:
-    files = {"cifar10": f"{rawdata.CIFAR_PY_ARCHIVE}, its extracted {rawdata.CIFAR_PY_DIR}/, or "
-                        f"{rawdata.CIFAR_BIN_ARCHIVE}"}.get(
-        name, ", ".join(f"{n[0]}.gz" for n in rawdata.IDX_NAMES.values()))
-    ways = [f"put the raw files ({files}) in a folder and pass --data_dir=PATH (the folder "
-            f"itself, PATH/{name}, torchvision's layout or PATH/downloads/manual; or set "
-            "JAXCOLLECTIVE_DATA_DIR)", "pass --data_dir of a prepared TFDS data dir",
-            "run once with internet"]
+    files = {
+        "cifar10": f"{rawdata.CIFAR_PY_ARCHIVE}, its extracted {rawdata.CIFAR_PY_DIR}/, or "
+        f"{rawdata.CIFAR_BIN_ARCHIVE}"
+    }.get(name, ", ".join(f"{n[0]}.gz" for n in rawdata.IDX_NAMES.values()))
+    ways = [
+        f"put the raw files ({files}) in a folder and pass --data_dir=PATH (the folder "
+        f"itself, PATH/{name}, torchvision's layout or PATH/downloads/manual; or set "
+        "JAXCOLLECTIVE_DATA_DIR)",
+        "pass --data_dir of a prepared TFDS data dir",
+        "run once with internet",
+    ]
     if name == "fashion_mnist":
         ways.insert(0, "on Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist`")
     seen = f" Incomplete sets seen: {'; '.join(partial)}." if partial else ""
-    return (f"dataset {name!r} was not found and the download site cannot be reached.{seen} "
-            f"Supply it: " + "; ".join(f"({i}) {w}" for i, w in enumerate(ways, 1)) +
-            ". Or use --dataset=digits, which needs no download.")
+    return (
+        f"dataset {name!r} was not found and the download site cannot be reached.{seen} "
+        f"Supply it: "
+        + "; ".join(f"({i}) {w}" for i, w in enumerate(ways, 1))
+        + ". Or use --dataset=digits, which needs no download."
+    )
 
 
-def load_real(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None) -> Dataset:
+def load_real(
+    name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None
+) -> Dataset:
     """Raw files if found (verified), else a prepared TFDS dir, else a download."""
     assert name in TFDS_DATASETS, name
     roots = search_roots(data_dir, manual_dir)
@@ -175,18 +200,27 @@ def from_source(src: rawdata.Source) -> Dataset:
     """The dataset of a raw source, through the cache when the cache matches it."""
     sig = rawdata.signature(src)
     path = cache_dir() / f"{src.dataset}.npz"
-    ds = read_cache(path, src.dataset, src.kind, rawdata.expected_digests(src.dataset, src.kind), sig)
+    ds = read_cache(
+        path, src.dataset, src.kind, rawdata.expected_digests(src.dataset, src.kind), sig
+    )
     if ds is not None:
         return ds
     try:
         arrays, digests = rawdata.read(src)
     except rawdata.RawDataError as err:
         raise DataError(str(err)) from None
-    ds = Dataset(src.dataset, DATASETS[src.dataset], arrays["train_images"],
-                 arrays["train_labels"], arrays["test_images"], arrays["test_labels"])
+    ds = Dataset(
+        src.dataset,
+        DATASETS[src.dataset],
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
+    )
     check_arrays(ds)
-    write_cache(path, ds, {"dataset": src.dataset, "kind": src.kind, "digests": digests,
-                           "signature": sig})
+    write_cache(
+        path, ds, {"dataset": src.dataset, "kind": src.kind, "digests": digests, "signature": sig}
+    )
     return ds
 
 
@@ -194,11 +228,20 @@ def check_arrays(ds: Dataset) -> None:
     """Shapes, dtypes and label range of decoded data (what a cache entry must also pass)."""
     info = ds.info
     for x, y, split in ((ds.x_train, ds.y_train, "train"), (ds.x_test, ds.y_test, "test")):
-        if (x.dtype != np.uint8 or x.shape[1:] != info.image_shape or y.ndim != 1
-                or len(x) != len(y) or len(y) == 0 or y.min() < 0 or y.max() >= info.num_classes):
-            raise DataError(f"{ds.name}'s {split} split decodes to images {x.shape} {x.dtype} and "
-                            f"labels {y.shape}, not {info.image_shape} uint8 images with labels "
-                            f"0..{info.num_classes - 1}")
+        if (
+            x.dtype != np.uint8
+            or x.shape[1:] != info.image_shape
+            or y.ndim != 1
+            or len(x) != len(y)
+            or len(y) == 0
+            or y.min() < 0
+            or y.max() >= info.num_classes
+        ):
+            raise DataError(
+                f"{ds.name}'s {split} split decodes to images {x.shape} {x.dtype} and "
+                f"labels {y.shape}, not {info.image_shape} uint8 images with labels "
+                f"0..{info.num_classes - 1}"
+            )
 
 
 def read_cache(path: Path, name: str, kind: str, digests: dict, signature) -> Optional[Dataset]:
@@ -208,8 +251,12 @@ def read_cache(path: Path, name: str, kind: str, digests: dict, signature) -> Op
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            if (meta.get("dataset") != name or meta.get("kind") != kind
-                    or meta.get("digests") != digests or meta.get("signature") != signature):
+            if (
+                meta.get("dataset") != name
+                or meta.get("kind") != kind
+                or meta.get("digests") != digests
+                or meta.get("signature") != signature
+            ):
                 return None
             ds = Dataset(name, DATASETS[name], z["x_train"], z["y_train"], z["x_test"], z["y_test"])
         check_arrays(ds)
@@ -224,8 +271,14 @@ def write_cache(path: Path, ds: Dataset, meta: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
-                     y_test=ds.y_test, meta=np.asarray(json.dumps(meta)))
+            np.savez(
+                f,
+                x_train=ds.x_train,
+                y_train=ds.y_train,
+                x_test=ds.x_test,
+                y_test=ds.y_test,
+                meta=np.asarray(json.dumps(meta)),
+            )
         os.replace(tmp, path)
     except OSError:
         try:
@@ -242,8 +295,12 @@ def download(name: str, root: Path) -> rawdata.Source:
 
     logging.getLogger("absl").setLevel(logging.ERROR)
     url_infos = tfds.builder(name, data_dir=str(root)).url_infos
-    dm = tfds.download.DownloadManager(download_dir=root / "downloads", url_infos=url_infos,
-                                       dataset_name=name, force_checksums_validation=True)
+    dm = tfds.download.DownloadManager(
+        download_dir=root / "downloads",
+        url_infos=url_infos,
+        dataset_name=name,
+        force_checksums_validation=True,
+    )
     paths = dm.download({info.filename: url for url, info in url_infos.items()})
     dest = root / name
     dest.mkdir(parents=True, exist_ok=True)
@@ -256,7 +313,9 @@ def download(name: str, root: Path) -> rawdata.Source:
                 shutil.copyfile(path, target)
     src, _ = rawdata.find_in(name, dest)
     if src is None:
-        raise DataError(f"downloaded {', '.join(paths)} for {name!r} but they are not its raw files")
+        raise DataError(
+            f"downloaded {', '.join(paths)} for {name!r} but they are not its raw files"
+        )
     return src
 
 
@@ -293,9 +352,11 @@ def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
         y = np.asarray([int(it["label"]) for it in items], np.int32)
         return x, y
     except (NotImplementedError, ValueError, FileNotFoundError) as err:
-        raise DataError(f"{builder.name!r} in {builder.data_dir} is prepared in a format that "
-                        "needs TensorFlow to read (tfrecord); use the raw files instead "
-                        "(--data_dir=FOLDER, see docs/datasets.md)") from err
+        raise DataError(
+            f"{builder.name!r} in {builder.data_dir} is prepared in a format that "
+            "needs TensorFlow to read (tfrecord); use the raw files instead "
+            "(--data_dir=FOLDER, see docs/datasets.md)"
+        ) from err
 
 
 # Official training split sizes, known before loading (for checks before any work).
@@ -304,6 +365,9 @@ TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "dig
 
 def train_split_size(cfg: Config) -> Optional[int]:
     """Examples left for training after the validation split, without loading."""
-    n = SYNTHETIC_SIZES[cfg.synthetic_like][0] if cfg.dataset == "synthetic" else \
-        TRAIN_SIZES.get(cfg.dataset)
+    n = (
+        SYNTHETIC_SIZES[cfg.synthetic_like][0]
+        if cfg.dataset == "synthetic"
+        else TRAIN_SIZES.get(cfg.dataset)
+    )
     return None if n is None else n - int(round(n * cfg.val_split))

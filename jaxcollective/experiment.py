@@ -37,11 +37,18 @@ def run_info(resolved, ds, unused: dict[str, str]) -> dict[str, Any]:
     """What a run's record and W&B config start with: the architecture, the data, the
     seeds, the keys it does not read, the resolved config."""
     from .sizing import describe_resolved
+
     cfg = resolved.cfg
     info = describe_resolved(resolved)
-    info.update(dataset=cfg.dataset, data_name=ds.name, synthetic=ds.synthetic,
-                num_seeds=cfg.num_seeds, seeds=cfg.seeds, unused_keys=unused,
-                config=cfg.to_dict())
+    info.update(
+        dataset=cfg.dataset,
+        data_name=ds.name,
+        synthetic=ds.synthetic,
+        num_seeds=cfg.num_seeds,
+        seeds=cfg.seeds,
+        unused_keys=unused,
+        config=cfg.to_dict(),
+    )
     return info
 
 
@@ -50,8 +57,16 @@ class RunLog:
     population): its info, its history of epoch metrics, the rows and the record it
     reports through `writer`."""
 
-    def __init__(self, resolved, ds, writer: Writer, *, unused: Optional[dict[str, str]] = None,
-                 history: Optional[list] = None, extra_info: Optional[dict] = None):
+    def __init__(
+        self,
+        resolved,
+        ds,
+        writer: Writer,
+        *,
+        unused: Optional[dict[str, str]] = None,
+        history: Optional[list] = None,
+        extra_info: Optional[dict] = None,
+    ):
         self.t0 = time.perf_counter()
         self.cfg, self.writer, self.params = resolved.cfg, writer, resolved.model_params
         self.history: list[dict[str, np.ndarray]] = list(history or [])
@@ -80,10 +95,14 @@ class RunLog:
 
     def record(self, status: str) -> dict[str, Any]:
         record: dict[str, Any] = dict(self.info)
-        record.update(status=status, diverged=status == "diverged",
-                      epochs_completed=len(self.history), resumed_from_epoch=self.resumed_from,
-                      stopped_early=schedule.stops(self.cfg, self.history),
-                      wall_s=time.perf_counter() - self.t0)
+        record.update(
+            status=status,
+            diverged=status == "diverged",
+            epochs_completed=len(self.history),
+            resumed_from_epoch=self.resumed_from,
+            stopped_early=schedule.stops(self.cfg, self.history),
+            wall_s=time.perf_counter() - self.t0,
+        )
         if self.history:
             record.update(final_metrics(self.history, self.params))
             record["replicas"] = replica_finals(self.history, self.cfg.seeds)
@@ -98,11 +117,19 @@ class RunLog:
         return record
 
 
-def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str, str]] = None,
-                       stop: Optional[StopFlag] = None, dataset=None, resolved=None,
-                       checkpointer=None, resume_meta: Optional[dict] = None,
-                       wandb_id: Optional[str] = None,
-                       extra_info: Optional[dict] = None) -> dict[str, Any]:
+def train_and_evaluate(
+    cfg: Config,
+    writer: Writer,
+    *,
+    unused: Optional[dict[str, str]] = None,
+    stop: Optional[StopFlag] = None,
+    dataset=None,
+    resolved=None,
+    checkpointer=None,
+    resume_meta: Optional[dict] = None,
+    wandb_id: Optional[str] = None,
+    extra_info: Optional[dict] = None,
+) -> dict[str, Any]:
     """Train `cfg` (cfg.num_seeds replicas at once) and report through `writer`.
     `dataset` and `resolved` are the already loaded data and sized architecture (else
     made from cfg). With a `checkpointer` the run saves as it goes and, given the
@@ -133,7 +160,9 @@ def train_and_evaluate(cfg: Config, writer: Writer, *, unused: Optional[dict[str
                 break
             epoch = log.epoch + 1
             if cfg.lr_plateau_patience:
-                state = trainer.with_learning_rates(state, schedule.learning_rates(cfg, log.history))
+                state = trainer.with_learning_rates(
+                    state, schedule.learning_rates(cfg, log.history)
+                )
             te = time.perf_counter()
             state, m = trainer.epoch(state, epoch)
             m = jax.device_get(m)  # the one host round-trip per epoch
@@ -188,14 +217,19 @@ def check_appendable(path: str, option: str, example: str) -> None:
         if blocking is not None:
             raise NotADirectoryError(20, f"{blocking} is a file, not a folder")
         p.parent.mkdir(parents=True, exist_ok=True)
-        existed = p.exists()
-        with open(p, "a"):
-            pass
-        if not existed:
-            p.unlink()
+        if p.exists():
+            with open(p, "a"):
+                pass
+        else:  # a probe of this process's own: workers checking one file at once never race
+            probe = p.with_name(f".{p.name}.probe-{os.getpid()}-{time.time_ns()}")
+            with open(probe, "a"):
+                pass
+            probe.unlink(missing_ok=True)
     except OSError as err:
-        raise ConfigError(f"{option} cannot be appended to ({err.strerror or err}); "
-                          f"pass a file in a writable folder, e.g. {example}") from None
+        raise ConfigError(
+            f"{option} cannot be appended to ({err.strerror or err}); "
+            f"pass a file in a writable folder, e.g. {example}"
+        ) from None
 
 
 def preflight(cfg: Config, replicas: str = "--num_seeds"):
@@ -210,18 +244,24 @@ def preflight(cfg: Config, replicas: str = "--num_seeds"):
     check_writable(cfg)
     nd = len(jax.devices())
     if cfg.batch_size % nd:
-        raise ConfigError(f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
-                          f"{nd} devices it is split across")
+        raise ConfigError(
+            f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
+            f"{nd} devices it is split across"
+        )
     if cfg.batch_size // nd < 2:  # every model type has BatchNorm
-        raise ConfigError(f"invalid batch_size={cfg.batch_size}: BatchNorm needs at least 2 "
-                          f"examples per device per batch ({nd} device(s)); use "
-                          f"--batch_size={2 * nd} or more")
+        raise ConfigError(
+            f"invalid batch_size={cfg.batch_size}: BatchNorm needs at least 2 "
+            f"examples per device per batch ({nd} device(s)); use "
+            f"--batch_size={2 * nd} or more"
+        )
     n = train_split_size(cfg)
     need = cfg.batch_size * cfg.gradient_accumulation_steps
     if n is not None and n < need:
-        raise ConfigError(f"{cfg.dataset}'s training split has {n} examples, fewer than one "
-                          f"update of batch_size * gradient_accumulation_steps = {need}; use a "
-                          "smaller --batch_size")
+        raise ConfigError(
+            f"{cfg.dataset}'s training split has {n} examples, fewer than one "
+            f"update of batch_size * gradient_accumulation_steps = {need}; use a "
+            "smaller --batch_size"
+        )
     resolved = resolve(cfg)
     check_memory(resolved, jax.devices(), replicas)
     return resolved
@@ -243,7 +283,8 @@ def check_memory(resolved, devices, replicas: str = "--num_seeds") -> None:
             f"needs about {gb(total)} (parameters, gradients and optimizer state "
             f"{gb(need['state'])}, activations {gb(need['activations'])}, data "
             f"{gb(need['data'])}) but {devices[0].platform} has {gb(have)} free; use a smaller "
-            f"--target_params, --batch_size or {replicas}")
+            f"--target_params, --batch_size or {replicas}"
+        )
 
 
 def memory_parts(resolved, n_devices: int = 1) -> dict[str, int]:
@@ -285,8 +326,10 @@ def enable_compilation_cache() -> None:
     path = os.environ.get("JAXCOLLECTIVE_CACHE_DIR", "~/.cache/jaxcollective/xla")
     if path:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                          float(os.environ.get("JAXCOLLECTIVE_CACHE_MIN_S", "0.5")))
+        jax.config.update(
+            "jax_persistent_cache_min_compile_time_secs",
+            float(os.environ.get("JAXCOLLECTIVE_CACHE_MIN_S", "0.5")),
+        )
 
 
 def setup_backend(cfg: Config) -> None:
@@ -303,5 +346,8 @@ def setup_backend(cfg: Config) -> None:
     enable_compilation_cache()
 
     if cfg.device in ("cuda", "gpu") and jax.default_backend() != "gpu":
-        print(f"warning: --device={cfg.device} but no GPU is visible to JAX; running on "
-              f"{jax.default_backend()}", file=sys.stderr)
+        print(
+            f"warning: --device={cfg.device} but no GPU is visible to JAX; running on "
+            f"{jax.default_backend()}",
+            file=sys.stderr,
+        )

@@ -20,7 +20,8 @@ def kaiming_normal(mode: str, in_axis: int, out_axis: int, batch_axis: tuple[int
     """PyTorch's kaiming_normal_ (ReLU gain, untruncated normal), fans over the
     non-stack axes."""
     return jax.nn.initializers.variance_scaling(
-        2.0, mode, "normal", in_axis=in_axis, out_axis=out_axis, batch_axis=batch_axis)
+        2.0, mode, "normal", in_axis=in_axis, out_axis=out_axis, batch_axis=batch_axis
+    )
 
 
 class ShapesOnly(nnx.Rngs):
@@ -44,22 +45,34 @@ class Dense(nnx.Module):
     concatenated per step. Initialisation and parameter count are those of one kernel.
     """
 
-    def __init__(self, din: int, dout: int, *, stack: tuple[int, ...] = (),
-                 shared_input: bool = False, in_parts: Optional[tuple[int, ...]] = None,
-                 fan: str = "fan_in", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        din: int,
+        dout: int,
+        *,
+        stack: tuple[int, ...] = (),
+        shared_input: bool = False,
+        in_parts: Optional[tuple[int, ...]] = None,
+        fan: str = "fan_in",
+        rngs: nnx.Rngs,
+    ):
         if stack and shared_input:
             shape, axes = (din, *stack, dout), (0, 2, (1,))
         else:
             shape, axes = (*stack, din, dout), (-2, -1, tuple(range(len(stack))))
         self.shared_input = bool(stack) and shared_input
-        full = (jnp.zeros(shape, jnp.float32) if isinstance(rngs, ShapesOnly)
-                else kaiming_normal(fan, *axes)(rngs.params(), shape, jnp.float32))
+        full = (
+            jnp.zeros(shape, jnp.float32)
+            if isinstance(rngs, ShapesOnly)
+            else kaiming_normal(fan, *axes)(rngs.params(), shape, jnp.float32)
+        )
         in_parts = tuple(in_parts or (din,))
         if sum(in_parts) != din or (len(in_parts) > 1 and not self.shared_input):
             raise ValueError(f"in_parts {in_parts} must split a shared input of width {din}")
         row = np.cumsum((0,) + in_parts)
-        self.kernels = nnx.List([nnx.Param(full[a:b] if self.shared_input else full)
-                                 for a, b in zip(row, row[1:])])
+        self.kernels = nnx.List(
+            [nnx.Param(full[a:b] if self.shared_input else full) for a, b in zip(row, row[1:])]
+        )
         self.bias = nnx.Param(jnp.zeros(stack + (dout,), jnp.float32))
 
     def member_kernel(self, i: int) -> jax.Array:
@@ -89,8 +102,9 @@ class BatchNorm(nnx.Module):
     """torch.nn.BatchNorm1d semantics: momentum 0.1, eps 1e-5, biased variance to
     normalise, unbiased variance in the running estimate. Statistics in float32."""
 
-    def __init__(self, dim: int, *, stack: tuple[int, ...] = (), momentum: float = 0.1,
-                 eps: float = 1e-5):
+    def __init__(
+        self, dim: int, *, stack: tuple[int, ...] = (), momentum: float = 0.1, eps: float = 1e-5
+    ):
         self.scale = nnx.Param(jnp.ones(stack + (dim,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros(stack + (dim,), jnp.float32))
         self.mean = nnx.BatchStat(jnp.zeros(stack + (dim,), jnp.float32))
@@ -120,7 +134,7 @@ class BatchNorm(nnx.Module):
             mean, var = self.mean[...], self.var[...]
         mul = jax.lax.rsqrt(var + self.eps) * self.scale[...]
         add = self.bias[...] - mean * mul
-        return (x * mul[..., None, :].astype(x.dtype) + add[..., None, :].astype(x.dtype))
+        return x * mul[..., None, :].astype(x.dtype) + add[..., None, :].astype(x.dtype)
 
 
 def mask_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

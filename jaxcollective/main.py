@@ -19,7 +19,7 @@ from .signals import StopFlag
 
 EXTRA = {
     "config": "preset applied before the other keys: debug or phase1 (the original's "
-              "CONFIG_DEBUG / CONFIG_PHASE1, training keys included)",
+    "CONFIG_DEBUG / CONFIG_PHASE1, training keys included)",
     "model": "the original's name of --model_type",
     "dry_run": "print the resolved architecture as one JSON line and exit",
     "help": "show this message (also -h)",
@@ -88,17 +88,27 @@ def _main(argv: list[str], stop: StopFlag) -> int:
     if run is not None:
         writers.append(WandbWriter(run))
     try:
-        record = train_and_evaluate(cfg, MultiWriter(*writers), unused=unused_keys(cfg, set(values)),
-                                    stop=stop, dataset=ds, resolved=resolved,
-                                    checkpointer=checkpointer, resume_meta=meta,
-                                    wandb_id=run.id if run is not None else None)
+        record = train_and_evaluate(
+            cfg,
+            MultiWriter(*writers),
+            unused=unused_keys(cfg, set(values)),
+            stop=stop,
+            dataset=ds,
+            resolved=resolved,
+            checkpointer=checkpointer,
+            resume_meta=meta,
+            wandb_id=run.id if run is not None else None,
+        )
     except BaseException:
         if run is not None:
             run.finish(exit_code=1)
         raise
     if record["status"] == "diverged":
-        print(f"error: the loss became NaN or infinite at epoch {record['epochs_completed'] + 1}; "
-              "recorded as diverged. Try a lower --learning_rate.", file=sys.stderr)
+        print(
+            f"error: the loss became NaN or infinite at epoch {record['epochs_completed'] + 1}; "
+            "recorded as diverged. Try a lower --learning_rate.",
+            file=sys.stderr,
+        )
         return 3
     return 0
 

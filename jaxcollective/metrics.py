@@ -38,7 +38,8 @@ def count_names(topk: tuple[int, ...]) -> tuple[str, ...]:
 
 
 EPOCH_METRICS = tuple(name("train", m) for m in (*LOSS_PARTS, "accuracy")) + tuple(
-    name(s, m) for s in ("val", "test") for m in ("loss", "accuracy"))
+    name(s, m) for s in ("val", "test") for m in ("loss", "accuracy")
+)
 LOSSES = tuple(name(s, "loss") for s in SPLITS)  # a non-finite one means: diverged
 EPOCH_TIME = "time/epoch_s"
 FINAL_PREFIX = "final/"
@@ -49,16 +50,24 @@ MODEL_PARAMS = "final/model_params"
 PARAM_EFFICIENCY = "final/param_efficiency"
 ACCURACY_PER_LOG10 = "final/accuracy_per_log10_params"
 # What a run's W&B summary holds besides the final/* metrics.
-SUMMARY_KEYS = ("status", "diverged", "epochs_completed", "model_params", "stopped_early",
-                "last_lr")
+SUMMARY_KEYS = (
+    "status",
+    "diverged",
+    "epochs_completed",
+    "model_params",
+    "stopped_early",
+    "last_lr",
+)
 SUMMARY_PREFIXES = (FINAL_PREFIX, "final_", "best_")
 
 
 def efficiency_metrics(acc, params: int) -> dict[str, Any]:
     """The final efficiency metrics of a test accuracy (a float or an array)."""
-    return {PARAM_EFFICIENCY: acc / (params / 1e5),
-            "final/accuracy_per_million_params": acc / (params / 1e6),
-            ACCURACY_PER_LOG10: acc / math.log10(params + 1)}
+    return {
+        PARAM_EFFICIENCY: acc / (params / 1e5),
+        "final/accuracy_per_million_params": acc / (params / 1e6),
+        ACCURACY_PER_LOG10: acc / math.log10(params + 1),
+    }
 
 
 def best_val_accuracy(history: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -80,8 +89,11 @@ def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str
         TEST_LOSS: loss_R,
         BEST_VAL_ACCURACY: val_by_epoch.max(axis=0),
         **efficiency_metrics(acc_R, params),
-        **{f"final/test_{k.split('/')[1]}": np.asarray(last[k], np.float64)
-           for k in last if k.startswith("test/accuracy_top")},
+        **{
+            f"final/test_{k.split('/')[1]}": np.asarray(last[k], np.float64)
+            for k in last
+            if k.startswith("test/accuracy_top")
+        },
         # the original's names
         "final/param_efficiency/test_accuracy_per_log10_params": acc_R / log_p,
         "final/loss_efficiency_per_log10_params": loss_R / log_p,
@@ -92,11 +104,16 @@ def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str
         for k, v in per.items():
             out[f"{k}_std"] = float(v.std(ddof=1))
     # the original's run summary: best epoch (1-based) of the mean validation accuracy
-    out.update(best_val_accuracy=out[BEST_VAL_ACCURACY],
-               best_epoch=int(np.argmax(val_by_epoch.mean(axis=1))) + 1,
-               **{f"final_{split}_{m}": float(np.mean(last[f"{split}/{m}"]))
-                  for split in ("train", "val", "test") for m in ("accuracy", "loss")},
-               model_params=params)
+    out.update(
+        best_val_accuracy=out[BEST_VAL_ACCURACY],
+        best_epoch=int(np.argmax(val_by_epoch.mean(axis=1))) + 1,
+        **{
+            f"final_{split}_{m}": float(np.mean(last[f"{split}/{m}"]))
+            for split in ("train", "val", "test")
+            for m in ("accuracy", "loss")
+        },
+        model_params=params,
+    )
     return out
 
 
@@ -109,12 +126,20 @@ def val_curves(history: list[dict[str, np.ndarray]]) -> list[list[float]]:
     return np.round(np.stack([h["val/accuracy"] for h in history]).T.astype(np.float64), 4).tolist()
 
 
-def replica_finals(history: list[dict[str, np.ndarray]], seeds: list[int]) -> list[dict[str, float]]:
+def replica_finals(
+    history: list[dict[str, np.ndarray]], seeds: list[int]
+) -> list[dict[str, float]]:
     last = history[-1]
     best_val = best_val_accuracy(history)
-    return [{"seed": s, "test_accuracy": float(last["test/accuracy"][i]),
-             "test_loss": float(last["test/loss"][i]), "best_val_accuracy": float(best_val[i])}
-            for i, s in enumerate(seeds)]
+    return [
+        {
+            "seed": s,
+            "test_accuracy": float(last["test/accuracy"][i]),
+            "test_loss": float(last["test/loss"][i]),
+            "best_val_accuracy": float(best_val[i]),
+        }
+        for i, s in enumerate(seeds)
+    ]
 
 
 def epoch_row(epoch: int, m: dict[str, np.ndarray], cfg: Config, params: int) -> dict[str, Any]:
@@ -134,8 +159,9 @@ def epoch_row(epoch: int, m: dict[str, np.ndarray], cfg: Config, params: int) ->
     return row
 
 
-def history_row(epoch: int, history: list[dict[str, np.ndarray]], cfg: Config,
-                params: int) -> dict[str, Any]:
+def history_row(
+    epoch: int, history: list[dict[str, np.ndarray]], cfg: Config, params: int
+) -> dict[str, Any]:
     """The row logged after each epoch: that epoch's metrics, plus the final metrics as
     they stand (a run stopped here reports them; a sweep's Hyperband, which counts the
     history rows holding its metric, sees `final/*` in every row)."""
@@ -157,8 +183,13 @@ def logged_names(cfg: Config) -> set[str]:
     """Every name a run of `cfg` logs in its per-epoch rows (a sweep's metric must be
     one of them), from a row built on a one-epoch history of zeros."""
     m = {k: np.zeros(cfg.num_seeds) for k in EPOCH_METRICS}
-    m.update({name(s, f"accuracy_top{k}"): np.zeros(cfg.num_seeds)
-              for s in SPLITS for k in cfg.extra_topk})
+    m.update(
+        {
+            name(s, f"accuracy_top{k}"): np.zeros(cfg.num_seeds)
+            for s in SPLITS
+            for k in cfg.extra_topk
+        }
+    )
     return set(history_row(1, [m], cfg, 1)) | {EPOCH_TIME}
 
 

@@ -43,13 +43,32 @@ class MemberStack(nnx.Module):
     per hidden width Linear -> BatchNorm -> ReLU -> Dropout (none after the last),
     then a Linear projection. Input x_BxD (shared) -> output h_NxBxO."""
 
-    def __init__(self, n: int, din: int, hidden: Sequence[int], dout: int, *,
-                 rate: float, rngs: nnx.Rngs, in_parts: Optional[tuple[int, ...]] = None):
+    def __init__(
+        self,
+        n: int,
+        din: int,
+        hidden: Sequence[int],
+        dout: int,
+        *,
+        rate: float,
+        rngs: nnx.Rngs,
+        in_parts: Optional[tuple[int, ...]] = None,
+    ):
         stack = (n,)
         dims = [din, *hidden]
-        self.dense = nnx.List([
-            Dense(a, b, stack=stack, shared_input=(i == 0), in_parts=in_parts if i == 0 else None,
-                  rngs=rngs) for i, (a, b) in enumerate(zip(dims, dims[1:]))])
+        self.dense = nnx.List(
+            [
+                Dense(
+                    a,
+                    b,
+                    stack=stack,
+                    shared_input=(i == 0),
+                    in_parts=in_parts if i == 0 else None,
+                    rngs=rngs,
+                )
+                for i, (a, b) in enumerate(zip(dims, dims[1:]))
+            ]
+        )
         self.norm = nnx.List([BatchNorm(b, stack=stack) for b in hidden])
         self.proj = Dense(dims[-1], dout, stack=stack, rngs=rngs)
         self.rate = rate
@@ -68,14 +87,34 @@ class MemberGroups(nnx.Module):
     """A collective's experts (or analysts): members grouped by width variant, each
     group one MemberStack; outputs returned in member order as h_NxBxO."""
 
-    def __init__(self, n: int, din: int, hidden: Sequence[int], dout: int, *, vary: bool,
-                 rate: float, rngs: nnx.Rngs, in_parts: Optional[tuple[int, ...]] = None):
+    def __init__(
+        self,
+        n: int,
+        din: int,
+        hidden: Sequence[int],
+        dout: int,
+        *,
+        vary: bool,
+        rate: float,
+        rngs: nnx.Rngs,
+        in_parts: Optional[tuple[int, ...]] = None,
+    ):
         variants = [i % 4 if (vary and n >= 2) else 0 for i in range(n)]
         kinds = sorted(set(variants))
-        self.stacks = nnx.List([
-            MemberStack(variants.count(v), din, member_widths(hidden, v), dout, rate=rate,
-                        rngs=rngs, in_parts=in_parts)
-            for v in kinds])
+        self.stacks = nnx.List(
+            [
+                MemberStack(
+                    variants.count(v),
+                    din,
+                    member_widths(hidden, v),
+                    dout,
+                    rate=rate,
+                    rngs=rngs,
+                    in_parts=in_parts,
+                )
+                for v in kinds
+            ]
+        )
         order = [i for v in kinds for i in range(n) if variants[i] == v]
         # Static permutation from grouped order back to member order (identity if one group).
         self.perm = None if len(kinds) == 1 else tuple(int(i) for i in np.argsort(order))
@@ -99,7 +138,11 @@ class Encoder(nnx.Module):
 
     def __init__(self, din: int, dout: int, *, rate: float, rngs: nnx.Rngs):
         hid = int(math.sqrt(din * dout))
-        self.fc1, self.norm, self.fc2 = Dense(din, hid, rngs=rngs), BatchNorm(hid), Dense(hid, dout, rngs=rngs)
+        self.fc1, self.norm, self.fc2 = (
+            Dense(din, hid, rngs=rngs),
+            BatchNorm(hid),
+            Dense(hid, dout, rngs=rngs),
+        )
         self.rate = rate
 
     def __call__(self, x, train, keys: KeySeq):
@@ -121,7 +164,9 @@ class SimpleHead(nnx.Module):
 class EncoderHead(nnx.Module):
     """An encoder (Dropout 0.2) to max(int(in * c_collective), 2C), then a SimpleHead."""
 
-    def __init__(self, din: int, c_collective: float, scale: float, classes: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self, din: int, c_collective: float, scale: float, classes: int, *, rngs: nnx.Rngs
+    ):
         enc = max(int(din * c_collective), 2 * classes)
         self.encoder = Encoder(din, enc, rate=0.2, rngs=rngs)
         self.mlp = SimpleHead(enc, scale, classes, rngs=rngs)
@@ -133,27 +178,52 @@ class EncoderHead(nnx.Module):
 class Collective(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
         d = collective_dims(cfg)
-        self.experts = MemberGroups(d.n_experts, d.input_dim, cfg.expert_hidden, cfg.expert_output,
-                                    vary=cfg.vary_expert_architectures, rate=0.2, rngs=rngs)
-        self.expert_encoder = Encoder(d.n_experts * cfg.expert_output, d.expert_encoder_output_dim,
-                                      rate=0.1, rngs=rngs)
-        self.analysts = MemberGroups(d.n_analysts, d.analyst_input_dim, cfg.analyst_hidden,
-                                     cfg.analyst_output, vary=cfg.vary_analyst_architectures,
-                                     rate=0.2, rngs=rngs,
-                                     in_parts=(d.input_dim, d.expert_encoder_output_dim))
-        self.analyst_encoder = Encoder(d.n_analysts * cfg.analyst_output, d.collective_input_dim,
-                                       rate=0.1, rngs=rngs)
+        self.experts = MemberGroups(
+            d.n_experts,
+            d.input_dim,
+            cfg.expert_hidden,
+            cfg.expert_output,
+            vary=cfg.vary_expert_architectures,
+            rate=0.2,
+            rngs=rngs,
+        )
+        self.expert_encoder = Encoder(
+            d.n_experts * cfg.expert_output, d.expert_encoder_output_dim, rate=0.1, rngs=rngs
+        )
+        self.analysts = MemberGroups(
+            d.n_analysts,
+            d.analyst_input_dim,
+            cfg.analyst_hidden,
+            cfg.analyst_output,
+            vary=cfg.vary_analyst_architectures,
+            rate=0.2,
+            rngs=rngs,
+            in_parts=(d.input_dim, d.expert_encoder_output_dim),
+        )
+        self.analyst_encoder = Encoder(
+            d.n_analysts * cfg.analyst_output, d.collective_input_dim, rate=0.1, rngs=rngs
+        )
         if cfg.collective_version == "simple_mlp":
-            self.head = SimpleHead(d.collective_input_dim, cfg.collective_hidden_scale,
-                                   d.num_classes, rngs=rngs)
+            self.head = SimpleHead(
+                d.collective_input_dim, cfg.collective_hidden_scale, d.num_classes, rngs=rngs
+            )
         else:
-            self.head = EncoderHead(d.collective_input_dim, cfg.c_collective,
-                                    cfg.collective_hidden_scale, d.num_classes, rngs=rngs)
-        self.drop_rates = ((cfg.drop_models_expert_rate, cfg.drop_models_analyst_rate)
-                           if cfg.use_drop_models else None)
+            self.head = EncoderHead(
+                d.collective_input_dim,
+                cfg.c_collective,
+                cfg.collective_hidden_scale,
+                d.num_classes,
+                rngs=rngs,
+            )
+        self.drop_rates = (
+            (cfg.drop_models_expert_rate, cfg.drop_models_analyst_rate)
+            if cfg.use_drop_models
+            else None
+        )
 
-    def __call__(self, x_BxD, *, train: bool = False, key: Optional[jax.Array] = None,
-                 drop_rates=None):
+    def __call__(
+        self, x_BxD, *, train: bool = False, key: Optional[jax.Array] = None, drop_rates=None
+    ):
         """`drop_rates` (expert, analyst) replace the config's (they may be traced values:
         population members differ in them); whether members are dropped is the config's."""
         keys = KeySeq(key if train else None)
@@ -178,10 +248,13 @@ class Collective(nnx.Module):
 class MLP(nnx.Module):
     """Per hidden width Linear -> BatchNorm -> ReLU -> Dropout(0.1); then Linear(classes)."""
 
-    def __init__(self, din: int, hidden: Sequence[int], classes: int, *, rngs: nnx.Rngs,
-                 rate: float = 0.1):
+    def __init__(
+        self, din: int, hidden: Sequence[int], classes: int, *, rngs: nnx.Rngs, rate: float = 0.1
+    ):
         dims = [din, *hidden]
-        self.dense = nnx.List([Dense(a, b, fan="fan_out", rngs=rngs) for a, b in zip(dims, dims[1:])])
+        self.dense = nnx.List(
+            [Dense(a, b, fan="fan_out", rngs=rngs) for a, b in zip(dims, dims[1:])]
+        )
         self.norm = nnx.List([BatchNorm(b) for b in hidden])
         self.out = Dense(dims[-1], classes, fan="fan_out", rngs=rngs)
         self.rate = rate
@@ -198,13 +271,20 @@ class ResidualMLP(nnx.Module):
     """Per layer y = BN(Linear(x)); skip = x or Linear(x) when widths differ;
     x = Dropout(ReLU(y + skip)); then Linear(classes)."""
 
-    def __init__(self, din: int, hidden: Sequence[int], classes: int, *, rngs: nnx.Rngs,
-                 rate: float = 0.1):
+    def __init__(
+        self, din: int, hidden: Sequence[int], classes: int, *, rngs: nnx.Rngs, rate: float = 0.1
+    ):
         dims = [din, *hidden]
-        self.dense = nnx.List([Dense(a, b, fan="fan_out", rngs=rngs) for a, b in zip(dims, dims[1:])])
+        self.dense = nnx.List(
+            [Dense(a, b, fan="fan_out", rngs=rngs) for a, b in zip(dims, dims[1:])]
+        )
         self.norm = nnx.List([BatchNorm(b) for b in hidden])
-        self.skip = nnx.List([Dense(a, b, fan="fan_out", rngs=rngs) if a != b else None
-                              for a, b in zip(dims, dims[1:])])
+        self.skip = nnx.List(
+            [
+                Dense(a, b, fan="fan_out", rngs=rngs) if a != b else None
+                for a, b in zip(dims, dims[1:])
+            ]
+        )
         self.out = Dense(dims[-1], classes, fan="fan_out", rngs=rngs)
         self.rate = rate
 
@@ -218,6 +298,7 @@ class ResidualMLP(nnx.Module):
 
 
 # ----------------------------------------------------------------- registry
+
 
 # model_type -> (family widths from one size s, residual). Each baseline family is
 # one-parameter: sizing (sizing.py) searches s for the closest parameter count.
@@ -240,8 +321,9 @@ BASELINE_FAMILIES: dict[str, tuple[Callable[[int, int], Optional[list[int]]], bo
 }
 
 
-def build_model(cfg: Config, hidden_dims: Optional[Sequence[int]] = None, *,
-                rngs: nnx.Rngs) -> nnx.Module:
+def build_model(
+    cfg: Config, hidden_dims: Optional[Sequence[int]] = None, *, rngs: nnx.Rngs
+) -> nnx.Module:
     """The registry: the collective and the six baselines are peers here."""
     if cfg.model_type == "collective":
         return Collective(cfg, rngs=rngs)

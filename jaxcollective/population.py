@@ -25,8 +25,15 @@ import numpy as np
 from .config import STEP_VALUES, Config, ConfigError
 from .data import split_indices
 from .sizing import Resolved
-from .train import (STEP_STREAMS, ReplicaData, Trainer, TrainState, init_state, pad_batches,
-                    stream_keys)
+from .train import (
+    STEP_STREAMS,
+    ReplicaData,
+    Trainer,
+    TrainState,
+    init_state,
+    pad_batches,
+    stream_keys,
+)
 
 
 @partial(jax.jit, donate_argnums=(0,))
@@ -97,13 +104,16 @@ class Population:
         """Whether run `cfg` can be a member: the same program, one replica."""
         return cfg.num_seeds == 1 and cfg.program_key() == self.program
 
-    def assign(self, slot: int, cfg: Config, state: Optional[TrainState] = None,
-               epoch: int = 0) -> None:
+    def assign(
+        self, slot: int, cfg: Config, state: Optional[TrainState] = None, epoch: int = 0
+    ) -> None:
         """Run `cfg` in `slot`: a fresh state from its seed, or `state` (one member's,
         no replica axis) after `epoch` epochs (a resumed run)."""
         if not self.fits(cfg):
-            raise ConfigError(f"a population member must share the population's program: "
-                              f"{cfg.program_key()} is not {self.program}")
+            raise ConfigError(
+                f"a population member must share the population's program: "
+                f"{cfg.program_key()} is not {self.program}"
+            )
         if state is None:
             state = self._init_one(stream_keys(cfg.seed)["params"])
         hp = {k: jnp.asarray(getattr(cfg, k), jnp.float32) for k in state.opt_state.hyperparams}
@@ -149,8 +159,10 @@ class Population:
     def epoch_keys(self) -> dict[str, jax.Array]:
         """Each slot's keys for its own next epoch, as a sequential run of its config."""
         per = [stream_keys(c.seed if c is not None else 0) for c in self.configs]
-        return {n: jnp.stack([jax.random.fold_in(p[n], e + 1) for p, e in zip(per, self.epochs)])
-                for n in ("shuffle", *STEP_STREAMS)}
+        return {
+            n: jnp.stack([jax.random.fold_in(p[n], e + 1) for p, e in zip(per, self.epochs)])
+            for n in ("shuffle", *STEP_STREAMS)
+        }
 
     def epoch(self) -> list[Optional[dict[str, np.ndarray]]]:
         """Every slot trains its next epoch; per slot its metrics (None if empty)."""
@@ -170,5 +182,5 @@ class Population:
                 out.append(None)
                 continue
             self.epochs[i] += 1
-            out.append({k: v[i:i + 1] for k, v in m.items()})  # a run of one replica
+            out.append({k: v[i : i + 1] for k, v in m.items()})  # a run of one replica
         return out

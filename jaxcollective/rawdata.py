@@ -26,10 +26,12 @@ from typing import Iterable, Optional
 import numpy as np
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
-IDX_NAMES = {"train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
-             "train_labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
-             "test_images": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
-             "test_labels": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte")}
+IDX_NAMES = {
+    "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "train_labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "test_images": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
 
 # SHA-256 of the decompressed IDX files, as published with the datasets.
 IDX_SHA256 = {
@@ -37,12 +39,14 @@ IDX_SHA256 = {
         "train_images": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
         "train_labels": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
         "test_images": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "test_labels": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"},
+        "test_labels": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
     "fashion_mnist": {
         "train_images": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
         "train_labels": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
         "test_images": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "test_labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+        "test_labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
 }
 # CIFAR-10, python version: MD5 of each pickled batch (the CIFAR page's, as torchvision
 # checks them); binary version: SHA-256 of the archive, TFDS's registered checksum.
@@ -57,14 +61,17 @@ CIFAR_PY_MD5 = {
     "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
     "data_batch_4": "634d18415352ddfa80567beed471001a",
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e"}
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 CIFAR_BIN_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
 
 TORCHVISION_DIRS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 # Where Linux distributions install datasets (Debian/Ubuntu: `dataset-fashion-mnist`).
-SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
-               "mnist": ("/usr/share/datasets/mnist",),
-               "cifar10": ("/usr/share/datasets/cifar10", "/usr/share/datasets/cifar-10")}
+SYSTEM_DIRS = {
+    "fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
+    "mnist": ("/usr/share/datasets/mnist",),
+    "cifar10": ("/usr/share/datasets/cifar10", "/usr/share/datasets/cifar-10"),
+}
 
 
 class RawDataError(ValueError):
@@ -74,6 +81,7 @@ class RawDataError(ValueError):
 @dataclass(frozen=True)
 class Source:
     """A complete set of raw files of one dataset: `kind` says how to read `files`."""
+
     dataset: str
     kind: str  # "idx", "cifar_py_dir", "cifar_py_archive", "cifar_bin_archive"
     files: tuple[Path, ...]
@@ -160,8 +168,8 @@ def _what_is(digest: str) -> Optional[str]:
 def _parse_idx(path: Path, raw: bytes, ndim: int) -> np.ndarray:
     if len(raw) < 4 + 4 * ndim or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
         raise RawDataError(f"{path} is not an IDX file of {ndim}-d uint8 data")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    body = raw[4 + 4 * ndim:]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = raw[4 + 4 * ndim :]
     if len(body) != int(np.prod(dims)):
         raise RawDataError(f"{path} is truncated: {len(body)} bytes of data for shape {dims}")
     return np.frombuffer(body, np.uint8).reshape(dims)
@@ -178,8 +186,10 @@ def read_idx(source: Source) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         if digest != want[role]:
             what = _what_is(digest)
             what = f"it holds {what}" if what else "its content matches no known release"
-            raise RawDataError(f"{path} is not {source.dataset}'s {role.replace('_', ' ')}: "
-                               f"{what} (SHA-256 of the decompressed file {digest[:12]}...)")
+            raise RawDataError(
+                f"{path} is not {source.dataset}'s {role.replace('_', ' ')}: "
+                f"{what} (SHA-256 of the decompressed file {digest[:12]}...)"
+            )
         a = _parse_idx(path, raw, 3 if role.endswith("images") else 1)
         arrays[role] = a[..., None] if a.ndim == 3 else a.astype(np.int32)
         digests[role] = digest
@@ -189,8 +199,10 @@ def read_idx(source: Source) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def _unpickle_batch(name: str, raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     digest = hashlib.md5(raw).hexdigest()
     if digest != CIFAR_PY_MD5[name]:
-        raise RawDataError(f"{where} is not CIFAR-10's {name}: its MD5 {digest} differs from "
-                           f"the release's {CIFAR_PY_MD5[name]}")
+        raise RawDataError(
+            f"{where} is not CIFAR-10's {name}: its MD5 {digest} differs from "
+            f"the release's {CIFAR_PY_MD5[name]}"
+        )
     d = pickle.loads(raw, encoding="bytes")
     x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(x), np.asarray(d[b"labels"], np.int32)
@@ -199,10 +211,12 @@ def _unpickle_batch(name: str, raw: bytes, where: str) -> tuple[np.ndarray, np.n
 def _cifar_arrays(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
     tr = [parts[b] for b in CIFAR_TRAIN]
     te = [parts[b] for b in CIFAR_TEST]
-    return {"train_images": np.concatenate([x for x, _ in tr]),
-            "train_labels": np.concatenate([y for _, y in tr]),
-            "test_images": np.concatenate([x for x, _ in te]),
-            "test_labels": np.concatenate([y for _, y in te])}
+    return {
+        "train_images": np.concatenate([x for x, _ in tr]),
+        "train_labels": np.concatenate([y for _, y in tr]),
+        "test_images": np.concatenate([x for x, _ in te]),
+        "test_labels": np.concatenate([y for _, y in te]),
+    }
 
 
 def _tar_members(path: Path, wanted: Iterable[str]) -> dict[str, bytes]:
@@ -228,8 +242,10 @@ def read_cifar(source: Source) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         path = source.files[0]
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != CIFAR_BIN_SHA256:
-            raise RawDataError(f"{path} is not CIFAR-10's binary archive: SHA-256 {digest[:12]}... "
-                               f"differs from the registered {CIFAR_BIN_SHA256[:12]}...")
+            raise RawDataError(
+                f"{path} is not CIFAR-10's binary archive: SHA-256 {digest[:12]}... "
+                f"differs from the registered {CIFAR_BIN_SHA256[:12]}..."
+            )
         members = _tar_members(path, [f"{n}.bin" for n in names])
         parts = {}
         for n in names:

@@ -51,11 +51,24 @@ from .metrics import (
 from .util import describe_error
 
 MATCH_TOLERANCE = 0.05  # a baseline within 5% of the collective's size is "matched"
-COLORS = {"collective": "#d62728", "shallow": "#1f77b4", "balanced": "#2ca02c",
-          "deep": "#9467bd", "very_deep": "#8c564b", "deep_resnet": "#e377c2",
-          "very_deep_resnet": "#17becf"}
-MARKERS = {"collective": "*", "shallow": "o", "balanced": "s", "deep": "^", "very_deep": "v",
-           "deep_resnet": "D", "very_deep_resnet": "P"}
+COLORS = {
+    "collective": "#d62728",
+    "shallow": "#1f77b4",
+    "balanced": "#2ca02c",
+    "deep": "#9467bd",
+    "very_deep": "#8c564b",
+    "deep_resnet": "#e377c2",
+    "very_deep_resnet": "#17becf",
+}
+MARKERS = {
+    "collective": "*",
+    "shallow": "o",
+    "balanced": "s",
+    "deep": "^",
+    "very_deep": "v",
+    "deep_resnet": "D",
+    "very_deep_resnet": "P",
+}
 
 
 @dataclass
@@ -84,11 +97,14 @@ def load_results(path: Path) -> list[Run]:
     """Runs of a results file. A damaged line (a run killed mid-write, a line that is not
     a run record) is skipped with a warning naming file and line."""
     if path.is_dir():
-        raise ConfigError(f"--results={path} is a folder; pass the results file "
-                          "(e.g. runs/results.jsonl)")
+        raise ConfigError(
+            f"--results={path} is a folder; pass the results file (e.g. runs/results.jsonl)"
+        )
     if not path.exists():
-        raise ConfigError(f"no results file at {path}: run `python run.py ...` first, or pass "
-                          "--results=PATH or --wandb=ENTITY/PROJECT[/SWEEP_ID]")
+        raise ConfigError(
+            f"no results file at {path}: run `python run.py ...` first, or pass "
+            "--results=PATH or --wandb=ENTITY/PROJECT[/SWEEP_ID]"
+        )
     try:
         text = path.read_text(errors="replace")
     except OSError as err:
@@ -102,8 +118,11 @@ def load_results(path: Path) -> list[Run]:
             rec = json.loads(line)
             runs.extend(record_to_runs(rec, name=f"{path.name}:{i + 1}"))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-            why = "not a complete JSON line" if isinstance(err, json.JSONDecodeError) else \
-                "not a run record"
+            why = (
+                "not a complete JSON line"
+                if isinstance(err, json.JSONDecodeError)
+                else "not a run record"
+            )
             print(f"warning: skipping {where}: {why}", file=sys.stderr)
     return runs
 
@@ -115,26 +134,55 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
         status = "diverged"
     params = int(rec.get("model_params") or rec.get(MODEL_PARAMS))
     config = rec.get("config", {})
-    where = dict(dataset=dataset_of(config, rec), synthetic=bool(rec.get("synthetic")) or
-                 config.get("dataset") == "synthetic",
-                 stopped_early=bool(rec.get("stopped_early")), last_lr=rec.get("last_lr"))
+    where = dict(
+        dataset=dataset_of(config, rec),
+        synthetic=bool(rec.get("synthetic")) or config.get("dataset") == "synthetic",
+        stopped_early=bool(rec.get("stopped_early")),
+        last_lr=rec.get("last_lr"),
+    )
     replicas = rec.get("replicas") or []
     curves = rec.get(VAL_CURVES) or []
     if len(replicas) > 1:
         runs = []
         for i, r in enumerate(replicas):
             acc = r["test_accuracy"]
-            metrics = {TEST_ACCURACY: acc, TEST_LOSS: r["test_loss"],
-                       BEST_VAL_ACCURACY: r["best_val_accuracy"],
-                       MODEL_PARAMS: params, **efficiency_metrics(acc, params)}
-            runs.append(Run(f"{name}/seed{r['seed']}", rec["model_type"], params, acc, status,
-                            dict(config, seed=r["seed"], num_seeds=1), metrics, **where,
-                            val_curve=curves[i] if i < len(curves) else []))
+            metrics = {
+                TEST_ACCURACY: acc,
+                TEST_LOSS: r["test_loss"],
+                BEST_VAL_ACCURACY: r["best_val_accuracy"],
+                MODEL_PARAMS: params,
+                **efficiency_metrics(acc, params),
+            }
+            runs.append(
+                Run(
+                    f"{name}/seed{r['seed']}",
+                    rec["model_type"],
+                    params,
+                    acc,
+                    status,
+                    dict(config, seed=r["seed"], num_seeds=1),
+                    metrics,
+                    **where,
+                    val_curve=curves[i] if i < len(curves) else [],
+                )
+            )
         return runs
-    metrics = {k: v for k, v in rec.items() if k.startswith(FINAL_PREFIX) and not k.endswith("_std")}
-    return [Run(name=rec.get("name", name), model_type=rec["model_type"], params=params,
-                test_accuracy=rec.get(TEST_ACCURACY), status=status, config=config,
-                metrics=metrics, **where, val_curve=curves[0] if curves else [])]
+    metrics = {
+        k: v for k, v in rec.items() if k.startswith(FINAL_PREFIX) and not k.endswith("_std")
+    }
+    return [
+        Run(
+            name=rec.get("name", name),
+            model_type=rec["model_type"],
+            params=params,
+            test_accuracy=rec.get(TEST_ACCURACY),
+            status=status,
+            config=config,
+            metrics=metrics,
+            **where,
+            val_curve=curves[0] if curves else [],
+        )
+    ]
 
 
 def dataset_of(config: dict, rec: Optional[dict] = None) -> str:
@@ -149,7 +197,9 @@ def load_wandb(path: str) -> list[Run]:
     """Runs of a wandb project, or of one sweep (entity/project/sweep_id)."""
     parts = path.strip("/").split("/")
     if len(parts) not in (2, 3) or not all(parts):
-        raise ConfigError(f"invalid --wandb={path!r}: expected ENTITY/PROJECT or ENTITY/PROJECT/SWEEP_ID")
+        raise ConfigError(
+            f"invalid --wandb={path!r}: expected ENTITY/PROJECT or ENTITY/PROJECT/SWEEP_ID"
+        )
     try:
         import wandb
     except ImportError:
@@ -159,8 +209,10 @@ def load_wandb(path: str) -> list[Run]:
         source = api.sweep("/".join(parts)).runs if len(parts) == 3 else api.runs("/".join(parts))
         runs = [run for run in map(wandb_to_run, source) if run is not None]
     except Exception as err:  # noqa: BLE001 - wandb raises many kinds (auth, network, 404)
-        raise ConfigError(f"cannot read {path!r} from W&B ({describe_error(err, 200)}); "
-                          "check `wandb login`, the network and the path, or use --results") from None
+        raise ConfigError(
+            f"cannot read {path!r} from W&B ({describe_error(err, 200)}); "
+            "check `wandb login`, the network and the path, or use --results"
+        ) from None
     return runs
 
 
@@ -171,18 +223,28 @@ def wandb_to_run(r) -> Optional[Run]:
         return None
     params = summary.get(MODEL_PARAMS) or config.get("model_params")
     if params is None:  # crashed before the model was built
-        return Run(r.name, config["model_type"], 0, None, "failed", config,
-                   dataset=dataset_of(config))
+        return Run(
+            r.name, config["model_type"], 0, None, "failed", config, dataset=dataset_of(config)
+        )
     status = summary.get("status")
     if status is None:  # no final record: the process died
         status = {"finished": "finished", "running": "running"}.get(r.state, r.state)
     if summary.get("diverged"):
         status = "diverged"
     metrics = {k: v for k, v in summary.items() if k.startswith(FINAL_PREFIX)}
-    return Run(r.name, config["model_type"], int(params), summary.get(TEST_ACCURACY),
-               status, config, metrics, dataset=dataset_of(config),
-               synthetic=bool(config.get("synthetic")) or config.get("dataset") == "synthetic",
-               stopped_early=bool(summary.get("stopped_early")), last_lr=summary.get("last_lr"))
+    return Run(
+        r.name,
+        config["model_type"],
+        int(params),
+        summary.get(TEST_ACCURACY),
+        status,
+        config,
+        metrics,
+        dataset=dataset_of(config),
+        synthetic=bool(config.get("synthetic")) or config.get("dataset") == "synthetic",
+        stopped_early=bool(summary.get("stopped_early")),
+        last_lr=summary.get("last_lr"),
+    )
 
 
 # -------------------------------------------------------------- aggregation
@@ -214,11 +276,12 @@ class Group:
 @dataclass
 class Selection:
     """Which configuration of a (model type, size) group validation chose."""
-    group: Group            # the chosen configuration's runs (its seeds)
-    candidates: int         # configurations compared
+
+    group: Group  # the chosen configuration's runs (its seeds)
+    candidates: int  # configurations compared
     varied: dict[str, Any]  # the chosen values of the keys that differ between them
     scores: dict[str, float]  # configuration label -> mean best validation accuracy
-    seeds: list[int]        # the seeds every configuration has, on which they were compared
+    seeds: list[int]  # the seeds every configuration has, on which they were compared
 
 
 def config_key(r: Run) -> str:
@@ -240,19 +303,29 @@ def select_on_validation(g: Group) -> Selection:
     common = set.intersection(*seed_sets)
 
     def score(rs: list[Run]) -> float:
-        vals = [r.metrics.get(BEST_VAL_ACCURACY) for r in rs
-                if not common or r.config.get("seed") in common]
+        vals = [
+            r.metrics.get(BEST_VAL_ACCURACY)
+            for r in rs
+            if not common or r.config.get("seed") in common
+        ]
         vals = [float(v) for v in vals if v is not None]
         return sum(vals) / len(vals) if vals else float("-inf")
 
-    keys = sorted(k for k in TRAJECTORY_KEYS if k != "seed" and len(
-        {json.dumps(rs[0].config.get(k, _default(k))) for rs in configs.values()}) > 1)
+    keys = sorted(
+        k
+        for k in TRAJECTORY_KEYS
+        if k != "seed"
+        and len({json.dumps(rs[0].config.get(k, _default(k))) for rs in configs.values()}) > 1
+    )
     label = lambda rs: ", ".join(f"{k}={rs[0].config.get(k, _default(k))}" for k in keys) or "-"  # noqa: E731
     chosen = max(configs.values(), key=score)  # ties: the first configuration seen
-    return Selection(Group(g.model_type, g.size, chosen), len(configs),
-                     {k: chosen[0].config.get(k, _default(k)) for k in keys},
-                     {label(rs): score(rs) for rs in configs.values()},
-                     sorted(s for s in common if s is not None))
+    return Selection(
+        Group(g.model_type, g.size, chosen),
+        len(configs),
+        {k: chosen[0].config.get(k, _default(k)) for k in keys},
+        {label(rs): score(rs) for rs in configs.values()},
+        sorted(s for s in common if s is not None),
+    )
 
 
 def split_runs(runs: Iterable[Run]) -> tuple[list[Run], list[Run]]:
@@ -323,14 +396,17 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
     for r in runs:
         groups[(r.model_type, r.size_key)].append(r)
     order = {t: i for i, t in enumerate(MODEL_TYPES)}
-    return [Group(t, s, rs) for (t, s), rs in
-            sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1]))]
+    return [
+        Group(t, s, rs)
+        for (t, s), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1]))
+    ]
 
 
 def t_quantile_975(df: float) -> float:
     """Student's t 97.5% quantile (scipy if present, else a close approximation)."""
     try:
         from scipy.stats import t
+
         return float(t.ppf(0.975, df))
     except ImportError:  # Cornish-Fisher expansion around the normal quantile
         z = 1.959963984540054
@@ -356,7 +432,10 @@ def matched_comparisons(groups: list[Group]) -> list[dict[str, Any]]:
     rows = []
     for c in (g for g in groups if g.model_type == "collective"):
         for g in groups:
-            if g.model_type in BASELINE_TYPES and abs(g.params - c.params) / c.params <= MATCH_TOLERANCE:
+            if (
+                g.model_type in BASELINE_TYPES
+                and abs(g.params - c.params) / c.params <= MATCH_TOLERANCE
+            ):
                 diff = c.mean() - g.mean()
                 ci = welch_interval(c.values(), g.values())
                 if ci is None:
@@ -367,8 +446,9 @@ def matched_comparisons(groups: list[Group]) -> list[dict[str, Any]]:
                     verdict = "baseline better"
                 else:
                     verdict = "no clear difference"
-                rows.append({"collective": c, "baseline": g, "diff": diff, "ci": ci,
-                             "verdict": verdict})
+                rows.append(
+                    {"collective": c, "baseline": g, "diff": diff, "ci": ci, "verdict": verdict}
+                )
     return rows
 
 
@@ -390,8 +470,11 @@ def mixed_settings(runs: Iterable[Run]) -> dict[str, list]:
     stop trains the same run (its cap can differ from others')."""
     out = {}
     for k in SHARED_SETTINGS:
-        vals = {json.dumps(r.config.get(k, FIELDS[k].default)) for r in runs
-                if not (k == "epochs" and r.stopped_early)}
+        vals = {
+            json.dumps(r.config.get(k, FIELDS[k].default))
+            for r in runs
+            if not (k == "epochs" and r.stopped_early)
+        }
         if len(vals) > 1:
             out[k] = sorted(json.loads(v) for v in vals)
     return out
@@ -408,89 +491,146 @@ def selection_lines(selections: list[Selection]) -> list[str]:
     accuracy over its seeds), then what validation chose and from what."""
     sizes = size_classes(s.group.params for s in selections)
     types = [t for t in MODEL_TYPES if any(s.group.model_type == t for s in selections)]
-    lines = ["### Selected on validation: test accuracy per size, model types side by side", "",
-             "Each (model type, size) trained several configurations; the one with the highest "
-             "mean best validation accuracy (compared on the seeds all of them have) is shown, "
-             "with its test accuracy as mean ± std over its seeds (n). The test set played no "
-             "part in the choice.", "",
-             "| size | " + " | ".join(types) + " |", "| --- |" + " ---: |" * len(types)]
+    lines = [
+        "### Selected on validation: test accuracy per size, model types side by side",
+        "",
+        "Each (model type, size) trained several configurations; the one with the highest "
+        "mean best validation accuracy (compared on the seeds all of them have) is shown, "
+        "with its test accuracy as mean ± std over its seeds (n). The test set played no "
+        "part in the choice.",
+        "",
+        "| size | " + " | ".join(types) + " |",
+        "| --- |" + " ---: |" * len(types),
+    ]
     for k, size in enumerate(sizes):
         cells = []
         for t in types:
-            s = next((s for s in selections if s.group.model_type == t
-                      and size_class_of(s.group.params, sizes) == k), None)
+            s = next(
+                (
+                    s
+                    for s in selections
+                    if s.group.model_type == t and size_class_of(s.group.params, sizes) == k
+                ),
+                None,
+            )
             g = s and s.group
-            cells.append("–" if g is None else
-                         f"{g.mean():.2f} ± {_std(g.std())} ({len(g.runs)})")
+            cells.append("–" if g is None else f"{g.mean():.2f} ± {_std(g.std())} ({len(g.runs)})")
         lines.append(f"| ~{fmt_params(size)} | " + " | ".join(cells) + " |")
-    lines += ["", "| model type | params | chosen | compared on seeds | validation (mean best "
-              "val. acc. %) of each candidate |", "| --- | ---: | --- | --- | --- |"]
+    lines += [
+        "",
+        "| model type | params | chosen | compared on seeds | validation (mean best "
+        "val. acc. %) of each candidate |",
+        "| --- | ---: | --- | --- | --- |",
+    ]
     for s in selections:
         chosen = ", ".join(f"{k}={v}" for k, v in s.varied.items()) or "(one configuration)"
         scores = "; ".join(f"{c}: {v:.2f}" for c, v in s.scores.items())
-        lines.append(f"| {s.group.model_type} | {s.group.params:,.0f} | {chosen} | "
-                     f"{', '.join(map(str, s.seeds)) or 'all'} | {scores} |")
+        lines.append(
+            f"| {s.group.model_type} | {s.group.params:,.0f} | {chosen} | "
+            f"{', '.join(map(str, s.seeds)) or 'all'} | {scores} |"
+        )
     return lines + [""]
 
 
-def write_summary(groups: list[Group], excluded: list[Run], dataset: str,
-                  folded: int = 0, selections: Optional[list[Selection]] = None) -> list[str]:
+def write_summary(
+    groups: list[Group],
+    excluded: list[Run],
+    dataset: str,
+    folded: int = 0,
+    selections: Optional[list[Selection]] = None,
+) -> list[str]:
     """The markdown section of one dataset; with `selections`, `groups` are the
     validation-chosen configurations and a side-by-side table leads."""
     good = [r for g in groups for r in g.runs]
-    dup = (f" {folded} duplicate run{'s' if folded != 1 else ''} folded: the same model type "
-           "and resolved config (seed included) as another run, counted once: the "
-           "one that trained the most epochs.") if folded else ""
-    lines = [f"## Dataset: {dataset}", "",
-             f"{len(good)} finished runs in the tables below; {len(excluded)} excluded "
-             "(diverged, stopped early or failed), listed at the end." + dup + " Figures: "
-             f"`{dataset}/accuracy_vs_params.png`, `{dataset}/efficiency_by_type.png`, "
-             f"`{dataset}/scaling.png`" + (f", `{dataset}/val_curves.png`" if any(
-                 r.val_curve for r in good) else "") + ".", ""]
+    dup = (
+        (
+            f" {folded} duplicate run{'s' if folded != 1 else ''} folded: the same model type "
+            "and resolved config (seed included) as another run, counted once: the "
+            "one that trained the most epochs."
+        )
+        if folded
+        else ""
+    )
+    lines = [
+        f"## Dataset: {dataset}",
+        "",
+        f"{len(good)} finished runs in the tables below; {len(excluded)} excluded "
+        "(diverged, stopped early or failed), listed at the end." + dup + " Figures: "
+        f"`{dataset}/accuracy_vs_params.png`, `{dataset}/efficiency_by_type.png`, "
+        f"`{dataset}/scaling.png`"
+        + (f", `{dataset}/val_curves.png`" if any(r.val_curve for r in good) else "")
+        + ".",
+        "",
+    ]
     if selections:
         lines += selection_lines(selections)
     mixed = mixed_settings(good)
     if mixed:
-        lines += ["**Warning: these runs mix training settings** (" + "; ".join(
-            f"{k}: {', '.join(map(str, v))}" for k, v in mixed.items()) + "); a difference "
+        lines += [
+            "**Warning: these runs mix training settings** ("
+            + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in mixed.items())
+            + "); a difference "
             "between model types may come from them. Filter the results file or pass "
-            "--results of one study.", ""]
-    lines += ["### Test accuracy per model type and size", "",
-              "| model type | size | runs | test acc. mean (%) | std | params (mean) "
-              "| param_efficiency (acc./100K) | acc. per log10 params |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "--results of one study.",
+            "",
+        ]
+    lines += [
+        "### Test accuracy per model type and size",
+        "",
+        "| model type | size | runs | test acc. mean (%) | std | params (mean) "
+        "| param_efficiency (acc./100K) | acc. per log10 params |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for g in groups:
-        lines.append(f"| {g.model_type} | {fmt_params(g.size)} | {len(g.runs)} | {g.mean():.2f} | "
-                     f"{_std(g.std())} | {g.params:,.0f} | {g.mean(PARAM_EFFICIENCY):.3f} | "
-                     f"{g.mean(ACCURACY_PER_LOG10):.3f} |")
+        lines.append(
+            f"| {g.model_type} | {fmt_params(g.size)} | {len(g.runs)} | {g.mean():.2f} | "
+            f"{_std(g.std())} | {g.params:,.0f} | {g.mean(PARAM_EFFICIENCY):.3f} | "
+            f"{g.mean(ACCURACY_PER_LOG10):.3f} |"
+        )
     lines += convergence_lines(groups)
-    lines += ["", "### Best configuration per model type", "",
-              "Selected by validation (`final/best_val_accuracy`, the best validation accuracy "
-              "over the run's epochs), never by test accuracy; the test accuracy is that run's.", "",
-              "| model type | best val. acc. (%) | its test acc. (%) | params | run | settings that "
-              "differ from the defaults |",
-              "| --- | ---: | ---: | ---: | --- | --- |"]
+    lines += [
+        "",
+        "### Best configuration per model type",
+        "",
+        "Selected by validation (`final/best_val_accuracy`, the best validation accuracy "
+        "over the run's epochs), never by test accuracy; the test accuracy is that run's.",
+        "",
+        "| model type | best val. acc. (%) | its test acc. (%) | params | run | settings that "
+        "differ from the defaults |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
     by_type: dict[str, list[Run]] = defaultdict(list)
     for g in groups:
         by_type[g.model_type] += g.runs
     for t, rs in by_type.items():
         best = select_best(rs)
         val = best.metrics.get(BEST_VAL_ACCURACY)
-        lines.append(f"| {t} | {'–' if val is None else f'{val:.2f}'} | {best.test_accuracy:.2f} | "
-                     f"{best.params:,} | {best.name} | {_non_defaults(best.config, t)} |")
-    lines += ["", "### The collective against each baseline at matched size", "",
-              f"Matched: baseline within {MATCH_TOLERANCE:.0%} of the collective's parameters. "
-              "Difference = collective minus baseline, test accuracy in points, with a 95% "
-              "Welch interval where both sides have 2 or more runs.", ""]
+        lines.append(
+            f"| {t} | {'–' if val is None else f'{val:.2f}'} | {best.test_accuracy:.2f} | "
+            f"{best.params:,} | {best.name} | {_non_defaults(best.config, t)} |"
+        )
+    lines += [
+        "",
+        "### The collective against each baseline at matched size",
+        "",
+        f"Matched: baseline within {MATCH_TOLERANCE:.0%} of the collective's parameters. "
+        "Difference = collective minus baseline, test accuracy in points, with a 95% "
+        "Welch interval where both sides have 2 or more runs.",
+        "",
+    ]
     comps = matched_comparisons(groups)
     if comps:
-        lines += ["| collective size | baseline | baseline size | runs (c / b) | difference | 95% interval | verdict |",
-                  "| --- | --- | --- | --- | ---: | --- | --- |"]
+        lines += [
+            "| collective size | baseline | baseline size | runs (c / b) | difference | 95% interval | verdict |",
+            "| --- | --- | --- | --- | ---: | --- | --- |",
+        ]
         for c in comps:
             ci = "–" if c["ci"] is None else f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
-            lines.append(f"| {fmt_params(c['collective'].params)} | {c['baseline'].model_type} | "
-                         f"{fmt_params(c['baseline'].params)} | {len(c['collective'].runs)} / "
-                         f"{len(c['baseline'].runs)} | {c['diff']:+.2f} | {ci} | {c['verdict']} |")
+            lines.append(
+                f"| {fmt_params(c['collective'].params)} | {c['baseline'].model_type} | "
+                f"{fmt_params(c['baseline'].params)} | {len(c['collective'].runs)} / "
+                f"{len(c['baseline'].runs)} | {c['diff']:+.2f} | {ci} | {c['verdict']} |"
+            )
     else:
         lines.append("No baseline run matches a collective run's size.")
     lines += ["", f"### Excluded runs ({len(excluded)})", ""]
@@ -534,19 +674,27 @@ def convergence_lines(groups: list[Group]) -> list[str]:
         n = len(mean)
         quarter = max(1, n // 4)
         # a curve of one epoch has no last quarter to compare with what came before it
-        gain = f"{max(mean) - max(mean[:n - quarter]):+.2f}" if n > 1 else "–"
+        gain = f"{max(mean) - max(mean[: n - quarter]):+.2f}" if n > 1 else "–"
         epochs = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
-        rows.append(f"| {g.model_type} | {fmt_params(g.size)} | {epochs} | "
-                    f"{sum(best) / len(best):.1f} ({min(best)}-{max(best)}) | {gain} |")
+        rows.append(
+            f"| {g.model_type} | {fmt_params(g.size)} | {epochs} | "
+            f"{sum(best) / len(best):.1f} ({min(best)}-{max(best)}) | {gain} |"
+        )
     if not rows:
         return []
-    return ["", "### Convergence: the epoch of the best validation accuracy", "",
-            "Per run, the epoch whose validation accuracy is the run's best (mean and range over "
-            "the runs), and how much the best of the mean validation curve rose in the last "
-            "quarter of the epochs (0 or near it: training had stopped improving). Runs that "
-            "stopped early hold their last value in the mean after their stop.", "",
-            "| model type | size | epochs | best epoch: mean (range) | gain in the last quarter (points) |",
-            "| --- | --- | ---: | ---: | ---: |", *rows]
+    return [
+        "",
+        "### Convergence: the epoch of the best validation accuracy",
+        "",
+        "Per run, the epoch whose validation accuracy is the run's best (mean and range over "
+        "the runs), and how much the best of the mean validation curve rose in the last "
+        "quarter of the epochs (0 or near it: training had stopped improving). Runs that "
+        "stopped early hold their last value in the mean after their stop.",
+        "",
+        "| model type | size | epochs | best epoch: mean (range) | gain in the last quarter (points) |",
+        "| --- | --- | ---: | ---: | ---: |",
+        *rows,
+    ]
 
 
 def plot_val_curves(groups: list[Group], types: list[str], out: Path, title: str) -> None:
@@ -558,8 +706,14 @@ def plot_val_curves(groups: list[Group], types: list[str], out: Path, title: str
     sizes = size_classes(g.size for g in groups if any(r.val_curve for r in g.runs))
     if not sizes:
         return
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4), squeeze=False,
-                             sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(sizes),
+        figsize=(5.2 * len(sizes), 4),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
     for ax, size in zip(axes[0], sizes):
         for g in groups:
             curves = [r.val_curve for r in g.runs if r.val_curve]
@@ -567,16 +721,26 @@ def plot_val_curves(groups: list[Group], types: list[str], out: Path, title: str
                 continue
             mean = mean_curve(curves)
             n = len(mean)
-            ax.plot(range(1, n + 1), mean, color=COLORS[g.model_type], label=f"{g.model_type} "
-                    f"({len(curves)})", marker=MARKERS[g.model_type], markevery=max(1, n // 8),
-                    markersize=4)
+            ax.plot(
+                range(1, n + 1),
+                mean,
+                color=COLORS[g.model_type],
+                label=f"{g.model_type} ({len(curves)})",
+                marker=MARKERS[g.model_type],
+                markevery=max(1, n // 8),
+                markersize=4,
+            )
         ax.set_title(f"{fmt_params(size)} parameters", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
     axes[0, 0].set_ylabel("validation accuracy (%)")
     axes[0, -1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(textwrap.fill("Validation accuracy per epoch, mean over seeds (runs)" + title,
-                               width=int(5.2 * len(sizes) * 9)))
+    fig.suptitle(
+        textwrap.fill(
+            "Validation accuracy per epoch, mean over seeds (runs)" + title,
+            width=int(5.2 * len(sizes) * 9),
+        )
+    )
     fig.savefig(out / "val_curves.png", dpi=130)
     plt.close(fig)
 
@@ -588,7 +752,10 @@ def _non_defaults(config: dict, model_type: str) -> str:
     section name, and use_mixed_precision, which is dtype's other name. The run's length
     counts; output, logging and location keys are no settings."""
     ignored = (BASELINE_ONLY if model_type == "collective" else COLLECTIVE_ONLY) | {
-        "model_type", "dataset", "use_mixed_precision"}
+        "model_type",
+        "dataset",
+        "use_mixed_precision",
+    }
     settings = TRAJECTORY_KEYS | set(keys_of(Role.LENGTH))
     out = []
     for k, v in config.items():
@@ -655,9 +822,18 @@ def plot_accuracy_vs_params(groups: list[Group], types: list[str], out: Path, ti
         else:  # types side by side around each size, so error bars do not hide each other
             xs = [g.params * 10 ** (0.006 * (i - (len(types) - 1) / 2)) for g in gs]
             label = t
-        ax.errorbar(xs, ys, yerr=err if any(err) else None, color=COLORS[t], marker=MARKERS[t],
-                    markersize=10 if t == "collective" else 7, capsize=4, label=label,
-                    linewidth=0 if narrow else 1.5, elinewidth=1.5)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=err if any(err) else None,
+            color=COLORS[t],
+            marker=MARKERS[t],
+            markersize=10 if t == "collective" else 7,
+            capsize=4,
+            label=label,
+            linewidth=0 if narrow else 1.5,
+            elinewidth=1.5,
+        )
     if narrow:
         ax.set_xticks(range(len(types)), types, rotation=20, ha="right")
         ax.set_xlim(-0.6, len(types) - 0.4)
@@ -678,13 +854,16 @@ def plot_efficiency(groups: list[Group], types: list[str], out: Path, title: str
     import matplotlib.pyplot as plt
 
     sizes = size_classes(g.params for g in groups)
-    shades = plt.get_cmap("Greys")([0.35 + 0.5 * k / max(1, len(sizes) - 1) for k in range(len(sizes))])
+    shades = plt.get_cmap("Greys")(
+        [0.35 + 0.5 * k / max(1, len(sizes) - 1) for k in range(len(sizes))]
+    )
     width = 0.8 / len(sizes)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     legend = {}
     for ax, key, label in (
-            (axes[0], PARAM_EFFICIENCY, "test accuracy (%) per 100K parameters"),
-            (axes[1], ACCURACY_PER_LOG10, "test accuracy (%) / log10(params + 1)")):
+        (axes[0], PARAM_EFFICIENCY, "test accuracy (%) per 100K parameters"),
+        (axes[1], ACCURACY_PER_LOG10, "test accuracy (%) / log10(params + 1)"),
+    ):
         for i, t in enumerate(types):
             for g in (g for g in groups if g.model_type == t):
                 k = size_class_of(g.params, sizes)
@@ -692,10 +871,18 @@ def plot_efficiency(groups: list[Group], types: list[str], out: Path, title: str
                 vals = g.values(key)
                 if not vals:  # records without this metric
                     continue
-                bar = ax.bar(x, sum(vals) / len(vals), width * 0.9, color=shades[k],
-                             edgecolor="black", linewidth=0.5)
+                bar = ax.bar(
+                    x,
+                    sum(vals) / len(vals),
+                    width * 0.9,
+                    color=shades[k],
+                    edgecolor="black",
+                    linewidth=0.5,
+                )
                 legend.setdefault(k, bar)
-                ax.scatter([x] * len(vals), vals, color=COLORS[t], marker=MARKERS[t], s=22, zorder=3)
+                ax.scatter(
+                    [x] * len(vals), vals, color=COLORS[t], marker=MARKERS[t], s=22, zorder=3
+                )
         ax.set_xticks(range(len(types)), types, rotation=30, ha="right")
         ax.set_ylabel(label)
         ax.set_title(key)
@@ -704,8 +891,14 @@ def plot_efficiency(groups: list[Group], types: list[str], out: Path, title: str
     # every size in the legend, whichever model types have it
     handles = [legend[k] for k in sorted(legend)]
     labels = [f"~{fmt_params(sizes[k])} params" for k in sorted(legend)]
-    fig.legend(handles, labels, title="size (bars: mean, dots: runs)", fontsize=8,
-               loc="outside lower center", ncol=max(1, len(sizes)))
+    fig.legend(
+        handles,
+        labels,
+        title="size (bars: mean, dots: runs)",
+        fontsize=8,
+        loc="outside lower center",
+        ncol=max(1, len(sizes)),
+    )
     fig.suptitle("Parameter efficiency by model type and size" + title)
     fig.savefig(out / "efficiency_by_type.png", dpi=130)
     plt.close(fig)
@@ -718,8 +911,14 @@ def plot_scaling(good: list[Run], types: list[str], out: Path, title: str) -> No
     n = len(types)
     cols = min(4, max(1, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False,
-                             sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(3.6 * cols, 3.2 * rows),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
     for ax, t in zip(axes.flat, types):
         rs = [r for r in good if r.model_type == t]
         xs = [math.log10(r.params) for r in rs]
@@ -742,14 +941,19 @@ def plot_scaling(good: list[Run], types: list[str], out: Path, title: str) -> No
         ax.set_visible(False)
     # wrapped to the figure's width (~9 characters per inch at the default size): one or
     # two model types make a narrow figure that would cut a one-line title
-    fig.suptitle(textwrap.fill("Scaling with size, per model type (line: least-squares trend in "
-                               "log size)" + title, width=int(3.6 * cols * 9)))
+    fig.suptitle(
+        textwrap.fill(
+            "Scaling with size, per model type (line: least-squares trend in log size)" + title,
+            width=int(3.6 * cols * 9),
+        )
+    )
     fig.savefig(out / "scaling.png", dpi=130)
     plt.close(fig)
 
 
 def plot_all(groups: list[Group], good: list[Run], out: Path, title: str = "") -> None:
     import matplotlib
+
     matplotlib.use("Agg")
 
     types = [t for t in MODEL_TYPES if any(g.model_type == t for g in groups)]
@@ -769,8 +973,14 @@ def linear_fit(xs: list[float], ys: list[float]) -> Optional[tuple[float, float]
     return my - b * mx, b
 
 
-def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] = None,
-                include_synthetic: bool = False, select: bool = False) -> dict[str, Any]:
+def make_report(
+    runs: list[Run],
+    out: Path,
+    source: str,
+    dataset: Optional[str] = None,
+    include_synthetic: bool = False,
+    select: bool = False,
+) -> dict[str, Any]:
     """summary.md with a section per dataset, and each dataset's figures in out/<dataset>/.
     Synthetic runs are left out unless asked for; `dataset` keeps one dataset only. With
     `select`, each (model type, size) shows only the configuration validation chose
@@ -780,8 +990,10 @@ def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] 
     if dataset is not None:
         present = sorted({r.dataset for r in runs})
         if dataset not in present:
-            raise ConfigError(f"no runs on dataset {dataset!r} in {source}; it has: "
-                              f"{', '.join(present) or 'none'}")
+            raise ConfigError(
+                f"no runs on dataset {dataset!r} in {source}; it has: "
+                f"{', '.join(present) or 'none'}"
+            )
         runs = [r for r in runs if r.dataset == dataset]
     by_dataset: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
@@ -796,8 +1008,12 @@ def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] 
             selections = [select_on_validation(g) for g in groups]
             groups = [s.group for s in selections]
             good = [r for g in groups for r in g.runs]
-        per_dataset[name] = {"groups": groups, "excluded": excluded, "folded": folded,
-                             "selections": selections}
+        per_dataset[name] = {
+            "groups": groups,
+            "excluded": excluded,
+            "folded": folded,
+            "selections": selections,
+        }
         sections += write_summary(groups, excluded, name, folded, selections)
         if good:
             folder = out / name
@@ -805,31 +1021,41 @@ def make_report(runs: list[Run], out: Path, source: str, dataset: Optional[str] 
             plot_all(groups, good, folder, f" ({name})")
     excluded = sum(len(d["excluded"]) for d in per_dataset.values())
     if not excluded and not any(d["groups"] for d in per_dataset.values()):
-        raise ConfigError(f"no finished runs in {source} ({excluded} excluded: diverged, "
-                          f"stopped or failed; {skipped_synthetic} synthetic left out, "
-                          "--include_synthetic keeps them); nothing to report")
-    head = ["# Parameter-efficiency report", "", f"Source: `{source}`. One section per dataset "
-            f"({', '.join(sorted(by_dataset))}); runs of different datasets are never compared."]
+        raise ConfigError(
+            f"no finished runs in {source} ({excluded} excluded: diverged, "
+            f"stopped or failed; {skipped_synthetic} synthetic left out, "
+            "--include_synthetic keeps them); nothing to report"
+        )
+    head = [
+        "# Parameter-efficiency report",
+        "",
+        f"Source: `{source}`. One section per dataset "
+        f"({', '.join(sorted(by_dataset))}); runs of different datasets are never compared.",
+    ]
     if skipped_synthetic:
-        head.append(f"{skipped_synthetic} runs on synthetic data left out (--include_synthetic "
-                    "keeps them).")
+        head.append(
+            f"{skipped_synthetic} runs on synthetic data left out (--include_synthetic keeps them)."
+        )
     text = "\n".join(head + [""] + sections)
     (out / "summary.md").write_text(text)
-    return {"datasets": per_dataset, "summary": text,
-            "groups": [g for d in per_dataset.values() for g in d["groups"]],
-            "excluded": [r for d in per_dataset.values() for r in d["excluded"]]}
+    return {
+        "datasets": per_dataset,
+        "summary": text,
+        "groups": [g for d in per_dataset.values() for g in d["groups"]],
+        "excluded": [r for d in per_dataset.values() for r in d["excluded"]],
+    }
 
 
 OPTIONS = {
     "results": "results file written by run.py or the sweep (default runs/results.jsonl)",
     "wandb": "ENTITY/PROJECT[/SWEEP_ID]: read runs through wandb's public API instead "
-             "(needs `wandb login`)",
+    "(needs `wandb login`)",
     "out": "output folder (default report/): summary.md, DIR/<dataset>/*.png",
     "dataset": "report this dataset only (default: every dataset, a section each)",
     "include_synthetic": "keep runs on synthetic data (left out by default)",
     "select": "none (default: every run of a model type and size is averaged) or validation: "
-              "per model type and size, only the configuration with the best mean validation "
-              "accuracy, its seeds averaged (a study that tried several learning rates)",
+    "per model type and size, only the configuration with the best mean validation "
+    "accuracy, its seeds averaged (a study that tried several learning rates)",
     "help": "show this message",
 }
 SUMMARY = "Figures and tables of parameter efficiency from finished runs, per dataset."
@@ -839,8 +1065,15 @@ def main(argv: list[str]) -> int:
     def _main():
         _, opts = parse_argv(argv, OPTIONS, flags=("help", "include_synthetic"), config_keys=False)
         if "help" in opts:
-            print(help_text("python -m jaxcollective.report", SUMMARY, OPTIONS, config_keys=False,
-                            args="[--results=PATH | --wandb=ENTITY/PROJECT[/SWEEP_ID]] [--option=value ...]"))
+            print(
+                help_text(
+                    "python -m jaxcollective.report",
+                    SUMMARY,
+                    OPTIONS,
+                    config_keys=False,
+                    args="[--results=PATH | --wandb=ENTITY/PROJECT[/SWEEP_ID]] [--option=value ...]",
+                )
+            )
             return 0
         out = Path(opts.get("out", "report"))
         if out.exists() and not out.is_dir():
@@ -860,14 +1093,22 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"--select={select}: expected none or validation")
         rep = make_report(runs, out, source, opts.get("dataset"), synth, select == "validation")
         for name, d in rep["datasets"].items():
-            print(f"{name}: {sum(len(g.runs) for g in d['groups'])} runs in {len(d['groups'])} "
-                  f"groups, {len(d['excluded'])} excluded")
+            print(
+                f"{name}: {sum(len(g.runs) for g in d['groups'])} runs in {len(d['groups'])} "
+                f"groups, {len(d['excluded'])} excluded"
+            )
         if not rep["groups"]:  # only stopped, pruned or diverged runs: listed, nothing compared
-            print("note: no finished runs yet, so no tables or figures; summary.md lists the "
-                  "excluded runs", file=sys.stderr)
-        print(f"wrote {out}/summary.md" + (f" and the figures in {out}/<dataset>/"
-                                            if rep["groups"] else ""))
+            print(
+                "note: no finished runs yet, so no tables or figures; summary.md lists the "
+                "excluded runs",
+                file=sys.stderr,
+            )
+        print(
+            f"wrote {out}/summary.md"
+            + (f" and the figures in {out}/<dataset>/" if rep["groups"] else "")
+        )
         return 0
+
     return guarded(_main)
 
 

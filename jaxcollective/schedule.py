@@ -57,7 +57,7 @@ def learning_rates(cfg: Config, history) -> np.ndarray:
     if cfg.lr_plateau_patience < 1 or not history:
         return np.full(r, cfg.learning_rate, np.float32)
     n = plateau_reductions(_val_by_epoch(history), cfg.lr_plateau_patience)
-    return (cfg.learning_rate * cfg.lr_plateau_factor ** n).astype(np.float32)
+    return (cfg.learning_rate * cfg.lr_plateau_factor**n).astype(np.float32)
 
 
 def epochs_since_best(history) -> int:

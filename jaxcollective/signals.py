@@ -37,8 +37,11 @@ class StopFlag:
             self.signal = signum
             name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
             if self.announce:
-                print(f"\n{name}: stopping after {self.waiting_for} (again to stop at once)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"\n{name}: stopping after {self.waiting_for} (again to stop at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return
         # A second signal: write what was measured, then leave without unwinding
         # through JAX (whose callbacks would swallow a KeyboardInterrupt).

@@ -37,7 +37,8 @@ def abstract_params(cfg: Config, hidden_dims: Optional[tuple[int, ...]] = None):
     """The model's `nnx.Param` state as shapes (jax.ShapeDtypeStruct): built under
     `jax.eval_shape`, nothing allocated, no random initialisation traced (ShapesOnly)."""
     return jax.eval_shape(
-        lambda: nnx.state(build_model(cfg, hidden_dims, rngs=ShapesOnly()), nnx.Param))
+        lambda: nnx.state(build_model(cfg, hidden_dims, rngs=ShapesOnly()), nnx.Param)
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -101,7 +102,8 @@ def match_baseline(cfg: Config, target: int) -> BaselineMatch:
         raise ConfigError(
             f"invalid target_params={target:,}: the closest {cfg.model_type} architecture "
             f"{list(widths)} has {n:,} parameters ({match.rel_error:+.1%}); this family "
-            f"starts at {smallest:,} parameters on {cfg.dataset}")
+            f"starts at {smallest:,} parameters on {cfg.dataset}"
+        )
     return match
 
 
@@ -110,6 +112,7 @@ def _largest_within(cfg: Config, target: int, lo: int) -> int:
     Counts grow with s, nearly as a quadratic: an estimate from three exact counts (the
     same three for every target, so cached), then galloping and bisection on exact
     counts, which only the estimate's error costs."""
+
     def n(w: int) -> int:
         return _family_count(cfg, w)[1]
 
@@ -156,6 +159,7 @@ def _first_valid(cfg: Config, a: int, b: int) -> int:
 @dataclass(frozen=True)
 class Resolved:
     """A config with its architecture fixed: what the training and the logs use."""
+
     cfg: Config
     hidden_dims: Optional[tuple[int, ...]]  # baselines only
     target_params: Optional[int]  # baselines only
@@ -177,8 +181,11 @@ def _biases(cfg: Config, hidden_dims: Optional[tuple[int, ...]]) -> int:
     """Entries of every bias (Linear and BatchNorm), members included: one per unit whose
     activations the backward pass keeps."""
     params = abstract_params(cfg, hidden_dims)
-    return sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-               if "bias" in jax.tree_util.keystr(path))
+    return sum(
+        leaf.size
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if "bias" in jax.tree_util.keystr(path)
+    )
 
 
 def memory_need(r: Resolved, train_examples: int, test_examples: int) -> dict[str, int]:
@@ -199,16 +206,26 @@ def describe_resolved(r: Resolved) -> dict[str, Any]:
     """What a resolved config is: type, data, parameters, and the collective's derived
     dims and per-component counts, or the baseline's widths and distance to target."""
     cfg = r.cfg
-    out: dict[str, Any] = {"model_type": cfg.model_type, "dataset": cfg.dataset,
-                           "model_params": r.model_params}
+    out: dict[str, Any] = {
+        "model_type": cfg.model_type,
+        "dataset": cfg.dataset,
+        "model_params": r.model_params,
+    }
     if cfg.model_type == "collective":
         d = collective_dims(cfg)
-        out.update(n_experts=d.n_experts, n_analysts=d.n_analysts,
-                   expert_encoder_output_dim=d.expert_encoder_output_dim,
-                   analyst_input_dim=d.analyst_input_dim, adaptive_dim=d.adaptive_dim,
-                   collective_input_dim=d.collective_input_dim,
-                   params_by_component=component_params(cfg))
+        out.update(
+            n_experts=d.n_experts,
+            n_analysts=d.n_analysts,
+            expert_encoder_output_dim=d.expert_encoder_output_dim,
+            analyst_input_dim=d.analyst_input_dim,
+            adaptive_dim=d.adaptive_dim,
+            collective_input_dim=d.collective_input_dim,
+            params_by_component=component_params(cfg),
+        )
     else:
-        out.update(hidden_dims=list(r.hidden_dims), target_params=r.target_params,
-                   params_off_target=round((r.model_params - r.target_params) / r.target_params, 6))
+        out.update(
+            hidden_dims=list(r.hidden_dims),
+            target_params=r.target_params,
+            params_off_target=round((r.model_params - r.target_params) / r.target_params, 6),
+        )
     return out

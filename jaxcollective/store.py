@@ -80,18 +80,27 @@ def patiently(call, what: str):
             now = time.monotonic()
             if start is None:
                 start = now
-                print(f"[sweep] the study's database cannot be reached ({_reason(err)}); "
-                      f"waiting for it, retrying every {RETRY_EVERY_S:.0f} s", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"[sweep] the study's database cannot be reached ({_reason(err)}); "
+                    f"waiting for it, retrying every {RETRY_EVERY_S:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             elif now - start > OUTAGE_LIMIT_S:
-                raise ConfigError(f"the study's database has not answered for "
-                                  f"{OUTAGE_LIMIT_S:.0f} s ({_reason(err)}); the trials in flight "
-                                  "are retried when the same command runs again") from None
+                raise ConfigError(
+                    f"the study's database has not answered for "
+                    f"{OUTAGE_LIMIT_S:.0f} s ({_reason(err)}); the trials in flight "
+                    "are retried when the same command runs again"
+                ) from None
             time.sleep(RETRY_EVERY_S)
             continue
         if start is not None:
-            print(f"[sweep] the study's database is back after {time.monotonic() - start:.0f} s "
-                  f"({what})", file=sys.stderr, flush=True)
+            print(
+                f"[sweep] the study's database is back after {time.monotonic() - start:.0f} s "
+                f"({what})",
+                file=sys.stderr,
+                flush=True,
+            )
         return out
 
 
@@ -116,14 +125,21 @@ def _patient(name):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         return patiently(lambda: method(self, *args, **kwargs), name)
+
     return wrapper
 
 
 # every public call, the heartbeat's, and the private ones Optuna's _CachedStorage (which a
 # study puts in front of an RDB storage) calls on it
 for _name in [n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")] + [
-        "record_heartbeat", "get_heartbeat_interval", "_get_stale_trial_ids", "_get_trials",
-        "_create_new_trial", "_get_best_trial_id", "_set_trial_param"]:
+    "record_heartbeat",
+    "get_heartbeat_interval",
+    "_get_stale_trial_ids",
+    "_get_trials",
+    "_create_new_trial",
+    "_get_best_trial_id",
+    "_set_trial_param",
+]:
     if callable(getattr(optuna.storages.RDBStorage, _name, None)):
         setattr(PatientStorage, _name, _patient(_name))
 
@@ -143,24 +159,39 @@ def open_storage(url: str, heartbeat: int, retry_callback):
     try:
         # PostgreSQL: Optuna creates its tables at the first open, which two hosts must not
         # do at once (no concurrent schema creation there either)
-        with (_pg_lock(url, patient=False) if url.startswith("postgresql") else
-              contextlib.nullcontext()):
-            return PatientStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                                  heartbeat_stale_trial_callback=retry_callback,
-                                  engine_kwargs=engine_kwargs)
+        with (
+            _pg_lock(url, patient=False)
+            if url.startswith("postgresql")
+            else contextlib.nullcontext()
+        ):
+            return PatientStorage(
+                url,
+                heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=retry_callback,
+                engine_kwargs=engine_kwargs,
+            )
     except ImportError as err:
         scheme = url.split(":", 1)[0]
-        hint = ("pip install 'psycopg[binary]'" if scheme.startswith("postgresql") else
-                "pip install pymysql (and write mysql+pymysql://...)" if scheme.startswith("mysql")
-                else "install its SQLAlchemy driver")
-        raise ConfigError(f"--storage={masked(url)}: no database driver for {scheme!r} "
-                          f"({_reason(err.__cause__ or err)}); {hint}") from None
+        hint = (
+            "pip install 'psycopg[binary]'"
+            if scheme.startswith("postgresql")
+            else "pip install pymysql (and write mysql+pymysql://...)"
+            if scheme.startswith("mysql")
+            else "install its SQLAlchemy driver"
+        )
+        raise ConfigError(
+            f"--storage={masked(url)}: no database driver for {scheme!r} "
+            f"({_reason(err.__cause__ or err)}); {hint}"
+        ) from None
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - sqlalchemy's errors, ArgumentError for a bad URL
-        raise ConfigError(f"--storage={masked(url)} cannot be opened: {_reason(err)}; check the "
-                          "URL, the user and password, and that the server is running and "
-                          "reachable") from None
+        raise ConfigError(
+            f"--storage={masked(url)} cannot be opened: {_reason(err)}; check the "
+            "URL, the user and password, and that the server is running and "
+            "reachable"
+        ) from None
 
 
 _LOCK_ENGINES: dict = {}
@@ -174,7 +205,7 @@ def study_lock(url: Optional[str]):
     a file lock beside an SQLite file; a PostgreSQL advisory lock, which spans machines
     and ends with its connection. Elsewhere, nothing (see sweep.claim's surplus)."""
     if url and url.startswith("sqlite:///"):
-        lock = Path(url[len("sqlite:///"):] + ".lock")
+        lock = Path(url[len("sqlite:///") :] + ".lock")
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -209,7 +240,8 @@ def _pg_lock(url: str, patient: bool):
     engine = _LOCK_ENGINES.get(url)
     if engine is None:
         engine = _LOCK_ENGINES[url] = sqlalchemy.create_engine(
-            url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+            url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+        )
     take = sqlalchemy.text("SELECT pg_advisory_lock(:k)")
     release = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
 

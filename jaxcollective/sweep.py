@@ -42,8 +42,13 @@ from .checkpoint import open_checkpoints
 from .cli import UsageError, console_script, guarded, help_text, int_option, parse_argv
 from .config import Config, ConfigError
 from .data import load
-from .experiment import (check_appendable, check_results_file, enable_compilation_cache,
-                         preflight, train_and_evaluate)
+from .experiment import (
+    check_appendable,
+    check_results_file,
+    enable_compilation_cache,
+    preflight,
+    train_and_evaluate,
+)
 from .metrics import TEST_ACCURACY, closest_names, history_row, logged_names
 from .signals import StopFlag
 from .store import has_lock, is_server, masked, open_storage, study_lock
@@ -52,26 +57,26 @@ from .writers import MultiWriter, ResultsWriter, WandbWriter, Writer
 
 OPTIONS = {
     "trials": "trials in the study in all (default 10): finished or pruned, across all "
-              "workers and all reruns of the command",
+    "workers and all reruns of the command",
     "set": "KEY=VALUE fixes a key for every trial (repeatable: --set dataset=digits "
-           "--set epochs=3)",
+    "--set epochs=3)",
     "study": "the study's name (default: the sweep file's name); an existing study of that "
-             "name is resumed",
+    "name is resumed",
     "storage": "an Optuna storage URL (default: sqlite:///<results folder>/sweeps.db); "
-               "postgresql://... or mysql://... to share a study between machines",
+    "postgresql://... or mysql://... to share a study between machines",
     "results": "results file, one line per trial (default runs/results.jsonl)",
     "parallel": "K worker processes on this machine sharing the study (one GPU each when "
-                "there are several)",
+    "there are several)",
     "seed": "the sampler's base seed (default 0); each trial draws from its own stream, "
-            "derived from it and the trial's number",
+    "derived from it and the trial's number",
     "population": "K trials whose compiled program is the same train together as the K "
-                  "members of one vmapped program (default 1: one trial at a time); a "
-                  "finished or pruned member's slot takes the next trial at once; auto: "
-                  "1 on a CPU, else the largest power of 2 up to 256 whose members fit "
-                  "the device's memory",
+    "members of one vmapped program (default 1: one trial at a time); a "
+    "finished or pruned member's slot takes the next trial at once; auto: "
+    "1 on a CPU, else the largest power of 2 up to 256 whose members fit "
+    "the device's memory",
     "worker": "this process's index among --parallel workers (set by --parallel)",
     "heartbeat": "seconds between a running trial's heartbeats (default 30); a trial whose "
-                 "process died is failed and retried after 2x this",
+    "process died is failed and retried after 2x this",
     "help": "show this message",
 }
 PROG = "python -m jaxcollective.sweep"
@@ -84,8 +89,9 @@ HYPERBAND_KEYS = {"type", "min_iter", "max_iter", "eta", "s"}
 def read_sweep(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"sweep file {path} not found; pass a W&B sweep YAML such as "
-                          "sweeps/phase1.yaml")
+        raise ConfigError(
+            f"sweep file {path} not found; pass a W&B sweep YAML such as sweeps/phase1.yaml"
+        )
     try:
         sweep = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
@@ -101,8 +107,10 @@ def search_space(parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     fixed, space = {}, {}
     for key, spec in parameters.items():
         if not isinstance(spec, dict):
-            raise ConfigError(f"sweep parameter {key!r} must be a mapping (value, values or "
-                              f"distribution), not {spec!r}")
+            raise ConfigError(
+                f"sweep parameter {key!r} must be a mapping (value, values or "
+                f"distribution), not {spec!r}"
+            )
         dist = spec.get("distribution")
         if "value" in spec:
             fixed[key] = spec["value"]
@@ -113,9 +121,15 @@ def search_space(parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             # Optuna's choices are scalars: lists (widths) travel as their str(), which
             # Config parses as the agent's command line does
             space[key] = d.CategoricalDistribution(
-                [v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for v in vals])
-        elif dist in ("uniform", "log_uniform_values", "int_uniform", "q_uniform",
-                      "q_log_uniform_values"):
+                [v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for v in vals]
+            )
+        elif dist in (
+            "uniform",
+            "log_uniform_values",
+            "int_uniform",
+            "q_uniform",
+            "q_log_uniform_values",
+        ):
             if "min" not in spec or "max" not in spec:
                 raise ConfigError(f"sweep parameter {key!r}: {dist} needs min and max")
             lo, hi = spec["min"], spec["max"]
@@ -126,15 +140,21 @@ def search_space(parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             elif dist == "int_uniform":
                 space[key] = d.IntDistribution(int(lo), int(hi))
             elif dist == "q_uniform":
-                space[key] = d.FloatDistribution(float(lo), float(hi), step=float(spec.get("q", 1.0)))
+                space[key] = d.FloatDistribution(
+                    float(lo), float(hi), step=float(spec.get("q", 1.0))
+                )
             else:
-                raise ConfigError(f"sweep parameter {key!r}: distribution q_log_uniform_values "
-                                  "has no Optuna equivalent (a log scale with a step); use "
-                                  "log_uniform_values or a values list")
+                raise ConfigError(
+                    f"sweep parameter {key!r}: distribution q_log_uniform_values "
+                    "has no Optuna equivalent (a log scale with a step); use "
+                    "log_uniform_values or a values list"
+                )
         else:
-            raise ConfigError(f"sweep parameter {key!r}: distribution {dist!r} cannot be run "
-                              "locally; use value, values, uniform, log_uniform_values, "
-                              "int_uniform, q_uniform or categorical")
+            raise ConfigError(
+                f"sweep parameter {key!r}: distribution {dist!r} cannot be run "
+                "locally; use value, values, uniform, log_uniform_values, "
+                "int_uniform, q_uniform or categorical"
+            )
     return fixed, space
 
 
@@ -158,8 +178,12 @@ class GridSampler(optuna.samplers.RandomSampler):
         return json.dumps(point, sort_keys=True)
 
     def held(self, trials) -> set[str]:
-        return {t.system_attrs[GRID_POINT] for t in trials if GRID_POINT in t.system_attrs
-                and (t.state != TrialState.FAIL or t.user_attrs.get("status") in ("failed", "diverged"))}
+        return {
+            t.system_attrs[GRID_POINT]
+            for t in trials
+            if GRID_POINT in t.system_attrs
+            and (t.state != TrialState.FAIL or t.user_attrs.get("status") in ("failed", "diverged"))
+        }
 
     def next_point(self, trials) -> Optional[dict]:
         held = self.held(trials)
@@ -167,13 +191,18 @@ class GridSampler(optuna.samplers.RandomSampler):
 
     def queue(self, study, point: dict) -> None:
         """The point as a waiting trial (study.enqueue_trial's, with its name)."""
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            system_attrs={"fixed_params": point, GRID_POINT: self.key(point)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs={"fixed_params": point, GRID_POINT: self.key(point)},
+            )
+        )
 
     def sample_independent(self, study, trial, name, dist):
-        raise RuntimeError(f"grid trial {trial.number} has no value for {name!r}: a grid's "
-                           "trials are claimed with their whole point (sweep.claim)")
+        raise RuntimeError(
+            f"grid trial {trial.number} has no value for {name!r}: a grid's "
+            "trials are claimed with their whole point (sweep.claim)"
+        )
 
 
 GRID_POINT = "jaxcollective_grid_point"
@@ -188,10 +217,16 @@ def sampler_of(sweep: dict, space: dict, seed: int):
     if method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if method == "grid":
-        bad = [k for k, v in space.items() if not isinstance(v, optuna.distributions.CategoricalDistribution)]
+        bad = [
+            k
+            for k, v in space.items()
+            if not isinstance(v, optuna.distributions.CategoricalDistribution)
+        ]
         if bad:
-            raise ConfigError(f"method grid needs a values list for every varied key; "
-                              f"{bad[0]!r} has a distribution")
+            raise ConfigError(
+                f"method grid needs a values list for every varied key; "
+                f"{bad[0]!r} has a distribution"
+            )
         return GridSampler({k: list(v.choices) for k, v in space.items()})
     raise ConfigError(f"sweep method {method!r} cannot be run locally; use bayes, random or grid")
 
@@ -204,8 +239,10 @@ def pruner_of(sweep: dict, epochs: int):
         raise ConfigError(f"early_terminate {et!r} cannot be run locally; only type: hyperband")
     unknown = sorted(set(et) - HYPERBAND_KEYS)
     if unknown:
-        raise ConfigError(f"early_terminate key {unknown[0]!r} cannot be mapped to Optuna's "
-                          "Hyperband pruner (min_iter, max_iter, eta, s)")
+        raise ConfigError(
+            f"early_terminate key {unknown[0]!r} cannot be mapped to Optuna's "
+            "Hyperband pruner (min_iter, max_iter, eta, s)"
+        )
     eta = int(et.get("eta", 3))
     if "min_iter" in et:
         min_iter = int(et["min_iter"])
@@ -214,8 +251,9 @@ def pruner_of(sweep: dict, epochs: int):
     else:
         raise ConfigError("early_terminate: hyperband needs min_iter or max_iter")
     max_iter = int(et.get("max_iter", epochs))
-    return Hyperband(min_resource=min_iter, max_resource=max(max_iter, min_iter),
-                     reduction_factor=eta)
+    return Hyperband(
+        min_resource=min_iter, max_resource=max(max_iter, min_iter), reduction_factor=eta
+    )
 
 
 class Hyperband(optuna.pruners.HyperbandPruner):
@@ -259,8 +297,10 @@ class Sweep:
         if "dataset" in overrides:  # the sweep's input_dim / num_classes were its dataset's
             for k in ("input_dim", "num_classes"):
                 if k not in overrides and self.fixed.pop(k, None) is not None:
-                    print(f"note: --set dataset={overrides['dataset']} drops the sweep's fixed {k}",
-                          file=sys.stderr)
+                    print(
+                        f"note: --set dataset={overrides['dataset']} drops the sweep's fixed {k}",
+                        file=sys.stderr,
+                    )
         self.fixed.update(overrides)
         if results:
             self.fixed["results"] = results
@@ -275,8 +315,10 @@ class Sweep:
         logged = logged_names(self.base_cfg)
         if self.metric not in logged:
             near = closest_names(self.metric, logged)
-            raise ConfigError(f"the sweep's metric.name {self.metric!r} is not a metric the runs "
-                              f"log; closest: {', '.join(near) or TEST_ACCURACY}")
+            raise ConfigError(
+                f"the sweep's metric.name {self.metric!r} is not a metric the runs "
+                f"log; closest: {', '.join(near) or TEST_ACCURACY}"
+            )
         self.results = self.base_cfg.results
         self._data: dict[tuple, Any] = {}
 
@@ -296,9 +338,13 @@ class Sweep:
                         if cfg.model_type == "collective":
                             cfg.dims  # noqa: B018 - widths of 0 are an error
                     except ConfigError as err:
-                        with_type = "" if key == "model_type" else f" (with model_type {model_type})"
-                        raise ConfigError(f"sweep parameter {key!r}: the value {value!r}"
-                                          f"{with_type} is invalid: {err}") from None
+                        with_type = (
+                            "" if key == "model_type" else f" (with model_type {model_type})"
+                        )
+                        raise ConfigError(
+                            f"sweep parameter {key!r}: the value {value!r}"
+                            f"{with_type} is invalid: {err}"
+                        ) from None
         return base
 
     def grid_size(self) -> Optional[int]:
@@ -308,8 +354,13 @@ class Sweep:
         return math.prod(len(dist.choices) for dist in self.space.values())
 
     def dataset(self, cfg):
-        key = (cfg.dataset, cfg.synthetic_like, cfg.data_dir, cfg.manual_dir,
-               cfg.seed if cfg.dataset == "synthetic" else None)
+        key = (
+            cfg.dataset,
+            cfg.synthetic_like,
+            cfg.data_dir,
+            cfg.manual_dir,
+            cfg.seed if cfg.dataset == "synthetic" else None,
+        )
         if key not in self._data:
             self._data[key] = load(cfg)
         return self._data[key]
@@ -319,8 +370,9 @@ class Sweep:
     def config_of(self, trial) -> tuple[Config, dict]:
         if not trial.params and not isinstance(trial.study.sampler, GridSampler):
             # before its first draw: a stream of the trial's own (sampler_seed)
-            trial.study.sampler = sampler_of(self.sweep, self.space,
-                                             sampler_seed(self.seed, trial.number))
+            trial.study.sampler = sampler_of(
+                self.sweep, self.space, sampler_seed(self.seed, trial.number)
+            )
         values = dict(self.fixed)
         values.update({k: suggest(trial, k, dist) for k, dist in self.space.items()})
         return Config.from_values(values), values
@@ -347,9 +399,12 @@ class Sweep:
                 seen.append(float(row[metric]))
                 trial.report(seen[-1], row["epoch"])
                 # the trial in flight is never silent (a population prints progress_line)
-                print(f"[sweep {trial.study.study_name}] trial {trial.number}: epoch "
-                      f"{row['epoch']}/{cfg.epochs}, {metric} {seen[-1]:.4g}", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"[sweep {trial.study.study_name}] trial {trial.number}: epoch "
+                    f"{row['epoch']}/{cfg.epochs}, {metric} {seen[-1]:.4g}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if stop.requested:
                     prune.signal, prune.status = stop.signal, "stopped"
                 elif trial.should_prune():
@@ -358,9 +413,12 @@ class Sweep:
         checkpointer, meta = open_checkpoints(cfg)  # says "resuming from epoch N" when it does
         retry_of = RETRY.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
         if retry_of is not None and meta is None:
-            print(f"[sweep {trial.study.study_name}] trial {trial.number} retries trial {retry_of}: "
-                  f"no checkpoint of it in {cfg.checkpoint_dir}, so it starts from epoch 0",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[sweep {trial.study.study_name}] trial {trial.number} retries trial {retry_of}: "
+                f"no checkpoint of it in {cfg.checkpoint_dir}, so it starts from epoch 0",
+                file=sys.stderr,
+                flush=True,
+            )
         results = ResultsWriter(cfg.results)
         writers = [Report(), results]
         run = self.wandb_run(cfg, values, trial)
@@ -371,9 +429,16 @@ class Sweep:
         stop.on_force = lambda: prune.on_force() if prune.on_force else None
         try:
             record = train_and_evaluate(
-                cfg, MultiWriter(*writers), unused=unused_keys(cfg, set(values)), stop=prune,
-                dataset=ds, resolved=resolved, checkpointer=checkpointer, resume_meta=meta,
-                extra_info=extra)
+                cfg,
+                MultiWriter(*writers),
+                unused=unused_keys(cfg, set(values)),
+                stop=prune,
+                dataset=ds,
+                resolved=resolved,
+                checkpointer=checkpointer,
+                resume_meta=meta,
+                extra_info=extra,
+            )
         except BaseException:
             if run is not None:
                 run.finish(exit_code=1)
@@ -391,16 +456,25 @@ class Sweep:
             return None
         # create_new: a population's members are W&B runs open at once, each finished
         # when its member ends
-        run, _ = wandb_run.start(values, mode, cfg, group=trial.study.study_name,
-                                 name=f"{trial.study.study_name}-trial{trial.number}",
-                                 reinit="create_new", quiet=True)
+        run, _ = wandb_run.start(
+            values,
+            mode,
+            cfg,
+            group=trial.study.study_name,
+            name=f"{trial.study.study_name}-trial{trial.number}",
+            reinit="create_new",
+            quiet=True,
+        )
         return run
 
 
 def trial_info(trial) -> dict[str, Any]:
     """What a trial's results line records of the study (and of the trial it retries)."""
-    extra = {"sweep_study": trial.study.study_name, "sweep_trial": trial.number,
-             "sweep_worker": os.getpid()}
+    extra = {
+        "sweep_study": trial.study.study_name,
+        "sweep_trial": trial.number,
+        "sweep_worker": os.getpid(),
+    }
     retry_of = RETRY.retried_trial_number(trial.study._storage.get_trial(trial._trial_id))
     if retry_of is not None:
         extra["sweep_retry_of"] = retry_of
@@ -446,9 +520,11 @@ def progress_line(study, total: int) -> str:
         best = f", best {bt.value:.4g} (trial {bt.number})"
     except ValueError:
         pass
-    return (f"[sweep {study.study_name}] {done}/{total} done ({count[TrialState.PRUNED]} pruned, "
-            f"{count[TrialState.FAIL]} failed or stopped), {training} running"
-            f"{f', {queued} queued' if queued else ''}{best}")
+    return (
+        f"[sweep {study.study_name}] {done}/{total} done ({count[TrialState.PRUNED]} pruned, "
+        f"{count[TrialState.FAIL]} failed or stopped), {training} running"
+        f"{f', {queued} queued' if queued else ''}{best}"
+    )
 
 
 def started(trial) -> None:
@@ -477,9 +553,14 @@ class Retry(RetryHeartbeatStaleTrialCallback):
 
     def __call__(self, study, trial) -> None:
         trial = copy.copy(trial)
-        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in (TRAINING, WORKER)}
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items()
-                            if k not in ("status", "results", "test_accuracy")}
+        trial.system_attrs = {
+            k: v for k, v in trial.system_attrs.items() if k not in (TRAINING, WORKER)
+        }
+        trial.user_attrs = {
+            k: v
+            for k, v in trial.user_attrs.items()
+            if k not in ("status", "results", "test_accuracy")
+        }
         super().__call__(study, trial)
 
 
@@ -539,7 +620,8 @@ def claim(study, total: int, url: Optional[str]):
     ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
     point = storage.get_trial(trial._trial_id).system_attrs.get(GRID_POINT)
     if sum(t.state.name in ACTIVE for t in ahead) >= total or (
-            grid is not None and point in grid.held(ahead)):
+        grid is not None and point in grid.held(ahead)
+    ):
         trial.set_user_attr("status", "surplus")
         study.tell(trial, state=TrialState.FAIL)
         return None
@@ -567,8 +649,12 @@ def claim_or_wait(study, total: int, url: Optional[str], stop: StopFlag, heartbe
             return None
         if running != waiting_for:
             waiting_for = running
-            print(f"{progress_line(study, total)}; waiting for {running} trial"
-                  f"{'s' if running > 1 else ''} running elsewhere", file=sys.stderr, flush=True)
+            print(
+                f"{progress_line(study, total)}; waiting for {running} trial"
+                f"{'s' if running > 1 else ''} running elsewhere",
+                file=sys.stderr,
+                flush=True,
+            )
         if stop.sleep(min(heartbeat, WAIT_POLL_S)):
             return None
 
@@ -579,12 +665,16 @@ def check_choices(study, space: dict) -> None:
     for t in study.get_trials(deepcopy=False):
         for key, had in t.distributions.items():
             now = space.get(key)
-            if isinstance(had, d.CategoricalDistribution) and \
-                    isinstance(now, d.CategoricalDistribution) and had != now:
+            if (
+                isinstance(had, d.CategoricalDistribution)
+                and isinstance(now, d.CategoricalDistribution)
+                and had != now
+            ):
                 raise ConfigError(
                     f"the study {study.study_name!r} was run with {key} values {list(had.choices)}, "
                     f"the sweep file has {list(now.choices)}; Optuna cannot change a study's "
-                    "choices: pass a new --study")
+                    "choices: pass a new --study"
+                )
 
 
 def sampler_seed(seed: int, trial_number: int) -> int:
@@ -599,7 +689,7 @@ def check_sqlite(url: str) -> None:
     """An SQLite store's file and the lock beside it can be made or written (a read-only
     folder, a file where a folder should be): one line before the study is touched."""
     if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///"):]
+        db = url[len("sqlite:///") :]
         for path in (db, db + ".lock"):
             check_appendable(path, f"--storage={url}", "--storage=sqlite:///runs/sweeps.db")
 
@@ -615,9 +705,19 @@ def study_line(store, name: str, trials: int, url: str) -> str:
     return f"[sweep {name}] resuming study {name} ({done}/{trials} done) in {masked(url)}"
 
 
-def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: Optional[str],
-              storage: Optional[str], results: Optional[str], seed: int, heartbeat: int,
-              population: int = 1, announce: bool = True) -> int:
+def run_study(
+    path: str,
+    trials: int,
+    overrides: dict[str, str],
+    *,
+    study_name: Optional[str],
+    storage: Optional[str],
+    results: Optional[str],
+    seed: int,
+    heartbeat: int,
+    population: int = 1,
+    announce: bool = True,
+) -> int:
     sw = Sweep(path, overrides, results)
     pruner = pruner_of(sw.sweep, sw.base_cfg.epochs)
     enable_compilation_cache()
@@ -629,10 +729,14 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
     with study_lock(storage):
         store = store or storage_of(storage, heartbeat)
         line = study_line(store, name, trials, storage)
-        study = optuna.create_study(study_name=name, storage=store, pruner=pruner,
-                                    direction=sw.direction, load_if_exists=True)
-        study.sampler = sampler_of(sw.sweep, sw.space,
-                                   sampler_seed(seed, len(study.trials)))
+        study = optuna.create_study(
+            study_name=name,
+            storage=store,
+            pruner=pruner,
+            direction=sw.direction,
+            load_if_exists=True,
+        )
+        study.sampler = sampler_of(sw.sweep, sw.space, sampler_seed(seed, len(study.trials)))
         if study.metric_names != [sw.metric]:  # the dashboard's name for the objective
             study.set_metric_names([sw.metric])
     sw.seed = seed
@@ -649,14 +753,19 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
         with StopFlag() as stop:
             run_populations(sw, study, trials, storage, population, stop, heartbeat)
         if stop.requested:
-            print(f"[sweep {name}] stopped; run the same command again to resume the study",
-                  file=sys.stderr)
+            print(
+                f"[sweep {name}] stopped; run the same command again to resume the study",
+                file=sys.stderr,
+            )
         return 0
     with StopFlag() as stop:
         while not stop.requested:
             if failures >= MAX_FAILURES_IN_A_ROW:
-                print(f"[sweep {name}] {failures} trials in a row failed; stopping (see the "
-                      "errors above)", file=sys.stderr)
+                print(
+                    f"[sweep {name}] {failures} trials in a row failed; stopping (see the "
+                    "errors above)",
+                    file=sys.stderr,
+                )
                 return 1
             trial = claim_or_wait(study, trials, storage, stop, heartbeat)
             if trial is None:
@@ -675,8 +784,10 @@ def run_study(path: str, trials: int, overrides: dict[str, str], *, study_name: 
             failures = failures + 1 if status == "failed" else 0
             say()
     if stop.requested:
-        print(f"[sweep {name}] stopped; run the same command again to resume the study",
-              file=sys.stderr)
+        print(
+            f"[sweep {name}] stopped; run the same command again to resume the study",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -723,6 +834,7 @@ def epoch_timer(sw, cfg):
     """`measure(k)` for auto_population: one timed epoch (after a compiling one) of a
     population of k members of `cfg` on its dataset. The program of the K chosen is
     the one the sweep then runs (train._PROGRAMS), so its compile is not lost."""
+
     def measure(k: int) -> float:
         from .population import Population
 
@@ -733,9 +845,14 @@ def epoch_timer(sw, cfg):
         t = time.perf_counter()
         pop.epoch()
         s = time.perf_counter() - t
-        print(f"[sweep] population {k}: {s:.3f}s per epoch, {3600 * k / s:,.0f} member-epochs "
-              "per hour", file=sys.stderr, flush=True)
+        print(
+            f"[sweep] population {k}: {s:.3f}s per epoch, {3600 * k / s:,.0f} member-epochs "
+            "per hour",
+            file=sys.stderr,
+            flush=True,
+        )
         return s
+
     return measure
 
 
@@ -784,8 +901,9 @@ class Member:
             if restored is not None:
                 state, history = restored
                 state = jax.tree.map(lambda a: a[0], state)  # once per resumed trial
-                self.seen.append(float(history_row(len(history), history, cfg,
-                                                   resolved.model_params)[sw.metric]))
+                self.seen.append(
+                    float(history_row(len(history), history, cfg, resolved.model_params)[sw.metric])
+                )
         self.results = ResultsWriter(cfg.results)
         writers: list[Writer] = [self.results]
         self.run = sw.wandb_run(cfg, values, trial)
@@ -795,24 +913,41 @@ class Member:
         trial.set_user_attr("model_type", cfg.model_type)
         trial.set_user_attr("model_params", resolved.model_params)
         extra = {**trial_info(trial), "population_slot": slot}
-        self.log = RunLog(resolved, pop.ds, MultiWriter(*writers),
-                          unused=unused_keys(cfg, set(values)), history=history, extra_info=extra)
+        self.log = RunLog(
+            resolved,
+            pop.ds,
+            MultiWriter(*writers),
+            unused=unused_keys(cfg, set(values)),
+            history=history,
+            extra_info=extra,
+        )
         pop.assign(slot, cfg, state=state, epoch=self.log.epoch)
 
     def saved(self) -> None:
         """After an epoch: a checkpoint when one is due."""
         if self.checkpointer.due(self.log.epoch):
-            self.checkpointer.save(self.log.epoch, self.pop.member_state(self.slot, keep_axis=True),
-                                   self.log.history, None)
+            self.checkpointer.save(
+                self.log.epoch,
+                self.pop.member_state(self.slot, keep_axis=True),
+                self.log.history,
+                None,
+            )
 
     def end(self, status: str) -> None:
         from .experiment import close_checkpoints
 
-        close_checkpoints(self.checkpointer, status, self.pop.member_state(self.slot, keep_axis=True),
-                          self.log.history, None, self.cfg.keep_checkpoint)
+        close_checkpoints(
+            self.checkpointer,
+            status,
+            self.pop.member_state(self.slot, keep_axis=True),
+            self.log.history,
+            None,
+            self.cfg.keep_checkpoint,
+        )
         record = self.log.finish(status)
-        _, value = trial_outcome(self.trial, record, f"{self.cfg.results}:{self.results.line}",
-                                 self.seen)
+        _, value = trial_outcome(
+            self.trial, record, f"{self.cfg.results}:{self.results.line}", self.seen
+        )
         conclude(self.trial.study, self.trial, status, value)
 
 
@@ -820,13 +955,16 @@ def check_population(sw: Sweep) -> None:
     """A population's members are single runs (one seed each): num_seeds > 1 is refused
     before the study is touched."""
     if "num_seeds" in sw.space or sw.base_cfg.num_seeds > 1:
-        raise ConfigError("--population trains each trial as one member of a vmapped program, so "
-                          "its trials cannot have num_seeds > 1 (set by --set or the sweep file); "
-                          "drop num_seeds, or use --population=1")
+        raise ConfigError(
+            "--population trains each trial as one member of a vmapped program, so "
+            "its trials cannot have num_seeds > 1 (set by --set or the sweep file); "
+            "drop num_seeds, or use --population=1"
+        )
 
 
-def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
-                    stop: StopFlag, heartbeat: float = 30) -> None:
+def run_populations(
+    sw: Sweep, study, trials: int, url: Optional[str], k: int, stop: StopFlag, heartbeat: float = 30
+) -> None:
     """The study's trials as populations of K (docs/design.md, "Population trials").
     A population's first trial fixes its program; the other K-1 slots start with trials
     whose program-shaping parameters Optuna is asked to keep (enqueue_trial with them
@@ -862,9 +1000,12 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
         # a queued trial (a retry) is taken as it is; a new one is asked for, with this
         # population's program, only while the study has room for it (a grid's points
         # are its own)
-        if initial and not isinstance(study.sampler, GridSampler) and not any(
-                t.state == TrialState.WAITING for t in now) and \
-                sum(t.state.name in ACTIVE for t in now) < trials:
+        if (
+            initial
+            and not isinstance(study.sampler, GridSampler)
+            and not any(t.state == TrialState.WAITING for t in now)
+            and sum(t.state.name in ACTIVE for t in now) < trials
+        ):
             study.enqueue_trial({n: v for n, v in first.params.items() if n not in MEMBER_KEYS})
         t = take(claim(study, trials, url))
         if t is None or pop.fits(sw.config_of(t)[0]):
@@ -874,13 +1015,18 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
 
     try:
         while not stop.requested:
-            first = pending.pop(0) if pending else \
-                take(claim_or_wait(study, trials, url, stop, heartbeat))
+            first = (
+                pending.pop(0)
+                if pending
+                else take(claim_or_wait(study, trials, url, stop, heartbeat))
+            )
             if first is None:
                 return
             cfg, _ = sw.config_of(first)
             # K members' parameters, optimizer states and activations must fit: one line before work
-            pop = Population(preflight(cfg.replace(num_seeds=k), "--population"), sw.dataset(cfg), k)
+            pop = Population(
+                preflight(cfg.replace(num_seeds=k), "--population"), sw.dataset(cfg), k
+            )
             members: list[Optional[Member]] = [None] * k
 
             def start(slot, trial):
@@ -931,14 +1077,23 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
                     else:
                         mem.saved()
                         if mem.cfg.lr_plateau_patience:
-                            pop.set_learning_rate(slot, schedule.learning_rates(
-                                mem.cfg, mem.log.history)[0])
+                            pop.set_learning_rate(
+                                slot, schedule.learning_rates(mem.cfg, mem.log.history)[0]
+                            )
                 print(progress_line(study, trials), file=sys.stderr, flush=True)
                 if stop.requested or fill(initial=False):
                     continue
                 live = [i for i, mem in enumerate(members) if mem is not None]
-                if live and len(live) <= pop.k // 2 and shrink_pays(pop.k, len(live), times, max(
-                        members[i].cfg.epochs - members[i].log.epoch for i in live)):
+                if (
+                    live
+                    and len(live) <= pop.k // 2
+                    and shrink_pays(
+                        pop.k,
+                        len(live),
+                        times,
+                        max(members[i].cfg.epochs - members[i].log.epoch for i in live),
+                    )
+                ):
                     pop, slots = pop.smaller(live)
                     times = []
                     members = [members[i] for i in live] + [None] * (pop.k - len(live))
@@ -956,11 +1111,24 @@ def run_populations(sw: Sweep, study, trials: int, url: Optional[str], k: int,
 
 def main(argv: list[str]) -> int:
     def _main():
-        _, opts = parse_argv(argv, OPTIONS, flags=("help",), repeated=("set",),
-                             positional="sweep_file", config_keys=False)
+        _, opts = parse_argv(
+            argv,
+            OPTIONS,
+            flags=("help",),
+            repeated=("set",),
+            positional="sweep_file",
+            config_keys=False,
+        )
         if "help" in opts or not argv:
-            print(help_text(PROG, SUMMARY, OPTIONS, config_keys=False,
-                            args="SWEEP.yaml [--option=value ...]"))
+            print(
+                help_text(
+                    PROG,
+                    SUMMARY,
+                    OPTIONS,
+                    config_keys=False,
+                    args="SWEEP.yaml [--option=value ...]",
+                )
+            )
             return 0
         if "sweep_file" not in opts:
             raise UsageError("no sweep file given: python -m jaxcollective.sweep SWEEP.yaml ...")
@@ -970,8 +1138,9 @@ def main(argv: list[str]) -> int:
         seed = int_option(opts, "seed", 0, minimum=0)
         heartbeat = int_option(opts, "heartbeat", 30, minimum=1)
         int_option(opts, "worker", 0, minimum=0)  # checked; its GPU is chosen by run_workers' env
-        population = 0 if opts.get("population") == "auto" else \
-            int_option(opts, "population", 1, minimum=1)
+        population = (
+            0 if opts.get("population") == "auto" else int_option(opts, "population", 1, minimum=1)
+        )
         overrides = parse_sets(opts.get("set", []))
         sw = Sweep(path, overrides, opts.get("results"))  # every error before any trial
         if population != 1:
@@ -980,24 +1149,41 @@ def main(argv: list[str]) -> int:
             preflight(sw.base_cfg.replace(num_seeds=population), "--population")
         points = sw.grid_size()
         if points is not None and trials > points:
-            print(f"note: the grid has {points} points; --trials={trials} runs each of them once",
-                  file=sys.stderr)
+            print(
+                f"note: the grid has {points} points; --trials={trials} runs each of them once",
+                file=sys.stderr,
+            )
             trials = opts["trials"] = points
         # what the sweep writes, checked before the study is touched: a trial's results
         # line must not be lost after its training
         check_results_file(sw.results)
-        storage = opts.get("storage") or \
-            f"sqlite:///{Path(sw.results).expanduser().resolve().parent / 'sweeps.db'}"
+        storage = (
+            opts.get("storage")
+            or f"sqlite:///{Path(sw.results).expanduser().resolve().parent / 'sweeps.db'}"
+        )
         check_sqlite(storage)
         name = opts.get("study") or Path(path).stem
         if parallel > 1:
             # a storage that cannot be opened: one line, here; the study's line once
-            print(study_line(storage_of(storage, heartbeat), name, trials, storage),
-                  file=sys.stderr, flush=True)
+            print(
+                study_line(storage_of(storage, heartbeat), name, trials, storage),
+                file=sys.stderr,
+                flush=True,
+            )
             return run_workers(opts, parallel, storage)
-        return run_study(path, trials, overrides, study_name=name, storage=storage,
-                         results=opts.get("results"), seed=seed, heartbeat=heartbeat,
-                         population=population, announce="worker" not in opts)
+        return run_study(
+            path,
+            trials,
+            overrides,
+            study_name=name,
+            storage=storage,
+            results=opts.get("results"),
+            seed=seed,
+            heartbeat=heartbeat,
+            population=population,
+            announce="worker" not in opts,
+        )
+
     return guarded(_main)
 
 
@@ -1005,9 +1191,15 @@ def run_workers(opts: dict, k: int, storage: str) -> int:
     """K processes of this command sharing one study (each with its own sampler seed;
     one GPU each when there are several)."""
     gpus = _gpu_count()
-    base = [opts["sweep_file"], *(f"--set={s}" for s in opts.get("set", [])),
-            *(f"--{n}={opts[n]}" for n in ("trials", "study", "results", "heartbeat", "population")
-              if n in opts)]
+    base = [
+        opts["sweep_file"],
+        *(f"--set={s}" for s in opts.get("set", [])),
+        *(
+            f"--{n}={opts[n]}"
+            for n in ("trials", "study", "results", "heartbeat", "population")
+            if n in opts
+        ),
+    ]
     procs = []
     with StopFlag() as stop:
         for i in range(k):
@@ -1015,10 +1207,21 @@ def run_workers(opts: dict, k: int, storage: str) -> int:
             if gpus > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
             # a session of its own: Ctrl-C reaches this process, which passes it on once
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "jaxcollective.sweep", *base, f"--storage={storage}",
-                 f"--seed={opts.get('seed', 0)}", f"--worker={i}"], env=env,
-                start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "jaxcollective.sweep",
+                        *base,
+                        f"--storage={storage}",
+                        f"--seed={opts.get('seed', 0)}",
+                        f"--worker={i}",
+                    ],
+                    env=env,
+                    start_new_session=True,
+                )
+            )
         forwarded = False
         while any(p.poll() is None for p in procs):
             if stop.requested and not forwarded:

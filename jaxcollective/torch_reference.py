@@ -20,6 +20,7 @@ from .models import member_widths
 def _torch():
     import torch
     from torch import nn
+
     return torch, nn
 
 
@@ -35,8 +36,9 @@ def _member(nn, din, hidden, dout, rate):
 
 def _encoder(nn, din, dout, rate):
     hid = int(math.sqrt(din * dout))
-    return nn.Sequential(nn.Linear(din, hid), nn.BatchNorm1d(hid), nn.ReLU(), nn.Dropout(rate),
-                         nn.Linear(hid, dout))
+    return nn.Sequential(
+        nn.Linear(din, hid), nn.BatchNorm1d(hid), nn.ReLU(), nn.Dropout(rate), nn.Linear(hid, dout)
+    )
 
 
 def build_torch_model(cfg: Config, hidden_dims=None):
@@ -51,8 +53,10 @@ def build_torch_model(cfg: Config, hidden_dims=None):
                 dims = [info.input_dim, *hidden_dims]
                 self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
                 self.bn = nn.ModuleList(nn.BatchNorm1d(b) for b in hidden_dims)
-                self.skip = nn.ModuleList(nn.Linear(a, b) if residual and a != b else nn.Identity()
-                                          for a, b in zip(dims, dims[1:]))
+                self.skip = nn.ModuleList(
+                    nn.Linear(a, b) if residual and a != b else nn.Identity()
+                    for a, b in zip(dims, dims[1:])
+                )
                 self.drop = nn.Dropout(0.1)
                 self.out = nn.Linear(dims[-1], info.num_classes)
 
@@ -72,26 +76,47 @@ def build_torch_model(cfg: Config, hidden_dims=None):
             vary_e = cfg.vary_expert_architectures and d.n_experts >= 2
             vary_a = cfg.vary_analyst_architectures and d.n_analysts >= 2
             self.experts = nn.ModuleList(
-                _member(nn, d.input_dim, member_widths(cfg.expert_hidden, i % 4 if vary_e else 0),
-                        cfg.expert_output, 0.2) for i in range(d.n_experts))
-            self.expert_encoder = _encoder(nn, d.n_experts * cfg.expert_output,
-                                           d.expert_encoder_output_dim, 0.1)
+                _member(
+                    nn,
+                    d.input_dim,
+                    member_widths(cfg.expert_hidden, i % 4 if vary_e else 0),
+                    cfg.expert_output,
+                    0.2,
+                )
+                for i in range(d.n_experts)
+            )
+            self.expert_encoder = _encoder(
+                nn, d.n_experts * cfg.expert_output, d.expert_encoder_output_dim, 0.1
+            )
             self.analysts = nn.ModuleList(
-                _member(nn, d.analyst_input_dim,
-                        member_widths(cfg.analyst_hidden, i % 4 if vary_a else 0),
-                        cfg.analyst_output, 0.2) for i in range(d.n_analysts))
-            self.analyst_encoder = _encoder(nn, d.n_analysts * cfg.analyst_output,
-                                            d.collective_input_dim, 0.1)
+                _member(
+                    nn,
+                    d.analyst_input_dim,
+                    member_widths(cfg.analyst_hidden, i % 4 if vary_a else 0),
+                    cfg.analyst_output,
+                    0.2,
+                )
+                for i in range(d.n_analysts)
+            )
+            self.analyst_encoder = _encoder(
+                nn, d.n_analysts * cfg.analyst_output, d.collective_input_dim, 0.1
+            )
             cid = d.collective_input_dim
             if cfg.collective_version == "simple_mlp":
                 hid = max(int(cid * cfg.collective_hidden_scale), 2 * d.num_classes)
-                self.head = nn.Sequential(nn.Linear(cid, hid), nn.ReLU(), nn.Dropout(0.2),
-                                          nn.Linear(hid, d.num_classes))
+                self.head = nn.Sequential(
+                    nn.Linear(cid, hid), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hid, d.num_classes)
+                )
             else:
                 enc = max(int(cid * cfg.c_collective), 2 * d.num_classes)
                 hid = max(int(enc * cfg.collective_hidden_scale), 2 * d.num_classes)
-                self.head = nn.Sequential(_encoder(nn, cid, enc, 0.2), nn.Linear(enc, hid),
-                                          nn.ReLU(), nn.Dropout(0.2), nn.Linear(hid, d.num_classes))
+                self.head = nn.Sequential(
+                    _encoder(nn, cid, enc, 0.2),
+                    nn.Linear(enc, hid),
+                    nn.ReLU(),
+                    nn.Dropout(0.2),
+                    nn.Linear(hid, d.num_classes),
+                )
 
         def forward(self, x):
             e = torch.cat([m(x) for m in self.experts], dim=1)
@@ -115,8 +140,10 @@ def time_torch(cfg: Config, steps: int = 30) -> float:
     torch.manual_seed(cfg.seed)
     model = build_torch_model(cfg, r.hidden_dims)
     if count_torch_params(model) != r.model_params:  # same architecture, or no comparison
-        raise RuntimeError(f"PyTorch reference has {count_torch_params(model):,} parameters, "
-                           f"ours {r.model_params:,}")
+        raise RuntimeError(
+            f"PyTorch reference has {count_torch_params(model):,} parameters, "
+            f"ours {r.model_params:,}"
+        )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     x = torch.randn(cfg.batch_size, cfg.dataset_info.input_dim)

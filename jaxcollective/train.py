@@ -62,14 +62,17 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     def make(learning_rate, weight_decay):
         decay = [optax.add_decayed_weights(weight_decay)] if has_decay else []
         if cfg.optimizer == "adam":  # torch.optim.Adam: weight decay is L2 in the gradient
-            return optax.chain(*decay, optax.scale_by_adam(), optax.scale_by_learning_rate(learning_rate))
+            return optax.chain(
+                *decay, optax.scale_by_adam(), optax.scale_by_learning_rate(learning_rate)
+            )
         if cfg.optimizer == "adamw":  # decoupled, as torch.optim.AdamW
             return optax.adamw(learning_rate, weight_decay=weight_decay)
         # torch.optim.SGD(momentum=0.9): L2 in the gradient, then momentum
         return optax.chain(*decay, optax.sgd(learning_rate, momentum=0.9))
 
-    return optax.inject_hyperparams(make)(learning_rate=cfg.learning_rate,
-                                          weight_decay=cfg.weight_decay)
+    return optax.inject_hyperparams(make)(
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
 
 
 _PROGRAMS: dict[tuple, tuple] = {}  # program key -> (step, init, epoch): reused across runs
@@ -83,6 +86,7 @@ class TrainState(NamedTuple):
 
 class DeviceData(NamedTuple):
     """Arrays on the device, shared by all replicas: the official splits (uint8)."""
+
     x_train: jax.Array
     y_train: jax.Array
     x_test: jax.Array
@@ -95,6 +99,7 @@ class ReplicaData(NamedTuple):
     """Per replica (leading axis R): its train/validation split of the training set, and
     the numbers its step reads (config.STEP_VALUES: the diversity weight and temperature,
     the member-dropout rates), so that replicas (population members) may differ in them."""
+
     train_idx_RxN: jax.Array
     val_idx_RxMxE: jax.Array
     val_mask_RxMxE: jax.Array
@@ -110,6 +115,7 @@ def step_values(cfgs: list[Config]) -> dict[str, np.ndarray]:
 class Step:
     """What the compiled functions close over: config, model structure, optimizer,
     augmentation, normalisation, compute dtype, and the mesh (None on one device)."""
+
     cfg: Config
     graphdef: Any
     build: Callable[[jax.Array], nnx.Module]
@@ -125,18 +131,35 @@ class Step:
         return self.cfg.extra_topk
 
 
-def make_step(resolved: Resolved, info: DatasetInfo, *, mesh: Optional[Mesh] = None,
-              build: Optional[Callable[[jax.Array], nnx.Module]] = None) -> Step:
+def make_step(
+    resolved: Resolved,
+    info: DatasetInfo,
+    *,
+    mesh: Optional[Mesh] = None,
+    build: Optional[Callable[[jax.Array], nnx.Module]] = None,
+) -> Step:
     """The Step of a resolved config; `build(key)` replaces the registry's model (tests)."""
     cfg = resolved.cfg
     if build is None:
+
         def build(key):
             return build_model(cfg, resolved.hidden_dims, rngs=nnx.Rngs(params=key))
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(jax.random.key(0))),
-                               nnx.Param, nnx.BatchStat)
+
+    graphdef, _, _ = nnx.split(
+        nnx.eval_shape(lambda: build(jax.random.key(0))), nnx.Param, nnx.BatchStat
+    )
     aug = AUGMENTATIONS[cfg.data_like] if cfg.use_augmentation else None
-    return Step(cfg, graphdef, build, make_optimizer(cfg), aug, info.mean, info.std,
-                jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32, mesh)
+    return Step(
+        cfg,
+        graphdef,
+        build,
+        make_optimizer(cfg),
+        aug,
+        info.mean,
+        info.std,
+        jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
+        mesh,
+    )
 
 
 def init_state(step: Step, key: jax.Array) -> TrainState:
@@ -194,8 +217,9 @@ def loss_fn(step: Step, params, stats, x_BxD, y_B, key, values=None):
             div_a = lam * diversity_penalty(aux["analysts"], temp)
     loss = ce + div_e + div_a
     metrics = dict(zip(LOSS_PARTS, (loss, ce, div_e, div_a)))
-    metrics.update({n: jnp.sum(c).astype(jnp.float32)
-                    for n, c in correct(logits_BxC, y_B, step.topk).items()})
+    metrics.update(
+        {n: jnp.sum(c).astype(jnp.float32) for n, c in correct(logits_BxC, y_B, step.topk).items()}
+    )
     return loss, (nnx.state(model, nnx.BatchStat), metrics)
 
 
@@ -244,10 +268,17 @@ def train_step(step: Step, state: TrainState, idx_AxB, keys, data: DeviceData, v
 def scan_steps(step: Step, state: TrainState, idx_UxAxB, keys, data: DeviceData, values=None):
     """U updates over the batches idx_UxAxB as one lax.scan (no Python per update);
     each update's keys are this epoch's dropout and augment keys folded with its index."""
+
     def body(state, inp):
         idx_AxB, u = inp
-        return train_step(step, state, idx_AxB, {n: jax.random.fold_in(keys[n], u)
-                                                 for n in STEP_STREAMS}, data, values)
+        return train_step(
+            step,
+            state,
+            idx_AxB,
+            {n: jax.random.fold_in(keys[n], u) for n in STEP_STREAMS},
+            data,
+            values,
+        )
 
     return jax.lax.scan(body, state, (idx_UxAxB, jnp.arange(idx_UxAxB.shape[0])))
 
@@ -259,8 +290,10 @@ def train_epoch(step: Step, state: TrainState, data: DeviceData, train_idx_N, ke
     n = train_idx_N.shape[0]
     u = n // (b * a)
     if u < 1:
-        raise ConfigError(f"{n} training examples are fewer than one update of "
-                          f"batch_size * gradient_accumulation_steps = {b * a}")
+        raise ConfigError(
+            f"{n} training examples are fewer than one update of "
+            f"batch_size * gradient_accumulation_steps = {b * a}"
+        )
     perm_N = jax.random.permutation(keys["shuffle"], train_idx_N)
     state, m_U = scan_steps(step, state, perm_N[: u * a * b].reshape(u, a, b), keys, data, values)
     counts = count_names(step.topk)
@@ -280,8 +313,12 @@ def evaluate(step: Step, params, stats, x_all, y_all, idx_MxE, mask_MxE) -> dict
         y_E = y_all[idx_E]
         ce_E = optax.softmax_cross_entropy_with_integer_labels(logits_ExC, y_E)
         sums = {"loss": jnp.sum(jnp.where(mask_E, ce_E, 0.0))}
-        sums.update({rate_name(n): jnp.sum(c & mask_E).astype(jnp.float32)
-                     for n, c in correct(logits_ExC, y_E, step.topk).items()})
+        sums.update(
+            {
+                rate_name(n): jnp.sum(c & mask_E).astype(jnp.float32)
+                for n, c in correct(logits_ExC, y_E, step.topk).items()
+            }
+        )
         return jax.tree.map(jnp.add, acc, sums), None
 
     names = ("loss", *map(rate_name, count_names(step.topk)))
@@ -292,10 +329,24 @@ def evaluate(step: Step, params, stats, x_all, y_all, idx_MxE, mask_MxE) -> dict
 
 def evaluate_splits(step: Step, state: TrainState, data: DeviceData, rep: ReplicaData):
     """One replica's validation and test metrics, (val, test)."""
-    val = evaluate(step, state.params, state.stats, data.x_train, data.y_train,
-                   rep.val_idx_RxMxE, rep.val_mask_RxMxE)
-    test = evaluate(step, state.params, state.stats, data.x_test, data.y_test,
-                    data.test_idx_MxE, data.test_mask_MxE)
+    val = evaluate(
+        step,
+        state.params,
+        state.stats,
+        data.x_train,
+        data.y_train,
+        rep.val_idx_RxMxE,
+        rep.val_mask_RxMxE,
+    )
+    test = evaluate(
+        step,
+        state.params,
+        state.stats,
+        data.x_test,
+        data.y_test,
+        data.test_idx_MxE,
+        data.test_mask_MxE,
+    )
     return val, test
 
 
@@ -303,8 +354,9 @@ def epoch_step(step: Step, state: TrainState, data: DeviceData, rep: ReplicaData
     """One replica's epoch: train, then evaluate validation and test."""
     state, m = train_epoch(step, state, data, rep.train_idx_RxN, keys, rep.values)
     val, test = evaluate_splits(step, state, data, rep)
-    return state, {name(split, n): v for split, part in zip(SPLITS, (m, val, test))
-                   for n, v in part.items()}
+    return state, {
+        name(split, n): v for split, part in zip(SPLITS, (m, val, test)) for n, v in part.items()
+    }
 
 
 def over_replicas(fn: Callable, in_axes=0) -> Callable:
@@ -317,8 +369,9 @@ def over_replicas(fn: Callable, in_axes=0) -> Callable:
 
     def apply(*args):
         axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-        sizes = {leaf.shape[0] for a, ax in zip(args, axes) if ax == 0
-                 for leaf in jax.tree.leaves(a)}
+        sizes = {
+            leaf.shape[0] for a, ax in zip(args, axes) if ax == 0 for leaf in jax.tree.leaves(a)
+        }
         if sizes != {1}:
             return batched(*args)
         one = [jax.tree.map(lambda v: v[0], a) if ax == 0 else a for a, ax in zip(args, axes)]
@@ -332,7 +385,7 @@ def pad_batches(idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
     m = max(1, math.ceil(len(idx) / batch))
     out = np.zeros(m * batch, np.int32)
     mask = np.zeros(m * batch, bool)
-    out[:len(idx)], mask[:len(idx)] = idx, True
+    out[: len(idx)], mask[: len(idx)] = idx, True
     return out.reshape(m, batch), mask.reshape(m, batch)
 
 
@@ -343,16 +396,24 @@ class Trainer:
     `init()` gives the replicas' first state; `epoch(state, epoch)` trains and evaluates
     one epoch of all replicas at once."""
 
-    def __init__(self, resolved: Resolved, ds, *, devices=None,
-                 build: Optional[Callable[[jax.Array], nnx.Module]] = None):
+    def __init__(
+        self,
+        resolved: Resolved,
+        ds,
+        *,
+        devices=None,
+        build: Optional[Callable[[jax.Array], nnx.Module]] = None,
+    ):
         cfg = self.cfg = resolved.cfg
         self.resolved = resolved
         self.seeds = cfg.seeds
         self.devices = list(devices or jax.devices())
         nd = len(self.devices)
         if cfg.batch_size % nd:
-            raise ConfigError(f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
-                              f"{nd} devices it is split across")
+            raise ConfigError(
+                f"invalid batch_size={cfg.batch_size}: expected a multiple of the "
+                f"{nd} devices it is split across"
+            )
         self.mesh = Mesh(np.array(self.devices), ("data",))
         self.replicated = NamedSharding(self.mesh, P())
         self.step, self._init, self._epoch = self._program(resolved, ds.info, build)
@@ -361,11 +422,20 @@ class Trainer:
         splits = [split_indices(len(ds.y_train), s, cfg.val_split) for s in self.seeds]
         vals = [pad_batches(v, eval_batch) for _, v in splits]
         test_idx, test_mask = pad_batches(np.arange(len(ds.y_test), dtype=np.int32), eval_batch)
-        self.data = DeviceData(put(ds.x_train), put(ds.y_train), put(ds.x_test), put(ds.y_test),
-                               put(test_idx), put(test_mask))
-        self.rep = ReplicaData(put(np.stack([t for t, _ in splits])),
-                               put(np.stack([v for v, _ in vals])), put(np.stack([m for _, m in vals])),
-                               jax.tree.map(put, step_values([cfg] * len(self.seeds))))
+        self.data = DeviceData(
+            put(ds.x_train),
+            put(ds.y_train),
+            put(ds.x_test),
+            put(ds.y_test),
+            put(test_idx),
+            put(test_mask),
+        )
+        self.rep = ReplicaData(
+            put(np.stack([t for t, _ in splits])),
+            put(np.stack([v for v, _ in vals])),
+            put(np.stack([m for _, m in vals])),
+            jax.tree.map(put, step_values([cfg] * len(self.seeds))),
+        )
 
     def _program(self, resolved: Resolved, info: DatasetInfo, build):
         """(step, init, epoch) compiled for this program; a later run (a sweep's next
@@ -378,9 +448,14 @@ class Trainer:
                 return _PROGRAMS[key]
         nd = len(self.devices)
         step = make_step(resolved, info, mesh=self.mesh if nd > 1 else None, build=build)
-        program = (step, jax.jit(over_replicas(partial(init_state, step))),
-                   jax.jit(over_replicas(partial(epoch_step, step), in_axes=(0, None, 0, 0)),
-                           donate_argnums=(0,)))
+        program = (
+            step,
+            jax.jit(over_replicas(partial(init_state, step))),
+            jax.jit(
+                over_replicas(partial(epoch_step, step), in_axes=(0, None, 0, 0)),
+                donate_argnums=(0,),
+            ),
+        )
         if key is not None:
             _PROGRAMS[key] = program
         return program
@@ -390,8 +465,10 @@ class Trainer:
         state = self._init(keys_R)
         # this run's hyperparameters (a reused program's step was made for another run)
         r = len(self.seeds)
-        hp = {k: jnp.full((r,), getattr(self.cfg, k), jnp.float32)
-              for k in state.opt_state.hyperparams}
+        hp = {
+            k: jnp.full((r,), getattr(self.cfg, k), jnp.float32)
+            for k in state.opt_state.hyperparams
+        }
         state = state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
         return jax.device_put(state, self.replicated)
 
@@ -404,8 +481,10 @@ class Trainer:
     def epoch_keys(self, epoch: int) -> dict[str, jax.Array]:
         """Per replica, this epoch's shuffle, dropout and augment keys (leading axis R)."""
         per = [stream_keys(s) for s in self.seeds]
-        return {n: jnp.stack([jax.random.fold_in(p[n], epoch) for p in per])
-                for n in ("shuffle", *STEP_STREAMS)}
+        return {
+            n: jnp.stack([jax.random.fold_in(p[n], epoch) for p in per])
+            for n in ("shuffle", *STEP_STREAMS)
+        }
 
     def epoch(self, state: TrainState, epoch: int) -> tuple[TrainState, dict]:
         """Train epoch `epoch` and evaluate val and test, for all replicas at once."""
@@ -415,6 +494,8 @@ class Trainer:
         """A compiled function (state, idx_UxAxB, keys, rep.values) -> (state, metrics_U)
         that runs U updates of every replica on fixed batches, as an epoch runs them
         (benchmarks)."""
+
         def run(state, idx_UxAxB, keys, values):
             return scan_steps(self.step, state, idx_UxAxB, keys, self.data, values)
+
         return jax.jit(over_replicas(run, in_axes=(0, None, 0, 0)), donate_argnums=(0,))

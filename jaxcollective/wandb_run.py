@@ -37,8 +37,11 @@ def wandb_mode() -> Optional[str]:
     if _said_offline:  # once per process (a sweep starts a run per trial)
         return "offline"
     _said_offline.append(True)
-    print("wandb: no API key found (WANDB_API_KEY or `wandb login`); logging offline to "
-          "./wandb, upload later with `wandb sync`", file=sys.stderr)
+    print(
+        "wandb: no API key found (WANDB_API_KEY or `wandb login`); logging offline to "
+        "./wandb, upload later with `wandb sync`",
+        file=sys.stderr,
+    )
     return "offline"
 
 
@@ -64,9 +67,16 @@ def _server_reachable(timeout: float = 3.0) -> bool:
     return reachable(url.hostname or "api.wandb.ai", port, timeout)
 
 
-def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] = None,
-          group: Optional[str] = None, name: Optional[str] = None,
-          reinit: str = "finish_previous", quiet: bool = False):
+def start(
+    values: dict[str, Any],
+    mode: str,
+    cfg=None,
+    resume_id: Optional[str] = None,
+    group: Optional[str] = None,
+    name: Optional[str] = None,
+    reinit: str = "finish_previous",
+    quiet: bool = False,
+):
     """wandb.init, then the sweep's values (if any) merged over the command line's.
     `reinit="create_new"` leaves runs already open in this process open (a population's
     members log at once, each to its own run). `quiet`: none of wandb's own lines on
@@ -76,8 +86,9 @@ def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] 
     makes the run log offline instead, saying so in one line."""
     import wandb
 
-    project = (cfg.wandb_project if cfg is not None else values.get("wandb_project")) \
-        or FIELDS["wandb_project"].default
+    project = (cfg.wandb_project if cfg is not None else values.get("wandb_project")) or FIELDS[
+        "wandb_project"
+    ].default
     entity = cfg.wandb_entity if cfg is not None else values.get("wandb_entity")
     if entity in ("None", ""):
         entity = None
@@ -89,18 +100,30 @@ def start(values: dict[str, Any], mode: str, cfg=None, resume_id: Optional[str] 
     quietly = {"silent": True} if quiet else {}
     if mode == "online" and not _server_reachable():
         url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-        print(f"wandb: {url} cannot be reached; logging offline to ./wandb instead, upload "
-              "later with `wandb sync`", file=sys.stderr, flush=True)
+        print(
+            f"wandb: {url} cannot be reached; logging offline to ./wandb instead, upload "
+            "later with `wandb sync`",
+            file=sys.stderr,
+            flush=True,
+        )
         mode = "offline"
     try:
-        run = wandb.init(mode=mode, settings=wandb.Settings(
-            init_timeout=INIT_TIMEOUT_S, login_timeout=LOGIN_TIMEOUT_S, **quietly), **kw)
+        run = wandb.init(
+            mode=mode,
+            settings=wandb.Settings(
+                init_timeout=INIT_TIMEOUT_S, login_timeout=LOGIN_TIMEOUT_S, **quietly
+            ),
+            **kw,
+        )
     except Exception as err:  # noqa: BLE001 - CommError, UsageError, timeouts, auth
         if mode != "online":
             raise
-        print(f"wandb: the W&B server did not answer in time ({describe_error(err)}); "
-              "logging offline to ./wandb instead, upload later with `wandb sync`",
-              file=sys.stderr, flush=True)
+        print(
+            f"wandb: the W&B server did not answer in time ({describe_error(err)}); "
+            "logging offline to ./wandb instead, upload later with `wandb sync`",
+            file=sys.stderr,
+            flush=True,
+        )
         run = wandb.init(mode="offline", settings=wandb.Settings(**quietly), **kw)
     merged = dict(values)
     for k, v in dict(run.config).items():

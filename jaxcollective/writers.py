@@ -74,14 +74,22 @@ class ConsoleWriter(Writer):
         if self.progress:
             try:
                 from tqdm import tqdm
-                self.bar = tqdm(total=self.epochs, unit="epoch", file=sys.stderr, leave=False,
-                                dynamic_ncols=True)
+
+                self.bar = tqdm(
+                    total=self.epochs,
+                    unit="epoch",
+                    file=sys.stderr,
+                    leave=False,
+                    dynamic_ncols=True,
+                )
             except ImportError:
                 self.bar = None
 
     def log(self, row):
-        parts = "  ".join(f"{s} loss {row[name(s, 'loss')]:.4f} acc {row[name(s, 'accuracy')]:6.2f}"
-                          for s in SPLITS)
+        parts = "  ".join(
+            f"{s} loss {row[name(s, 'loss')]:.4f} acc {row[name(s, 'accuracy')]:6.2f}"
+            for s in SPLITS
+        )
         line = f"{self.tag}epoch {row['epoch']:>3}/{self.epochs}  {parts}  {row[EPOCH_TIME]:.2f}s"
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
@@ -96,11 +104,18 @@ class ConsoleWriter(Writer):
         acc = record.get(TEST_ACCURACY)
         acc_s = "n/a" if acc is None else f"{acc:.2f}%"
         n = record["epochs_completed"]
-        early = " (early stopping: no new best validation accuracy for " \
-            f"{record['config']['early_stopping_patience']} epochs)" if record.get("stopped_early") else ""
-        print(f"{self.tag}{status}: final test accuracy {acc_s} after {n} "
-              f"epoch{'' if n == 1 else 's'}{early}, {record['wall_s']:.1f}s", file=self.stream,
-              flush=True)
+        early = (
+            " (early stopping: no new best validation accuracy for "
+            f"{record['config']['early_stopping_patience']} epochs)"
+            if record.get("stopped_early")
+            else ""
+        )
+        print(
+            f"{self.tag}{status}: final test accuracy {acc_s} after {n} "
+            f"epoch{'' if n == 1 else 's'}{early}, {record['wall_s']:.1f}s",
+            file=self.stream,
+            flush=True,
+        )
 
 
 class ResultsWriter(Writer):
@@ -154,8 +169,9 @@ class WandbWriter(Writer):
             tags.add("synthetic")
         self.run.tags = tuple(sorted(set(self.run.tags or ()) | tags))
         self.run.config.update(cfg, allow_val_change=True)
-        self.run.config.update({k: v for k, v in info.items() if k != "config"},
-                               allow_val_change=True)
+        self.run.config.update(
+            {k: v for k, v in info.items() if k != "config"}, allow_val_change=True
+        )
 
     def log(self, row):
         self.run.log(row, step=row["epoch"])
@@ -165,4 +181,3 @@ class WandbWriter(Writer):
             if is_summary(k):
                 self.run.summary[k] = v
         self.run.finish(exit_code=1 if record.get("diverged") else 0)
-

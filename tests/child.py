@@ -18,14 +18,17 @@ class Child:
     a context manager it kills the process if the test leaves it running."""
 
     def __init__(self, cmd: Optional[list[str]] = None, proc=None, **popen):
-        self.proc = proc or subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True, **popen)
+        self.proc = proc or subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+        )
         self.out: list[str] = []
         self.err: list[str] = []
         self._news = threading.Condition()
-        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-                         for stream, lines in ((self.proc.stdout, self.out),
-                                               (self.proc.stderr, self.err)) if stream is not None]
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+            if stream is not None
+        ]
         for t in self._readers:
             t.start()
 
@@ -36,8 +39,9 @@ class Child:
                 self._news.notify_all()
 
     def output(self) -> str:
-        return (f"\n--- stdout:\n{''.join(self.out)[-3000:]}"
-                f"\n--- stderr:\n{''.join(self.err)[-3000:]}")
+        return (
+            f"\n--- stdout:\n{''.join(self.out)[-3000:]}\n--- stderr:\n{''.join(self.err)[-3000:]}"
+        )
 
     def wait_for(self, cond, what: str, timeout: float = 300, poll: float = 0.01) -> None:
         """Return once cond() holds (checked at each line of output and every `poll` s);
@@ -49,8 +53,9 @@ class Child:
                     t.join(timeout=10)
                 if cond():
                     return
-                pytest.fail(f"the process ended (exit {self.proc.returncode}) before {what}"
-                            + self.output())
+                pytest.fail(
+                    f"the process ended (exit {self.proc.returncode}) before {what}" + self.output()
+                )
             left = deadline - time.monotonic()
             if left <= 0:
                 pytest.fail(f"no {what} within {timeout:g} s" + self.output())
@@ -63,10 +68,15 @@ class Child:
         with self._news:
             return sum(fragment in line for line in lines)
 
-    def wait_line(self, fragment: str, n: int = 1, stream: str = "err", timeout: float = 300) -> None:
+    def wait_line(
+        self, fragment: str, n: int = 1, stream: str = "err", timeout: float = 300
+    ) -> None:
         """Wait for `n` lines of stderr (or stdout) holding `fragment`."""
-        self.wait_for(lambda: self.count(fragment, stream) >= n,
-                      f"{n} line(s) with {fragment!r} on std{stream}", timeout)
+        self.wait_for(
+            lambda: self.count(fragment, stream) >= n,
+            f"{n} line(s) with {fragment!r} on std{stream}",
+            timeout,
+        )
 
     def finish(self, timeout: float = 300) -> tuple[str, str]:
         """Wait for the process to end (failing, after killing it, past `timeout` s);

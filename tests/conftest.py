@@ -23,9 +23,11 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # And one thread per program: the tests run 3 workers and their subprocesses on 2 cores,
 # where Eigen's thread pool costs more than it gains on these small programs (measured:
 # 6 of the longest tests in 3 workers, 130 s -> 118 s).
-for flag, value in (("xla_backend_optimization_level", "0"),
-                    ("xla_cpu_use_fusion_emitters", "false"),
-                    ("xla_cpu_multi_thread_eigen", "false")):
+for flag, value in (
+    ("xla_backend_optimization_level", "0"),
+    ("xla_cpu_use_fusion_emitters", "false"),
+    ("xla_cpu_multi_thread_eigen", "false"),
+):
     if flag not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{flag}={value}".strip()
 
@@ -40,8 +42,12 @@ def pytest_collection_modifyitems(config, items):
     that pytest-xdist (one test at a time to the next free worker, pyproject.toml) starts
     the longest work first and the run ends with short tests. Expensive fixtures are made
     once per run (shared.made_once)."""
-    items.sort(key=lambda item: (item.get_closest_marker("longest") is None,
-                                 item.get_closest_marker("slow") is None))
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("longest") is None,
+            item.get_closest_marker("slow") is None,
+        )
+    )
 
 
 def pytest_sessionfinish(session):

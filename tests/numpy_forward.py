@@ -25,9 +25,15 @@ def mlp_weights(params) -> dict:
     """The Flax params of models.MLP as float64 arrays: a list of hidden layers
     (W, b, gamma, beta) and the output layer (W, b)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(params))
-    hidden = [{"W": p["dense"][i]["kernels"][0], "b": p["dense"][i]["bias"],
-               "gamma": p["norm"][i]["scale"], "beta": p["norm"][i]["bias"]}
-              for i in sorted(p["dense"])]
+    hidden = [
+        {
+            "W": p["dense"][i]["kernels"][0],
+            "b": p["dense"][i]["bias"],
+            "gamma": p["norm"][i]["scale"],
+            "beta": p["norm"][i]["bias"],
+        }
+        for i in sorted(p["dense"])
+    ]
     return {"hidden": hidden, "out": {"W": p["out"]["kernels"][0], "b": p["out"]["bias"]}}
 
 
@@ -47,11 +53,12 @@ def keep_mask(key: jax.Array, shape, rate: float) -> np.ndarray:
         h = (h ^ (h >> np.uint32(16))) * np.uint32(0x85EBCA6B)
         h = (h ^ (h >> np.uint32(13))) * np.uint32(0xC2B2AE35)
         h = h ^ (h >> np.uint32(16))
-    return h >= np.uint32(round(rate * 2 ** 32))
+    return h >= np.uint32(round(rate * 2**32))
 
 
-def loss_and_grads(w: dict, x_BxD: np.ndarray, y_B: np.ndarray, keep: list[np.ndarray],
-                   rate: float = DROPOUT):
+def loss_and_grads(
+    w: dict, x_BxD: np.ndarray, y_B: np.ndarray, keep: list[np.ndarray], rate: float = DROPOUT
+):
     """Training-mode cross-entropy of the MLP `w` on (x, y), dropout keeping `keep[i]` after
     hidden layer i, and its gradient by hand-written backpropagation (same structure as w)."""
     h, cache = x_BxD, []
@@ -80,17 +87,24 @@ def loss_and_grads(w: dict, x_BxD: np.ndarray, y_B: np.ndarray, keep: list[np.nd
         dy = np.where(k, dh / (1.0 - rate), 0.0) * pos
         dzn = dy * layer["gamma"]
         dz = inv * (dzn - dzn.mean(0) - zn * (dzn * zn).mean(0))
-        grads["hidden"][i] = {"W": h_in.T @ dz, "b": dz.sum(0), "gamma": (dy * zn).sum(0),
-                              "beta": dy.sum(0)}
+        grads["hidden"][i] = {
+            "W": h_in.T @ dz,
+            "b": dz.sum(0),
+            "gamma": (dy * zn).sum(0),
+            "beta": dy.sum(0),
+        }
         dh = dz @ layer["W"].T
     return loss, grads
 
 
-def adam_first_update(w: dict, grads: dict, lr: float, weight_decay: float,
-                      eps: float = 1e-8) -> dict:
+def adam_first_update(
+    w: dict, grads: dict, lr: float, weight_decay: float, eps: float = 1e-8
+) -> dict:
     """The weights after Adam's first step from zero moments (torch.optim.Adam and
     optax.adam defaults: after bias correction m = g and v = g^2), L2 in the gradient."""
+
     def one(p, g):
         g = g + weight_decay * p
         return p - lr * g / (np.abs(g) + eps)
+
     return jax.tree.map(one, w, grads)

@@ -47,8 +47,17 @@ class PgServer:
         root.mkdir(parents=True, exist_ok=True)
         if self.as_postgres:
             shutil.chown(root, "postgres")
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
-                  "--auth-host=scram-sha-256", "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+        )
         with open(self.data / "pg_hba.conf", "a") as f:  # the test hosts' range
             f.write("host all all 10.231.0.0/16 scram-sha-256\n")
         self.start()
@@ -62,9 +71,20 @@ class PgServer:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=check)
 
     def pg_ctl(self, action: str, *extra: str) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-m", "fast",
-                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses={','.join(self.addresses)}",
-                  *extra, action)
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-m",
+            "fast",
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses={','.join(self.addresses)}",
+            *extra,
+            action,
+        )
 
     def start(self) -> None:
         self.pg_ctl("start")
@@ -80,8 +100,21 @@ class PgServer:
         self.pg_ctl("restart")
 
     def psql(self, sql: str) -> str:
-        return self._run("psql", "-h", str(self.root), "-p", str(self.port), "-U", "postgres",
-                         "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-Atc", sql).stdout
+        return self._run(
+            "psql",
+            "-h",
+            str(self.root),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ).stdout
 
     def url(self, host: str = "127.0.0.1", password: str = PASSWORD, db: str = "sweeps") -> str:
         return f"postgresql://sweep:{password}@{host}:{self.port}/{db}"
@@ -96,8 +129,9 @@ class Hosts:
         # a block of addresses of this test process's own: one no namespace uses yet (a
         # test process killed before its clean-up leaves its namespaces behind)
         taken = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        tag = next(b for k in range(200) for b in [(os.getpid() + k) % 200 + 20]
-                   if f"jc{b}h" not in taken)
+        tag = next(
+            b for k in range(200) for b in [(os.getpid() + k) % 200 + 20] if f"jc{b}h" not in taken
+        )
         self.names = [f"jc{tag}h{i}" for i in range(n)]
         self.block, self.made = tag, []
         try:
@@ -110,8 +144,11 @@ class Hosts:
                 self._ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
                 self._ip("addr", "add", f"{here}/30", "dev", veth)
                 self._ip("link", "set", veth, "up")
-                for args in (("addr", "add", f"{there}/30", "dev", "eth0"), ("link", "set", "eth0", "up"),
-                             ("link", "set", "lo", "up")):
+                for args in (
+                    ("addr", "add", f"{there}/30", "dev", "eth0"),
+                    ("link", "set", "eth0", "up"),
+                    ("link", "set", "lo", "up"),
+                ):
                     self._ip("-n", ns, *args)
         except BaseException:
             self.close()

@@ -7,9 +7,15 @@ architecture only and set their training keys here or themselves.
 
 from jaxcollective.config import Config
 
-DEBUG_TRAINING = {"gradient_accumulation_steps": 1, "use_augmentation": False,
-                  "use_mixed_precision": False, "seed": 0, "eval_batch_size": 1000,
-                  "weight_decay": 0.0, "epochs": 20}
+DEBUG_TRAINING = {
+    "gradient_accumulation_steps": 1,
+    "use_augmentation": False,
+    "use_mixed_precision": False,
+    "seed": 0,
+    "eval_batch_size": 1000,
+    "weight_decay": 0.0,
+    "epochs": 20,
+}
 
 
 def debug_config(values: dict) -> Config:

@@ -23,16 +23,35 @@ from wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # end-to-end, in subprocesses
-FINALS = ("final/test_accuracy", "final/test_loss", "final/best_val_accuracy", "best_epoch",
-          "final_train_loss", "final_val_loss")
-BASE = ["--dataset=digits", "--model_type=shallow", "--target_params=150000", "--epochs=12",
-        "--batch_size=64", "--checkpoint_every=2", "--progress=false"]
+FINALS = (
+    "final/test_accuracy",
+    "final/test_loss",
+    "final/best_val_accuracy",
+    "best_epoch",
+    "final_train_loss",
+    "final_val_loss",
+)
+BASE = [
+    "--dataset=digits",
+    "--model_type=shallow",
+    "--target_params=150000",
+    "--epochs=12",
+    "--batch_size=64",
+    "--checkpoint_every=2",
+    "--progress=false",
+]
 
 
 def launch(tmp, *extra, env=None, wait=True):
     e = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
-    cmd = [sys.executable, str(ROOT / "run.py"), *BASE, f"--results={tmp / 'r.jsonl'}",
-           f"--checkpoint_dir={tmp / 'ck'}", *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *BASE,
+        f"--results={tmp / 'r.jsonl'}",
+        f"--checkpoint_dir={tmp / 'ck'}",
+        *extra,
+    ]
     if not wait:
         return Child(cmd, cwd=tmp, env=e)
     return subprocess.run(cmd, cwd=tmp, env=e, capture_output=True, text=True, timeout=300)
@@ -54,8 +73,10 @@ def kill_once_saved(tmp, epoch: int, *extra, env=None) -> int:
     checkpoint of `epoch` or a later one is committed: the event itself, not a sleep
     tuned to how fast a machine trains. Returns the epoch of the checkpoint left."""
     with launch(tmp, *extra, env=env, wait=False) as run:
-        run.wait_for(lambda: max(saved_steps(tmp / "ck"), default=0) >= epoch,
-                     f"a committed checkpoint of epoch {epoch} or later")
+        run.wait_for(
+            lambda: max(saved_steps(tmp / "ck"), default=0) >= epoch,
+            f"a committed checkpoint of epoch {epoch} or later",
+        )
         run.proc.kill()
         run.finish()
     # the kill follows the commit within a poll (10 ms), the run having 12 - epoch
@@ -63,7 +84,8 @@ def kill_once_saved(tmp, epoch: int, *extra, env=None) -> int:
     # with a run that was never interrupted
     assert run.proc.returncode == -signal.SIGKILL, (
         f"the run ended (exit {run.proc.returncode}) before the kill that followed its "
-        f"checkpoint of epoch {epoch}; raise --epochs in BASE" + run.output())
+        f"checkpoint of epoch {epoch}; raise --epochs in BASE" + run.output()
+    )
     left = max(saved_steps(tmp / "ck"))
     assert epoch <= left < 12 and left % 2 == 0, left
     return left
@@ -97,8 +119,9 @@ def killed(tmp_path_factory):
 
 
 @pytest.mark.parametrize("seeds", [1, 2])
-def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(seeds, uninterrupted, killed,
-                                                             tmp_path):
+def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(
+    seeds, uninterrupted, killed, tmp_path
+):
     if seeds == 1:
         shutil.copytree(killed, tmp_path / "ck")
     else:
@@ -120,15 +143,19 @@ def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(seeds, uninterrupte
 def test_sigterm_saves_and_the_restart_resumes(uninterrupted, tmp_path):
     # the 60 s policy: no save before the stop
     with launch(tmp_path, "--checkpoint_every=0", wait=False) as run:
-        run.wait_for(lambda: sum(line.startswith("epoch") for line in run.out) >= 3,
-                     "the third epoch's line", poll=0.05)
+        run.wait_for(
+            lambda: sum(line.startswith("epoch") for line in run.out) >= 3,
+            "the third epoch's line",
+            poll=0.05,
+        )
         run.proc.send_signal(signal.SIGTERM)
         run.finish()
     assert run.proc.returncode == 0, run.output()
     first = records(tmp_path)[-1]
     # SIGTERM is sent as the third epoch's line arrives, with 9 epochs to go
     assert first["status"] == "stopped", (
-        "the run finished before SIGTERM reached it; raise --epochs in BASE" + run.output())
+        "the run finished before SIGTERM reached it; raise --epochs in BASE" + run.output()
+    )
     assert first["epochs_completed"] >= 3
     p = launch(tmp_path, "--checkpoint_every=0")
     assert p.returncode == 0, p.stderr[-2000:]
@@ -141,8 +168,9 @@ def test_a_retried_sweep_trial_with_a_new_run_id_resumes(tmp_path):
     env = {"WANDB_MODE": "offline", "WANDB_SWEEP_ID": "sw1", "WANDB_SILENT": "true"}
     for d in ("w1", "w2"):
         (tmp_path / d).mkdir()
-    left = kill_once_saved(tmp_path, 4,
-                           env=dict(env, WANDB_RUN_ID="try1", WANDB_DIR=str(tmp_path / "w1")))
+    left = kill_once_saved(
+        tmp_path, 4, env=dict(env, WANDB_RUN_ID="try1", WANDB_DIR=str(tmp_path / "w1"))
+    )
     p = launch(tmp_path, env=dict(env, WANDB_RUN_ID="try2", WANDB_DIR=str(tmp_path / "w2")))
     assert p.returncode == 0, p.stderr[-2000:]
     run = read_offline_run(tmp_path / "w2")
@@ -195,16 +223,24 @@ def test_unwritable_checkpoint_dir_is_refused_before_training(tmp_path):
 
 def test_fingerprint_ignores_what_does_not_change_the_trajectory():
     a = Config.from_dict({"dataset": "digits", "epochs": 5})
-    assert fingerprint(a) == fingerprint(a.replace(epochs=50, eval_batch_size=7, results="x",
-                                                   checkpoint_every=3))
+    assert fingerprint(a) == fingerprint(
+        a.replace(epochs=50, eval_batch_size=7, results="x", checkpoint_every=3)
+    )
     assert fingerprint(a) != fingerprint(a.replace(learning_rate=0.01))
     assert run_dir(a).name.startswith("collective-")
 
 
 def test_a_failing_save_is_a_warning_and_training_goes_on(tmp_path, capsys):
-    cfg = Config.from_dict({"dataset": "digits", "model_type": "shallow", "epochs": 2,
-                            "target_params": 100_000, "checkpoint_every": 1,
-                            "checkpoint_dir": str(tmp_path)})
+    cfg = Config.from_dict(
+        {
+            "dataset": "digits",
+            "model_type": "shallow",
+            "epochs": 2,
+            "target_params": 100_000,
+            "checkpoint_every": 1,
+            "checkpoint_dir": str(tmp_path),
+        }
+    )
     ck = Checkpointer(cfg)
 
     class Full:
@@ -237,8 +273,14 @@ def saves_of(every: int, epoch_s: list[float], monkeypatch, tmp_path) -> list[in
     the fake clock after the previous one (the training loop's `due`, then `save`)."""
     clock = FakeClock()
     monkeypatch.setattr(checkpoint, "time", clock)
-    cfg = Config.from_dict({"dataset": "digits", "model_type": "shallow",
-                            "checkpoint_every": every, "checkpoint_dir": str(tmp_path)})
+    cfg = Config.from_dict(
+        {
+            "dataset": "digits",
+            "model_type": "shallow",
+            "checkpoint_every": every,
+            "checkpoint_dir": str(tmp_path),
+        }
+    )
     ck = Checkpointer(cfg)  # the run starts: the interval counts from here
     saved = []
 
@@ -257,8 +299,7 @@ def saves_of(every: int, epoch_s: list[float], monkeypatch, tmp_path) -> list[in
     return saved
 
 
-def test_the_default_policy_saves_after_an_epoch_60_s_past_the_last_save(monkeypatch,
-                                                                           tmp_path):
+def test_the_default_policy_saves_after_an_epoch_60_s_past_the_last_save(monkeypatch, tmp_path):
     """README: with checkpoint_every=0, a save after any epoch that ends 60 s or more
     after the last save (the run's start counting as one); every K epochs with K > 0,
     whatever the time. A fake clock: no test waits a minute."""
@@ -296,9 +337,16 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(monkeypatch, tmp_path, 
         return np.full(cfg.num_seeds, lr, np.float32)
 
     monkeypatch.setattr(schedule, "learning_rates", rates)
-    values = {"dataset": "digits", "model_type": "shallow", "target_params": 20_000,
-              "batch_size": 64, "optimizer": "sgd", "learning_rate": 0.01,
-              "lr_plateau_patience": 1000, "checkpoint_every": 1}
+    values = {
+        "dataset": "digits",
+        "model_type": "shallow",
+        "target_params": 20_000,
+        "batch_size": 64,
+        "optimizer": "sgd",
+        "learning_rate": 0.01,
+        "lr_plateau_patience": 1000,
+        "checkpoint_every": 1,
+    }
     cfg = Config.from_dict({**values, "epochs": 6, "checkpoint_dir": str(tmp_path / "ck")})
     resolved, ds = resolve(cfg), load(cfg)
     checkpoint.check_writable(cfg)  # as run.py: the root made, then the run's folder held
@@ -321,12 +369,15 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(monkeypatch, tmp_path, 
 
     # and it is epoch 2's state: that of the same run stopped there (same program, same
     # process: the same bits)
-    two = Config.from_dict({**values, "epochs": 2, "keep_checkpoint": True,
-                            "checkpoint_dir": str(tmp_path / "two")})
+    two = Config.from_dict(
+        {**values, "epochs": 2, "keep_checkpoint": True, "checkpoint_dir": str(tmp_path / "two")}
+    )
     checkpoint.check_writable(two)
     ck2, _ = open_checkpoints(two)
-    assert train_and_evaluate(two, Writer(), dataset=ds, resolved=resolved,
-                              checkpointer=ck2)["status"] == "finished"
+    assert (
+        train_and_evaluate(two, Writer(), dataset=ds, resolved=resolved, checkpointer=ck2)["status"]
+        == "finished"
+    )
     ref = Checkpointer(two)
     want, _ = ref.restore(Trainer(resolved, ds).init(), ref.peek())
     ref.close()

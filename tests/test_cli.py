@@ -12,13 +12,27 @@ from jaxcollective.config import FIELDS
 from jaxcollective.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TYPES = ["collective", "shallow", "balanced", "deep", "very_deep", "deep_resnet", "very_deep_resnet"]
+TYPES = [
+    "collective",
+    "shallow",
+    "balanced",
+    "deep",
+    "very_deep",
+    "deep_resnet",
+    "very_deep_resnet",
+]
 
 
 def run_py(*args, env=None, timeout=300):
     e = dict(os.environ, WANDB_MODE="disabled", **(env or {}))
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("model_type", TYPES)
@@ -43,14 +57,17 @@ def test_help_lists_every_key_with_its_default(capsys):
     assert "(default: [512, 256])" in out and "phase1" in out
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--model_type=mlp"], "model_type"),
-    (["--n_total=1"], "n_total"),
-    (["--learning_rate=fast"], "learning_rate"),
-    (["--no_such_key=1"], "unknown config key 'no_such_key'"),
-    (["--config=huge"], "config"),
-    (["positional"], "unexpected argument"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--model_type=mlp"], "model_type"),
+        (["--n_total=1"], "n_total"),
+        (["--learning_rate=fast"], "learning_rate"),
+        (["--no_such_key=1"], "unknown config key 'no_such_key'"),
+        (["--config=huge"], "config"),
+        (["positional"], "unexpected argument"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
     assert main([*args, "--dry_run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -66,8 +83,15 @@ def test_a_misspelt_dry_run_value_is_an_error_not_a_training_run(capsys):
 @pytest.mark.slow
 def test_main_job_on_digits_writes_results(tmp_path):
     results = tmp_path / "results.jsonl"
-    p = run_py("--model_type=collective", "--config=phase1", "--dataset=digits", "--epochs=2",
-               f"--results={results}", "--device=cuda", "--progress=false")
+    p = run_py(
+        "--model_type=collective",
+        "--config=phase1",
+        "--dataset=digits",
+        "--epochs=2",
+        f"--results={results}",
+        "--device=cuda",
+        "--progress=false",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "warning: --device=cuda but no GPU" in p.stderr
     lines = p.stdout.strip().splitlines()
@@ -75,14 +99,23 @@ def test_main_job_on_digits_writes_results(tmp_path):
     rec = json.loads(results.read_text().strip())
     assert rec["status"] == "finished" and rec["model_type"] == "collective"
     assert rec["config"]["dataset"] == "digits" and rec["config"]["expert_hidden"] == [512, 256]
-    assert 0 <= rec["final/test_accuracy"] <= 100 and rec["final/model_params"] == rec["model_params"]
+    assert (
+        0 <= rec["final/test_accuracy"] <= 100 and rec["final/model_params"] == rec["model_params"]
+    )
 
 
 @pytest.mark.slow
 def test_divergence_exits_nonzero_and_is_recorded(tmp_path):
     results = tmp_path / "r.jsonl"
-    p = run_py("--model_type=shallow", "--dataset=digits", "--epochs=3", "--optimizer=sgd",
-               "--learning_rate=1e30", "--target_params=200000", f"--results={results}")
+    p = run_py(
+        "--model_type=shallow",
+        "--dataset=digits",
+        "--epochs=3",
+        "--optimizer=sgd",
+        "--learning_rate=1e30",
+        "--target_params=200000",
+        f"--results={results}",
+    )
     assert p.returncode == 3 and "diverged" in p.stderr
     rec = json.loads(results.read_text().strip())
     assert rec["diverged"] is True and rec["status"] == "diverged"
@@ -91,23 +124,35 @@ def test_divergence_exits_nonzero_and_is_recorded(tmp_path):
 def test_entry_points_import_no_jax():
     """The report runs where JAX is not installed, and run.py installs its signal
     handlers and checks its flags before JAX (a second or more) is imported."""
-    code = ("import sys, jaxcollective, jaxcollective.report, jaxcollective.main, "
-            "jaxcollective.metrics; assert 'jax' not in sys.modules, 'jax imported'")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    code = (
+        "import sys, jaxcollective, jaxcollective.report, jaxcollective.main, "
+        "jaxcollective.metrics; assert 'jax' not in sys.modules, 'jax imported'"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     # before its signal handlers, run.py imports nothing heavier than its config
-    code = ("import sys, jaxcollective.main; heavy = {'numpy', 'jax', 'optuna', 'orbax'} & "
-            "set(sys.modules); assert not heavy, heavy")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    code = (
+        "import sys, jaxcollective.main; heavy = {'numpy', 'jax', 'optuna', 'orbax'} & "
+        "set(sys.modules); assert not heavy, heavy"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr
 
 
 @pytest.mark.slow
 def test_help_piped_into_head_ends_quietly():
-    p = subprocess.run(f"'{sys.executable}' run.py --help | head -n 2", shell=True, cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        f"'{sys.executable}' run.py --help | head -n 2",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.stdout.startswith("usage: run.py") and len(p.stdout.splitlines()) == 2
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
 

@@ -24,21 +24,55 @@ ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_SWEEP = ROOT / "sweeps" / "original_phase1.yaml"
 
 # docs/design.md, "Coming from the original", written out here (not read from the package).
-ORIGINAL_PHASE1 = dict(batch_size=128, gradient_accumulation_steps=4, eval_batch_size=1024,
-                   learning_rate=1e-3, epochs=100, optimizer="adam", weight_decay=1e-4,
-                   use_augmentation=True, use_mixed_precision=False, topk=(1,),
-                   dataset="fashion_mnist", val_split=0.1, seed=42)
-ORIGINAL_DEBUG = dict(batch_size=128, gradient_accumulation_steps=4, eval_batch_size=512,
-                  learning_rate=1e-3, epochs=5, optimizer="adam", weight_decay=0.0,
-                  use_augmentation=True, use_mixed_precision=True, topk=(1,),
-                  dataset="fashion_mnist", val_split=0.1, seed=42)
-ORIGINAL_EPOCH_KEYS = {"param_efficiency/loss_per_log10_params",
-                       "param_efficiency/test_loss_per_log10_params"}
-ORIGINAL_FINAL_KEYS = {"final/param_efficiency/test_accuracy_per_log10_params",
-                       "final/loss_efficiency_per_log10_params"}
-ORIGINAL_SUMMARY_KEYS = {"best_val_accuracy", "best_epoch", "final_train_accuracy",
-                         "final_val_accuracy", "final_train_loss", "final_val_loss",
-                         "final_test_accuracy", "final_test_loss", "model_params"}
+ORIGINAL_PHASE1 = dict(
+    batch_size=128,
+    gradient_accumulation_steps=4,
+    eval_batch_size=1024,
+    learning_rate=1e-3,
+    epochs=100,
+    optimizer="adam",
+    weight_decay=1e-4,
+    use_augmentation=True,
+    use_mixed_precision=False,
+    topk=(1,),
+    dataset="fashion_mnist",
+    val_split=0.1,
+    seed=42,
+)
+ORIGINAL_DEBUG = dict(
+    batch_size=128,
+    gradient_accumulation_steps=4,
+    eval_batch_size=512,
+    learning_rate=1e-3,
+    epochs=5,
+    optimizer="adam",
+    weight_decay=0.0,
+    use_augmentation=True,
+    use_mixed_precision=True,
+    topk=(1,),
+    dataset="fashion_mnist",
+    val_split=0.1,
+    seed=42,
+)
+ORIGINAL_EPOCH_KEYS = {
+    "param_efficiency/loss_per_log10_params",
+    "param_efficiency/test_loss_per_log10_params",
+}
+ORIGINAL_FINAL_KEYS = {
+    "final/param_efficiency/test_accuracy_per_log10_params",
+    "final/loss_efficiency_per_log10_params",
+}
+ORIGINAL_SUMMARY_KEYS = {
+    "best_val_accuracy",
+    "best_epoch",
+    "final_train_accuracy",
+    "final_val_accuracy",
+    "final_train_loss",
+    "final_val_loss",
+    "final_test_accuracy",
+    "final_test_loss",
+    "model_params",
+}
 
 
 @pytest.mark.parametrize("name,spec", [("phase1", ORIGINAL_PHASE1), ("debug", ORIGINAL_DEBUG)])
@@ -119,9 +153,19 @@ def test_original_sweep_runs_resolve_as_the_agent_launches_them(params, capsys):
 def original_run(tmp_path_factory):
     """One sampled run of the original's sweep, launched as its agent does, on digits."""
     params = next(p for p in sampled_original_runs(1) if p["model_type"] == "collective")
-    params.update(dataset="digits", input_dim=64, epochs=2, batch_size=256, topk="(1, 5)",
-                  use_torch_compile=True, log_interval=10, training_strategy="standard",
-                  use_gpu=True, wandb_name="original-sweep-run")
+    params.update(
+        dataset="digits",
+        input_dim=64,
+        epochs=2,
+        batch_size=256,
+        topk="(1, 5)",
+        use_torch_compile=True,
+        log_interval=10,
+        training_strategy="standard",
+        use_gpu=True,
+        wandb_name="original-sweep-run",
+    )
+
     def make(folder):
         p = agent_launch(folder, params, "orig1")
         assert p.returncode == 0, p.stderr[-3000:]
@@ -140,7 +184,8 @@ def test_original_sweep_run_logs_every_metric_name_of_both(original_run):
     for h in rows:  # the sweep's metric in every history row: its Hyperband can act
         assert metric in h
         assert EPOCH_KEYS | ORIGINAL_EPOCH_KEYS | top5 <= set(h), sorted(
-            EPOCH_KEYS | ORIGINAL_EPOCH_KEYS | top5 - set(h))
+            EPOCH_KEYS | ORIGINAL_EPOCH_KEYS | top5 - set(h)
+        )
         for split in ("train", "val", "test"):
             assert h[f"{split}/accuracy_top5"] >= h[f"{split}/accuracy"]
     want = FINAL_KEYS | ORIGINAL_FINAL_KEYS | ORIGINAL_SUMMARY_KEYS | {"final/test_accuracy_top5"}
@@ -149,9 +194,13 @@ def test_original_sweep_run_logs_every_metric_name_of_both(original_run):
     assert run.summary["final_test_accuracy"] == pytest.approx(rows[-1]["test/accuracy"])
     assert 1 <= run.summary["best_epoch"] <= 2 and run.name == "original-sweep-run"
     assert run.config["unused_keys"] == {
-        "log_interval": "per-epoch-logging", "num_workers": "on-device-data",
-        "target_params": "baseline-only", "training_strategy": "single-strategy",
-        "use_gpu": "see-device", "use_torch_compile": "always-compiled"}
+        "log_interval": "per-epoch-logging",
+        "num_workers": "on-device-data",
+        "target_params": "baseline-only",
+        "training_strategy": "single-strategy",
+        "use_gpu": "see-device",
+        "use_torch_compile": "always-compiled",
+    }
     assert run.config["gradient_accumulation_steps"] == 4 and run.config["seed"] == 42
 
 
@@ -168,8 +217,15 @@ def test_eval_batch_size_does_not_change_the_metrics():
     from jaxcollective.train import Trainer, evaluate_splits, over_replicas
 
     ds = load_digits()
-    cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "batch_size": 64,
-                            "target_params": 100_000, "topk": "(1, 3)"})
+    cfg = Config.from_dict(
+        {
+            "model_type": "shallow",
+            "dataset": "digits",
+            "batch_size": 64,
+            "target_params": 100_000,
+            "topk": "(1, 3)",
+        }
+    )
     small, large = [Trainer(resolve(cfg.replace(eval_batch_size=e)), ds) for e in (7, 1024)]
     assert small.data.test_idx_MxE.shape[1] == 7 and large.data.test_idx_MxE.shape[1] == 1024
     state, _ = small.epoch(small.init(), 0)
@@ -177,8 +233,11 @@ def test_eval_batch_size_does_not_change_the_metrics():
     def metrics(tr):  # as the epoch evaluates, mapped over the replicas
         ev = jax.jit(over_replicas(partial(evaluate_splits, tr.step), in_axes=(0, None, 0)))
         parts = ev(state, tr.data, tr.rep)
-        return {f"{split}/{k}": float(v[0]) for split, part in zip(SPLITS[1:], parts)
-                for k, v in part.items()}
+        return {
+            f"{split}/{k}": float(v[0])
+            for split, part in zip(SPLITS[1:], parts)
+            for k, v in part.items()
+        }
 
     got, want = metrics(small), metrics(large)
     assert {"test/accuracy", "test/accuracy_top3", "val/accuracy"} <= set(got), got
@@ -192,10 +251,25 @@ def test_eval_batch_size_does_not_change_the_metrics():
 @pytest.mark.slow
 def test_the_originals_command_line(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
-    p = subprocess.run([sys.executable, "run.py", "--config", "phase1", "--model", "shallow",
-                        "--dataset=digits", "--epochs=2", f"--results={tmp_path / 'r.jsonl'}",
-                        "--progress=false"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "--config",
+            "phase1",
+            "--model",
+            "shallow",
+            "--dataset=digits",
+            "--epochs=2",
+            f"--results={tmp_path / 'r.jsonl'}",
+            "--progress=false",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     rec = json.loads((tmp_path / "r.jsonl").read_text())
     assert rec["model_type"] == "shallow" and rec["epochs_completed"] == 2

@@ -51,22 +51,50 @@ def storage(request, tmp_path):
 
 
 def test_the_dashboard_shows_trials_attributes_and_curves(tmp_path, storage):
-    spec = {"method": "random", "metric": {"name": "final/test_accuracy", "goal": "maximize"},
-            "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 3, "eta": 3},
-            "parameters": {
-                "model_type": {"value": "shallow"}, "dataset": {"value": "digits"},
-                "target_params": {"value": 30000}, "batch_size": {"value": 64},
-                "epochs": {"value": 3}, "checkpoint_dir": {"value": str(tmp_path / "ck")},
-                "learning_rate": {"values": [0.003, 1e-7]}, "seed": {"values": [0, 1, 2]}}}
+    spec = {
+        "method": "random",
+        "metric": {"name": "final/test_accuracy", "goal": "maximize"},
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 3, "eta": 3},
+        "parameters": {
+            "model_type": {"value": "shallow"},
+            "dataset": {"value": "digits"},
+            "target_params": {"value": 30000},
+            "batch_size": {"value": 64},
+            "epochs": {"value": 3},
+            "checkpoint_dir": {"value": str(tmp_path / "ck")},
+            "learning_rate": {"values": [0.003, 1e-7]},
+            "seed": {"values": [0, 1, 2]},
+        },
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     url = storage
-    assert sweep_main([str(path), "--trials=4", "--study=dash", f"--storage={url}",
-                       f"--results={tmp_path / 'r.jsonl'}"]) == 0
+    assert (
+        sweep_main(
+            [
+                str(path),
+                "--trials=4",
+                "--study=dash",
+                f"--storage={url}",
+                f"--results={tmp_path / 'r.jsonl'}",
+            ]
+        )
+        == 0
+    )
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), url,
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "optuna-dashboard"),
+            url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 60
@@ -94,7 +122,8 @@ def test_the_dashboard_shows_trials_attributes_and_curves(tmp_path, storage):
             steps = [v["step"] for v in t["intermediate_values"]]
             assert steps == list(range(1, line["epochs_completed"] + 1))
             assert t["intermediate_values"][-1]["value"] == pytest.approx(
-                line["final/test_accuracy"])
+                line["final/test_accuracy"]
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)

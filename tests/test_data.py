@@ -27,8 +27,9 @@ from jaxcollective.writers import Writer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)),
-                                        ("cifar10", (32, 32, 3))])
+@pytest.mark.parametrize(
+    "name,shape", [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))]
+)
 def test_prepared_tfds_dir_under_mock_data(name, shape, tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.setenv("JAXCOLLECTIVE_DATA_CACHE", str(tmp_path / "cache"))
@@ -38,25 +39,44 @@ def test_prepared_tfds_dir_under_mock_data(name, shape, tmp_path, monkeypatch):
         ds = data.load_prepared_tfds(name, tmp_path / "tfds")
         assert ds.x_train.shape == (200, *shape) and ds.x_train.dtype == np.uint8
         assert ds.y_train.dtype == np.int32 and ds.x_test.shape[1:] == shape
-        cfg = Config.from_dict({"model_type": "shallow", "dataset": name, "epochs": 1,
-                                "batch_size": 32, "target_params": 300_000,
-                                "use_augmentation": True})
+        cfg = Config.from_dict(
+            {
+                "model_type": "shallow",
+                "dataset": name,
+                "epochs": 1,
+                "batch_size": 32,
+                "target_params": 300_000,
+                "use_augmentation": True,
+            }
+        )
         record = train_and_evaluate(cfg, Writer(), dataset=ds)
         # the decoded arrays were cached: a later load does not read TFDS's files again
         monkeypatch.setattr(data, "_read_split", lambda *a: pytest.fail("cache not used"))
-        np.testing.assert_array_equal(data.load_prepared_tfds(name, tmp_path / "tfds").x_train,
-                                      ds.x_train)
+        np.testing.assert_array_equal(
+            data.load_prepared_tfds(name, tmp_path / "tfds").x_train, ds.x_train
+        )
     assert record["status"] == "finished" and np.isfinite(record["final/test_loss"])
 
 
 @pytest.mark.slow
 def test_offline_without_data_fails_fast_with_the_ways_to_supply_it(tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled", TFDS_DATA_DIR=str(tmp_path), HOME=str(tmp_path),
-               JAXCOLLECTIVE_OFFLINE="1")
+    env = dict(
+        os.environ,
+        WANDB_MODE="disabled",
+        TFDS_DATA_DIR=str(tmp_path),
+        HOME=str(tmp_path),
+        JAXCOLLECTIVE_OFFLINE="1",
+    )
     env.pop("JAXCOLLECTIVE_DATA_DIR", None)
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "run.py", "--model_type=shallow", "--dataset=mnist",
-                        "--epochs=1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "run.py", "--model_type=shallow", "--dataset=mnist", "--epochs=1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     elapsed = time.perf_counter() - t
     assert p.returncode == 2, p.stderr
     err = p.stderr.strip().splitlines()
@@ -73,10 +93,12 @@ def idx_bytes(a: np.ndarray) -> bytes:
 
 def tiny_arrays(seed: int, shape=(28, 28)):
     rng = np.random.default_rng(seed)
-    return {"train_images": rng.integers(0, 256, (30, *shape), dtype=np.uint8),
-            "train_labels": rng.integers(0, 10, 30, dtype=np.uint8),
-            "test_images": rng.integers(0, 256, (12, *shape), dtype=np.uint8),
-            "test_labels": rng.integers(0, 10, 12, dtype=np.uint8)}
+    return {
+        "train_images": rng.integers(0, 256, (30, *shape), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, 30, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, (12, *shape), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, 12, dtype=np.uint8),
+    }
 
 
 def register(monkeypatch, name, arrays):
@@ -108,14 +130,19 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("layout", ["flat_gz", "flat_raw", "dotted", "named_subfolder",
-                                    "torchvision", "tfds_manual", "env_var"])
+@pytest.mark.parametrize(
+    "layout",
+    ["flat_gz", "flat_raw", "dotted", "named_subfolder", "torchvision", "tfds_manual", "env_var"],
+)
 def test_idx_files_are_found_in_every_layout(layout, isolated, monkeypatch):
     arrays = tiny_arrays(0)
     register(monkeypatch, "mnist", arrays)
     d = isolated / "data"
-    folder = {"named_subfolder": d / "mnist", "torchvision": d / "MNIST" / "raw",
-              "tfds_manual": d / "downloads" / "manual"}.get(layout, d)
+    folder = {
+        "named_subfolder": d / "mnist",
+        "torchvision": d / "MNIST" / "raw",
+        "tfds_manual": d / "downloads" / "manual",
+    }.get(layout, d)
     write_idx(folder, arrays, gz=layout != "flat_raw", dotted=layout == "dotted")
     if layout == "env_var":
         monkeypatch.setenv("JAXCOLLECTIVE_DATA_DIR", str(d))
@@ -132,15 +159,28 @@ def test_files_of_another_dataset_are_refused_by_content(isolated, monkeypatch):
     register(monkeypatch, "mnist", mnist)
     register(monkeypatch, "fashion_mnist", fashion)
     write_idx(isolated / "d", mnist)
-    with pytest.raises(data.DataError, match="is not fashion_mnist's train images: it holds "
-                                             "mnist's train images"):
+    with pytest.raises(
+        data.DataError, match="is not fashion_mnist's train images: it holds mnist's train images"
+    ):
         data.load_real("fashion_mnist", data_dir=str(isolated / "d"))
     # and through run.py: one line, exit 2, before any training
-    env = dict(os.environ, WANDB_MODE="disabled", HOME=str(isolated / "home"),
-               JAXCOLLECTIVE_OFFLINE="1")
-    p = subprocess.run([sys.executable, "run.py", "--dataset=fashion_mnist", "--epochs=1",
-                        f"--data_dir={isolated / 'd'}"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=120)
+    env = dict(
+        os.environ, WANDB_MODE="disabled", HOME=str(isolated / "home"), JAXCOLLECTIVE_OFFLINE="1"
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "--dataset=fashion_mnist",
+            "--epochs=1",
+            f"--data_dir={isolated / 'd'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # the real digests apply in the subprocess: the tiny files are refused as unknown
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
@@ -158,7 +198,10 @@ def test_two_datasets_in_one_data_dir_are_kept_apart(isolated, monkeypatch):
         f = data.load_real("fashion_mnist", data_dir=str(isolated / "d"))
         np.testing.assert_array_equal(m.x_train[..., 0], mnist["train_images"])
         np.testing.assert_array_equal(f.x_train[..., 0], fashion["train_images"])
-    assert sorted(p.name for p in (isolated / "cache").iterdir()) == ["fashion_mnist.npz", "mnist.npz"]
+    assert sorted(p.name for p in (isolated / "cache").iterdir()) == [
+        "fashion_mnist.npz",
+        "mnist.npz",
+    ]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip_bytes", "other_source"])
@@ -175,15 +218,23 @@ def test_a_damaged_or_stale_cache_is_rebuilt(damage, isolated, monkeypatch):
         cache.write_bytes(b"not a cache")
     elif damage == "flip_bytes":  # inside x_train's data: only the zip CRC can tell
         i = raw.index(arrays["train_images"].tobytes()[:64]) + 100
-        cache.write_bytes(raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1:])
+        cache.write_bytes(raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1 :])
     else:  # the source changed on disk (new files): the entry no longer matches them
         arrays = tiny_arrays(5)
         register(monkeypatch, "mnist", arrays)
         write_idx(isolated / "d", arrays)
     ds = data.load_real("mnist", data_dir=str(isolated / "d"))
     np.testing.assert_array_equal(ds.x_train[..., 0], arrays["train_images"])
-    assert data.read_cache(cache, "mnist", "idx", rawdata.IDX_SHA256["mnist"],
-                           rawdata.signature(rawdata.find("mnist", [isolated / "d"])[0])) is not None
+    assert (
+        data.read_cache(
+            cache,
+            "mnist",
+            "idx",
+            rawdata.IDX_SHA256["mnist"],
+            rawdata.signature(rawdata.find("mnist", [isolated / "d"])[0]),
+        )
+        is not None
+    )
 
 
 def test_truncated_and_non_idx_files_are_one_line_errors(isolated, monkeypatch):
@@ -208,8 +259,10 @@ def cifar_batches(seed):
     rng = np.random.default_rng(seed)
     out = {}
     for i, name in enumerate(rawdata.CIFAR_TRAIN + rawdata.CIFAR_TEST):
-        out[name] = {b"data": rng.integers(0, 256, (4 + i, 3072), dtype=np.uint8),
-                     b"labels": list(rng.integers(0, 10, 4 + i).tolist())}
+        out[name] = {
+            b"data": rng.integers(0, 256, (4 + i, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, 4 + i).tolist()),
+        }
     return out
 
 
@@ -222,9 +275,12 @@ def test_cifar10_in_each_distributed_form(form, isolated, monkeypatch):
     d = isolated / "d"
     d.mkdir()
     if form == "binary_archive":
-        members = {f"cifar-10-batches-bin/{n}.bin": b"".join(
-            bytes([lab]) + row.tobytes() for lab, row in zip(b[b"labels"], b[b"data"]))
-            for n, b in batches.items()}
+        members = {
+            f"cifar-10-batches-bin/{n}.bin": b"".join(
+                bytes([lab]) + row.tobytes() for lab, row in zip(b[b"labels"], b[b"data"])
+            )
+            for n, b in batches.items()
+        }
         archive = d / rawdata.CIFAR_BIN_ARCHIVE
     else:
         members = {f"{rawdata.CIFAR_PY_DIR}/{n}": raw for n, raw in pickles.items()}
@@ -240,8 +296,9 @@ def test_cifar10_in_each_distributed_form(form, isolated, monkeypatch):
                 info.size = len(raw)
                 tar.addfile(info, io.BytesIO(raw))
         if form == "binary_archive":
-            monkeypatch.setattr(rawdata, "CIFAR_BIN_SHA256",
-                                hashlib.sha256(archive.read_bytes()).hexdigest())
+            monkeypatch.setattr(
+                rawdata, "CIFAR_BIN_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest()
+            )
     ds = data.load_real("cifar10", data_dir=str(d))
     first = batches["data_batch_1"][b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0)
     np.testing.assert_array_equal(ds.x_train[0], first)  # CHW rows to HWC images
@@ -284,8 +341,10 @@ DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 @pytest.mark.slow
 def test_real_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     if not (DEBIAN_FMNIST / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed "
-                    "(`sudo apt-get install dataset-fashion-mnist`)")
+        pytest.skip(
+            "Debian's dataset-fashion-mnist is not installed "
+            "(`sudo apt-get install dataset-fashion-mnist`)"
+        )
     monkeypatch.setenv("JAXCOLLECTIVE_DATA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
@@ -294,9 +353,16 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     assert ds.x_train.shape == (60_000, 28, 28, 1) and ds.x_test.shape == (10_000, 28, 28, 1)
     assert np.bincount(ds.y_test).tolist() == [1000] * 10
     # the study's smaller collective (README, Results): one epoch
-    cfg = Config.from_dict({"model_type": "collective", "epochs": 1, "batch_size": 256,
-                            "gradient_accumulation_steps": 1, "use_augmentation": False},
-                           preset="debug")
+    cfg = Config.from_dict(
+        {
+            "model_type": "collective",
+            "epochs": 1,
+            "batch_size": 256,
+            "gradient_accumulation_steps": 1,
+            "use_augmentation": False,
+        },
+        preset="debug",
+    )
     record = train_and_evaluate(cfg, Writer(), dataset=ds)
     assert record["model_params"] == 567_044
     assert record["final/test_accuracy"] >= 80.0, record["final/test_accuracy"]
@@ -361,8 +427,11 @@ def test_flip_and_integer_crop_move_pixels_exactly():
     cropped = augment(x, jax.random.key(5), AugSpec(crop_pad=4))
     # every output row of image 0 is an input row shifted by an integer, zero-filled
     xs, cs = np.asarray(x[0]), np.asarray(cropped[0])
-    matches = [np.allclose(cs[8:24, 8:24], xs[8 + dy:24 + dy, 8 + dx:24 + dx], atol=1e-6)
-               for dy in range(-4, 5) for dx in range(-4, 5)]
+    matches = [
+        np.allclose(cs[8:24, 8:24], xs[8 + dy : 24 + dy, 8 + dx : 24 + dx], atol=1e-6)
+        for dy in range(-4, 5)
+        for dx in range(-4, 5)
+    ]
     assert sum(matches) == 1
 
 
@@ -383,7 +452,7 @@ def test_rotation_moves_mass_about_the_centre():
     c = (w - 1) / 2.0  # the warp's centre (augment.py)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     bx, by, sigma = c - 9.0, c, 1.2  # > 3.5 sigma from every edge at every angle: no clipping
-    blob = np.exp(-((xs - bx) ** 2 + (ys - by) ** 2) / (2 * sigma ** 2))
+    blob = np.exp(-((xs - bx) ** 2 + (ys - by) ** 2) / (2 * sigma**2))
     x = jnp.asarray(np.broadcast_to(blob[None, :, :, None], (64, h, w, 1)), jnp.float32)
     y = np.asarray(augment(x, jax.random.key(0), AugSpec(rotate_deg=90.0)))[..., 0]
     y = y.astype(np.float64)
@@ -392,8 +461,9 @@ def test_rotation_moves_mass_about_the_centre():
         m_B = img_BxHxW.sum((1, 2))
         cx_B = (img_BxHxW * xs).sum((1, 2)) / m_B
         cy_B = (img_BxHxW * ys).sum((1, 2)) / m_B
-        spread_B = (img_BxHxW * ((xs - cx_B[:, None, None]) ** 2
-                                 + (ys - cy_B[:, None, None]) ** 2)).sum((1, 2)) / m_B
+        spread_B = (
+            img_BxHxW * ((xs - cx_B[:, None, None]) ** 2 + (ys - cy_B[:, None, None]) ** 2)
+        ).sum((1, 2)) / m_B
         return m_B, cx_B - c, cy_B - c, spread_B
 
     m0, cx0, cy0, spread0 = (v[0] for v in moments(blob[None]))

@@ -19,11 +19,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_py(tmp, *args, env=None, timeout=300):
-    e = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp), WANDB_SILENT="true",
-             JAXCOLLECTIVE_OFFLINE="1", **(env or {}))
+    e = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_DIR=str(tmp),
+        WANDB_SILENT="true",
+        JAXCOLLECTIVE_OFFLINE="1",
+        **(env or {}),
+    )
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp, env=e,
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=tmp,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return p, time.perf_counter() - t
 
 
@@ -48,17 +60,20 @@ def catches(pid: int, sig: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,fragment", [
-    (["--results=/proc/x.jsonl"], "--results=/proc/x.jsonl cannot be appended to"),
-    (["--results={tmp}/file/x.jsonl"], "is a file, not a folder"),
-    (["--results={tmp}"], "is a folder"),
-    (["--seed=-1"], "invalid seed=-1: expected a non-negative integer"),
-    (["--batch_size=1"], "BatchNorm needs at least 2 examples per device"),
-    (["--batch_size=2048"], "fewer than one update"),
-    (["--model_type=balanced", "--target_params=1000"], "invalid target_params"),
-    (["--data_dir={tmp}/nope", "--dataset=mnist"], "does not exist"),
-    (["--dataset=mnist"], "was not found"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--results=/proc/x.jsonl"], "--results=/proc/x.jsonl cannot be appended to"),
+        (["--results={tmp}/file/x.jsonl"], "is a file, not a folder"),
+        (["--results={tmp}"], "is a folder"),
+        (["--seed=-1"], "invalid seed=-1: expected a non-negative integer"),
+        (["--batch_size=1"], "BatchNorm needs at least 2 examples per device"),
+        (["--batch_size=2048"], "fewer than one update"),
+        (["--model_type=balanced", "--target_params=1000"], "invalid target_params"),
+        (["--data_dir={tmp}/nope", "--dataset=mnist"], "does not exist"),
+        (["--dataset=mnist"], "was not found"),
+    ],
+)
 def test_bad_input_fails_before_any_work_and_leaves_no_wandb_run(args, fragment, tmp_path):
     (tmp_path / "file").write_text("x")
     args = [a.format(tmp=tmp_path) for a in args]
@@ -75,11 +90,24 @@ def test_bad_input_fails_before_any_work_and_leaves_no_wandb_run(args, fragment,
 
 @pytest.mark.slow
 def test_unreachable_wandb_server_falls_back_to_offline_at_once(tmp_path):
-    env = dict(os.environ, WANDB_MODE="online", WANDB_API_KEY="x" * 40, WANDB_DIR=str(tmp_path),
-               WANDB_BASE_URL="http://127.0.0.1:9", WANDB_SILENT="true")
+    env = dict(
+        os.environ,
+        WANDB_MODE="online",
+        WANDB_API_KEY="x" * 40,
+        WANDB_DIR=str(tmp_path),
+        WANDB_BASE_URL="http://127.0.0.1:9",
+        WANDB_SILENT="true",
+    )
     t = time.perf_counter()
-    with run_py_child("--dataset=digits", "--model_type=shallow", "--epochs=1", "--progress=false",
-               f"--results={tmp_path / 'r.jsonl'}", cwd=tmp_path, env=env) as run:
+    with run_py_child(
+        "--dataset=digits",
+        "--model_type=shallow",
+        "--epochs=1",
+        "--progress=false",
+        f"--results={tmp_path / 'r.jsonl'}",
+        cwd=tmp_path,
+        env=env,
+    ) as run:
         # wandb's own retries take ~100 s; the probe (3 s) and init timeout (9 s) come after
         # the interpreter's start, which a loaded 2-core machine (tests run 4 at a time) can
         # stretch past 15 s: the bound tells the fallback from the retries, not a speed
@@ -97,13 +125,18 @@ def test_sigterm_in_the_first_second_ends_stopped_with_zero_epochs(tmp_path):
     if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc to see run.py install its handler")
     env = dict(os.environ, WANDB_MODE="disabled")
-    with run_py_child("--dataset=digits", "--epochs=5", f"--results={tmp_path / 'r.jsonl'}",
-               cwd=tmp_path, env=env) as run:
+    with run_py_child(
+        "--dataset=digits", "--epochs=5", f"--results={tmp_path / 'r.jsonl'}", cwd=tmp_path, env=env
+    ) as run:
         # SIGTERM at the first moment run.py promises to handle it (its handler comes
         # first, before JAX is imported): the event, not a sleep guessing when that is;
         # the first epoch is seconds of imports, data and compilation away
-        run.wait_for(lambda: catches(run.proc.pid, signal.SIGTERM),
-                     "a SIGTERM handler in run.py", timeout=60, poll=0.005)
+        run.wait_for(
+            lambda: catches(run.proc.pid, signal.SIGTERM),
+            "a SIGTERM handler in run.py",
+            timeout=60,
+            poll=0.005,
+        )
         run.proc.send_signal(signal.SIGTERM)
         _, err = run.finish()
     assert run.proc.returncode == 0, err
@@ -116,11 +149,20 @@ def test_sigterm_in_the_first_second_ends_stopped_with_zero_epochs(tmp_path):
 def test_a_second_interrupt_ends_the_run_at_once_and_keeps_what_was_measured(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled")
     # epochs of about a second, so that the second Ctrl-C lands inside one
-    with run_py_child("--dataset=digits", "--model_type=shallow", "--target_params=5000000",
-               "--batch_size=16", "--epochs=100000", "--progress=false",
-               f"--results={tmp_path / 'r.jsonl'}", cwd=tmp_path, env=env) as run:
-        run.wait_for(lambda: any(line.startswith("epoch") for line in run.out),
-                     "the first epoch's line")
+    with run_py_child(
+        "--dataset=digits",
+        "--model_type=shallow",
+        "--target_params=5000000",
+        "--batch_size=16",
+        "--epochs=100000",
+        "--progress=false",
+        f"--results={tmp_path / 'r.jsonl'}",
+        cwd=tmp_path,
+        env=env,
+    ) as run:
+        run.wait_for(
+            lambda: any(line.startswith("epoch") for line in run.out), "the first epoch's line"
+        )
         run.proc.send_signal(signal.SIGINT)
         run.wait_line("stopping after the epoch in flight", timeout=60)
         run.proc.send_signal(signal.SIGINT)
@@ -151,50 +193,75 @@ def test_a_key_given_twice_warns(capsys):
 
 def test_bench_refuses_torch_it_does_not_have_and_benches_the_shape_asked(capsys):
     from jaxcollective.bench import main as bench
+
     try:
         import torch  # noqa: F401
     except ImportError:
         t = time.perf_counter()
         assert bench(["--model_type=shallow", "--torch=true", "--dataset=digits"]) == 2
         assert "needs PyTorch" in capsys.readouterr().err and time.perf_counter() - t < 5
-    assert bench(["--model_type=shallow", "--dataset=digits", "--target_params=100000",
-                  "--steps=10", "--epochs=0"]) == 0
+    assert (
+        bench(
+            [
+                "--model_type=shallow",
+                "--dataset=digits",
+                "--target_params=100000",
+                "--steps=10",
+                "--epochs=0",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["dataset_shape"] == "digits"
 
 
-def test_bench_lines_run_in_one_process_and_skip_only_a_line_out_of_memory(tmp_path, capsys,
-                                                                            monkeypatch):
+def test_bench_lines_run_in_one_process_and_skip_only_a_line_out_of_memory(
+    tmp_path, capsys, monkeypatch
+):
     from jaxcollective import bench
 
     def fake_run(cfg, steps, epochs, torch_ref):  # the lines' configs, no training
         import jax
+
         if cfg.num_seeds == 4:
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
         if cfg.num_seeds == 5:
             raise RuntimeError("INTERNAL: something else")
-        return {"num_seeds": cfg.num_seeds, "model_type": cfg.model_type, "steps": steps,
-                "precision": jax.config.jax_default_matmul_precision}
+        return {
+            "num_seeds": cfg.num_seeds,
+            "model_type": cfg.model_type,
+            "steps": steps,
+            "precision": jax.config.jax_default_matmul_precision,
+        }
 
     monkeypatch.setattr(bench, "run", fake_run)
     lines = tmp_path / "lines.txt"
-    lines.write_text("--num_seeds=2  # two replicas\n\n--num_seeds=4\n"
-                     "--num_seeds 3 --model_type=shallow --steps=7 --matmul_precision=highest\n")
-    assert bench.main(["--model_type=collective", "--dataset=digits", "--steps=5",
-                       f"--lines={lines}"]) == 0
+    lines.write_text(
+        "--num_seeds=2  # two replicas\n\n--num_seeds=4\n"
+        "--num_seeds 3 --model_type=shallow --steps=7 --matmul_precision=highest\n"
+    )
+    assert (
+        bench.main(["--model_type=collective", "--dataset=digits", "--steps=5", f"--lines={lines}"])
+        == 0
+    )
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
-    assert rows == [{"num_seeds": 2, "model_type": "collective", "steps": 5, "precision": None},
-                    {"num_seeds": 3, "model_type": "shallow", "steps": 7, "precision": "highest"}]
+    assert rows == [
+        {"num_seeds": 2, "model_type": "collective", "steps": 5, "precision": None},
+        {"num_seeds": 3, "model_type": "shallow", "steps": 7, "precision": "highest"},
+    ]
     assert "line 2 (--num_seeds=4) did not run: out of device memory; skipped" in err
     # any other error ends the run; a bad line is refused before any line runs
     lines.write_text("--num_seeds=5\n")
     with pytest.raises(RuntimeError, match="something else"):
         bench.main(["--dataset=digits", f"--lines={lines}"])
-    for bad, says in (("--lines=x", "line 2: --lines: a line names --lines itself"),
-                      ("--num_seeds=0", "line 2: invalid num_seeds=0"),
-                      ("--optimiser=adam", "line 2: unknown config key 'optimiser'"),
-                      ("--steps", "line 2: option --steps needs a value")):
+    for bad, says in (
+        ("--lines=x", "line 2: --lines: a line names --lines itself"),
+        ("--num_seeds=0", "line 2: invalid num_seeds=0"),
+        ("--optimiser=adam", "line 2: unknown config key 'optimiser'"),
+        ("--steps", "line 2: option --steps needs a value"),
+    ):
         lines.write_text(f"--num_seeds=2\n{bad}\n")
         assert bench.main(["--dataset=digits", f"--lines={lines}"]) == 2
         out, err = capsys.readouterr()

@@ -25,6 +25,7 @@ def call(model, x, train=False, key=None):
 @nnx.jit
 def call_members(members, x):
     from jaxcollective.layers import KeySeq
+
     return members(x, False, KeySeq(None))
 
 
@@ -33,15 +34,19 @@ def make(model_type="collective", **kw):
     return build_model(r.cfg, r.hidden_dims, rngs=nnx.Rngs(0)), r.cfg
 
 
-@pytest.mark.parametrize("model_type", ["collective", "shallow", "balanced", "deep",
-                                        "very_deep", "deep_resnet", "very_deep_resnet"])
+@pytest.mark.parametrize(
+    "model_type",
+    ["collective", "shallow", "balanced", "deep", "very_deep", "deep_resnet", "very_deep_resnet"],
+)
 def test_output_shapes_and_eval_determinism(model_type):
     model, cfg = make(model_type)
     # the counter's shapes-only build (no random initialisation) has this model's shapes
     dims = resolve(cfg).hidden_dims
     real = jax.tree.map(lambda p: (p.shape, p.dtype), nnx.state(model, nnx.Param))
     assert real == jax.tree.map(lambda p: (p.shape, p.dtype), abstract_params(cfg, dims))
-    assert count_params(cfg, dims) == sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert count_params(cfg, dims) == sum(
+        p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))
+    )
     stats0 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     y1, _ = call(model, X)
     y2, _ = call(model, X)
@@ -55,7 +60,9 @@ def test_output_shapes_and_eval_determinism(model_type):
     t1, _ = call(model, X, train=True, key=jax.random.key(1))
     t2, _ = call(model, X, train=True, key=jax.random.key(2))
     assert not np.allclose(t1, t2)
-    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), stats0, nnx.state(model, nnx.BatchStat))
+    moved = jax.tree.map(
+        lambda a, b: not np.allclose(a, b), stats0, nnx.state(model, nnx.BatchStat)
+    )
     assert all(jax.tree.leaves(moved))
 
 
@@ -77,6 +84,7 @@ def test_batchnorm_matches_pytorch_semantics():
 def test_stacked_members_equal_separate_members():
     stack = MemberStack(3, 784, [64, 32], 16, rate=0.2, rngs=nnx.Rngs(0))
     from jaxcollective.layers import KeySeq
+
     out_NxBxO = stack(X, False, KeySeq(None))
     for i in range(3):
         single = MLP(784, [64, 32], 16, rngs=nnx.Rngs(1))
@@ -93,8 +101,10 @@ def test_vary_members_keep_member_order():
     assert [int(s.proj.kernels[0][...].shape[0]) for s in groups.stacks] == [2, 1, 1, 1]
     assert [s.dense[0].member_kernel(0).shape[-1] for s in groups.stacks] == [64, 80, 64, 51]
     assert len(groups.stacks[2].dense) == 3
-    x = (jax.random.normal(jax.random.key(1), (16, 784)),
-         jax.random.normal(jax.random.key(2), (16, cfg.dims.expert_encoder_output_dim)))
+    x = (
+        jax.random.normal(jax.random.key(1), (16, 784)),
+        jax.random.normal(jax.random.key(2), (16, cfg.dims.expert_encoder_output_dim)),
+    )
     out = call_members(groups, x)
     per_group = [call_members(s, x) for s in groups.stacks]
     expected = [per_group[0][0], per_group[1][0], per_group[2][0], per_group[3][0], per_group[0][1]]

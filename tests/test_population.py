@@ -20,9 +20,16 @@ from jaxcollective.writers import Writer
 # boundary grows; seed 3 at XLA's optimisation level 0, as the tests compile, ends its
 # first epoch 1e-3 apart in loss between 1 and 2 replicas, and bitwise equal at the
 # default level.)
-BASE = {"model_type": "collective", "dataset": "digits", "batch_size": 64,
-        "use_augmentation": True, "use_drop_models": True, "optimizer": "sgd",
-        "use_expert_diversity": True, "use_analyst_diversity": True}
+BASE = {
+    "model_type": "collective",
+    "dataset": "digits",
+    "batch_size": 64,
+    "use_augmentation": True,
+    "use_drop_models": True,
+    "optimizer": "sgd",
+    "use_expert_diversity": True,
+    "use_analyst_diversity": True,
+}
 
 
 class Rows(Writer):
@@ -44,10 +51,25 @@ def test_members_equal_sequential_runs_and_a_slot_is_refilled_without_compiling(
     # members differ in every kind of VALUE key: seed, learning rate (optimizer state),
     # the diversity weight and temperature and the member-dropout rates (step values)
     a = debug_config({**BASE, "seed": 5, "learning_rate": 0.02})
-    b = debug_config({**BASE, "seed": 6, "learning_rate": 0.01, "diversity_lambda": 0.2,
-                      "diversity_temperature": 0.5, "drop_models_expert_rate": 0.4})
-    c = debug_config({**BASE, "seed": 7, "learning_rate": 0.03, "diversity_lambda": 0.0,
-                      "drop_models_analyst_rate": 0.3})
+    b = debug_config(
+        {
+            **BASE,
+            "seed": 6,
+            "learning_rate": 0.01,
+            "diversity_lambda": 0.2,
+            "diversity_temperature": 0.5,
+            "drop_models_expert_rate": 0.4,
+        }
+    )
+    c = debug_config(
+        {
+            **BASE,
+            "seed": 7,
+            "learning_rate": 0.03,
+            "diversity_lambda": 0.0,
+            "drop_models_analyst_rate": 0.3,
+        }
+    )
     ds = load(a)
     pop = Population(resolve(a), ds, k=2)
     assert pop.fits(b) and pop.fits(c)  # one program
@@ -131,8 +153,10 @@ def test_a_population_sweep_runs_every_trial_once_prunes_and_refills_without_com
     (tmp_path / "pop.yaml").write_text(SWEEP)
     results = tmp_path / "results.jsonl"
     before = set(train._PROGRAMS)
-    assert main([str(tmp_path / "pop.yaml"), "--trials=12", "--population=4",
-                 f"--results={results}"]) == 0
+    assert (
+        main([str(tmp_path / "pop.yaml"), "--trials=12", "--population=4", f"--results={results}"])
+        == 0
+    )
     recs = [json.loads(line) for line in results.read_text().splitlines()]
     assert sorted(r["sweep_trial"] for r in recs) == list(range(12))  # each trial once
     assert {r["status"] for r in recs} <= {"finished", "pruned"}
@@ -153,7 +177,9 @@ def test_a_population_sweep_runs_every_trial_once_prunes_and_refills_without_com
         cfg = Config.from_dict({**r["config"], "epochs": r["epochs_completed"]})
         seq = train_and_evaluate(cfg, Writer())
         assert r["final/test_loss"] == pytest.approx(seq["final/test_loss"], rel=2e-5)
-        assert r["final/best_val_accuracy"] == pytest.approx(seq["final/best_val_accuracy"], abs=1e-4)
+        assert r["final/best_val_accuracy"] == pytest.approx(
+            seq["final/best_val_accuracy"], abs=1e-4
+        )
 
 
 @pytest.mark.slow
@@ -171,17 +197,30 @@ def test_sigkill_during_a_population_then_the_same_command_loses_and_repeats_not
 
     spec = yaml.safe_load(SWEEP)
     spec.pop("early_terminate")
-    spec["parameters"].update({"epochs": {"value": 6}, "model_type": {"value": "shallow"},
-                               "target_params": {"value": 20000},
-                               "learning_rate": {"distribution": "log_uniform_values",
-                                                 "min": 0.005, "max": 0.05},
-                               "checkpoint_dir": {"value": str(tmp_path / "ck")},
-                               "checkpoint_every": {"value": 1}})
+    spec["parameters"].update(
+        {
+            "epochs": {"value": 6},
+            "model_type": {"value": "shallow"},
+            "target_params": {"value": 20000},
+            "learning_rate": {"distribution": "log_uniform_values", "min": 0.005, "max": 0.05},
+            "checkpoint_dir": {"value": str(tmp_path / "ck")},
+            "checkpoint_every": {"value": 1},
+        }
+    )
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec))
     results = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "jaxcollective.sweep", str(path), "--trials=6", "--population=4",
-           f"--results={results}", f"--storage=sqlite:///{tmp_path / 's.db'}", "--heartbeat=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxcollective.sweep",
+        str(path),
+        "--trials=6",
+        "--population=4",
+        f"--results={results}",
+        f"--storage=sqlite:///{tmp_path / 's.db'}",
+        "--heartbeat=2",
+    ]
     root = Path(__file__).resolve().parents[1]
     p = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -228,6 +267,7 @@ def test_population_auto_is_1_on_a_cpu_and_the_largest_that_fits_elsewhere(monke
 
     def need(k):
         return sum(memory_need(replace(r, cfg=r.cfg.replace(num_seeds=k)), 60_000, 10_000).values())
+
     assert 1 < k < 256 and k & (k - 1) == 0
     assert need(k) <= 0.8 * memory < need(2 * k)
     # grown by measured throughput: a device that runs up to 8 members in the time of
@@ -237,6 +277,7 @@ def test_population_auto_is_1_on_a_cpu_and_the_largest_that_fits_elsewhere(monke
     def measure(n):
         timed.append(n)
         return 1.0 if n <= 8 else n / 8 * 0.95
+
     assert sweep.auto_population(r, measure=measure) == min(8, k)
     assert timed == [n for n in (1, 2, 4, 8, 16) if n <= k]  # 16 measured, not kept
     assert sweep.grow_population(256, lambda n: 1.0) == 256  # never saturates: the cap
@@ -248,8 +289,11 @@ def test_auto_population_times_real_populations_of_the_sweep(tmp_path):
     from jaxcollective.sweep import Sweep, epoch_timer
 
     (tmp_path / "pop.yaml").write_text(SWEEP)
-    sw = Sweep(str(tmp_path / "pop.yaml"), {"model_type": "shallow", "target_params": "20000"},
-               str(tmp_path / "r.jsonl"))
+    sw = Sweep(
+        str(tmp_path / "pop.yaml"),
+        {"model_type": "shallow", "target_params": "20000"},
+        str(tmp_path / "r.jsonl"),
+    )
     # a population of 2 trains an epoch (compiling), then one more, which is the time
     from jaxcollective import population
 
@@ -260,6 +304,7 @@ def test_auto_population_times_real_populations_of_the_sweep(tmp_path):
         out = real(self)
         calls.append((self.k, time.perf_counter() - t))
         return out
+
     population.Population.epoch = timed
     try:
         s = epoch_timer(sw, sw.base_cfg)(2)
@@ -273,8 +318,14 @@ def test_an_impossible_population_is_one_line_before_any_trial(tmp_path, capsys)
     from jaxcollective.sweep import main
 
     (tmp_path / "pop.yaml").write_text(SWEEP)
-    rc = main([str(tmp_path / "pop.yaml"), "--trials=2", "--population=10000000",
-               f"--results={tmp_path / 'r.jsonl'}"])
+    rc = main(
+        [
+            str(tmp_path / "pop.yaml"),
+            "--trials=2",
+            "--population=10000000",
+            f"--results={tmp_path / 'r.jsonl'}",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "x10000000" in err[0] and "free" in err[0]
     assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "sweeps.db").exists()

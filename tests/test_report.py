@@ -38,8 +38,11 @@ def results(tmp_path_factory):
 
 def table_rows(text, header):
     section = text.split(header, 1)[1].split("\n#", 1)[0]
-    return [[c.strip() for c in line.strip("|").split("|")]
-            for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ][1:]
 
 
 @pytest.mark.slow
@@ -58,8 +61,11 @@ def test_report_files_and_table_equal_the_inputs_aggregates(results, tmp_path):
     for r in recs:
         if r["status"] != "finished":
             continue
-        accs = ([x["test_accuracy"] for x in r["replicas"]] if len(r["replicas"]) > 1
-                else [r["final/test_accuracy"]])
+        accs = (
+            [x["test_accuracy"] for x in r["replicas"]]
+            if len(r["replicas"]) > 1
+            else [r["final/test_accuracy"]]
+        )
         expect.setdefault(r["model_type"], []).extend(accs)
     rows = table_rows(text, "### Test accuracy per model type and size")
     assert {row[0] for row in rows} == set(expect)
@@ -108,25 +114,40 @@ def test_welch_interval():
 
 
 def test_wandb_runs_are_read_like_results():
-    fake = SimpleNamespace(name="run-a", state="finished",
-                           config={"model_type": "deep", "model_params": 1000, "seed": 0},
-                           summary={"final/test_accuracy": 90.0, "final/model_params": 1000,
-                                    "status": "stopped"})
+    fake = SimpleNamespace(
+        name="run-a",
+        state="finished",
+        config={"model_type": "deep", "model_params": 1000, "seed": 0},
+        summary={"final/test_accuracy": 90.0, "final/model_params": 1000, "status": "stopped"},
+    )
     run = wandb_to_run(fake)
-    assert (run.model_type, run.params, run.test_accuracy, run.status) == ("deep", 1000, 90.0, "stopped")
-    crashed = SimpleNamespace(name="b", state="crashed", config={"model_type": "deep", "model_params": 5},
-                              summary={})
+    assert (run.model_type, run.params, run.test_accuracy, run.status) == (
+        "deep",
+        1000,
+        90.0,
+        "stopped",
+    )
+    crashed = SimpleNamespace(
+        name="b", state="crashed", config={"model_type": "deep", "model_params": 5}, summary={}
+    )
     assert wandb_to_run(crashed).status == "crashed"
     assert wandb_to_run(SimpleNamespace(name="c", state="finished", config={}, summary={})) is None
 
 
 def rec(model_type, acc, val, params=1_000_000, dataset="mnist", **cfg):
-    return {"model_type": model_type, "model_params": params, "status": "finished",
-            "final/test_accuracy": acc, "final/best_val_accuracy": val, "final/model_params": params,
-            "final/param_efficiency": acc / (params / 1e5),
-            "final/accuracy_per_log10_params": acc / math.log10(params + 1),
-            "dataset": dataset, "synthetic": dataset == "synthetic",
-            "config": {"model_type": model_type, "dataset": dataset, **cfg}}
+    return {
+        "model_type": model_type,
+        "model_params": params,
+        "status": "finished",
+        "final/test_accuracy": acc,
+        "final/best_val_accuracy": val,
+        "final/model_params": params,
+        "final/param_efficiency": acc / (params / 1e5),
+        "final/accuracy_per_log10_params": acc / math.log10(params + 1),
+        "dataset": dataset,
+        "synthetic": dataset == "synthetic",
+        "config": {"model_type": model_type, "dataset": dataset, **cfg},
+    }
 
 
 def write_lines(path, records, tail=""):
@@ -135,9 +156,12 @@ def write_lines(path, records, tail=""):
 
 
 def test_datasets_are_reported_apart_and_synthetic_left_out(tmp_path, capsys):
-    recs = [rec("collective", 90.0, 91.0, dataset="mnist"), rec("shallow", 89.0, 90.0, dataset="mnist"),
-            rec("collective", 80.0, 81.0, dataset="fashion_mnist"),
-            rec("shallow", 10.0, 11.0, dataset="synthetic")]
+    recs = [
+        rec("collective", 90.0, 91.0, dataset="mnist"),
+        rec("shallow", 89.0, 90.0, dataset="mnist"),
+        rec("collective", 80.0, 81.0, dataset="fashion_mnist"),
+        rec("shallow", 10.0, 11.0, dataset="synthetic"),
+    ]
     path = write_lines(tmp_path / "r.jsonl", recs)
     rep = make_report(load_results(path), tmp_path / "out", str(path))
     assert set(rep["datasets"]) == {"mnist", "fashion_mnist"}
@@ -156,8 +180,10 @@ def test_datasets_are_reported_apart_and_synthetic_left_out(tmp_path, capsys):
 
 
 def test_best_configuration_is_chosen_on_validation_not_test(tmp_path):
-    recs = [rec("shallow", 95.0, 80.0, learning_rate=0.1),   # best test, poor validation
-            rec("shallow", 90.0, 92.0, learning_rate=0.002)]
+    recs = [
+        rec("shallow", 95.0, 80.0, learning_rate=0.1),  # best test, poor validation
+        rec("shallow", 90.0, 92.0, learning_rate=0.002),
+    ]
     path = write_lines(tmp_path / "r.jsonl", recs)
     text = make_report(load_results(path), tmp_path / "out", str(path))["summary"]
     (row,) = table_rows(text, "### Best configuration per model type")
@@ -165,33 +191,45 @@ def test_best_configuration_is_chosen_on_validation_not_test(tmp_path):
 
 
 def test_mixed_training_settings_are_called_out(tmp_path):
-    recs = [rec("collective", 90.0, 91.0, epochs=20), rec("shallow", 89.0, 90.0, epochs=200,
-                                                            use_augmentation=True)]
+    recs = [
+        rec("collective", 90.0, 91.0, epochs=20),
+        rec("shallow", 89.0, 90.0, epochs=200, use_augmentation=True),
+    ]
     path = write_lines(tmp_path / "r.jsonl", recs)
     text = make_report(load_results(path), tmp_path / "out", str(path))["summary"]
     assert "mix training settings** (epochs: 20, 200; use_augmentation: False, True)" in text
     same = write_lines(tmp_path / "s.jsonl", [rec("collective", 90.0, 91.0, epochs=20)])
-    assert "mix training" not in make_report(load_results(same), tmp_path / "o", str(same))["summary"]
+    assert (
+        "mix training" not in make_report(load_results(same), tmp_path / "o", str(same))["summary"]
+    )
     # caps of runs that stopped early before them: the same runs under either cap
-    capped = [rec("collective", 90.0, 91.0, epochs=150, early_stopping_patience=16),
-              rec("shallow", 89.0, 90.0, epochs=300, early_stopping_patience=16),
-              rec("deep", 88.0, 89.0, epochs=300, early_stopping_patience=16)]
+    capped = [
+        rec("collective", 90.0, 91.0, epochs=150, early_stopping_patience=16),
+        rec("shallow", 89.0, 90.0, epochs=300, early_stopping_patience=16),
+        rec("deep", 88.0, 89.0, epochs=300, early_stopping_patience=16),
+    ]
     capped[0]["stopped_early"] = capped[1]["stopped_early"] = True
     both = write_lines(tmp_path / "c.jsonl", capped)
-    assert "mix training" not in make_report(load_results(both), tmp_path / "c", str(both))["summary"]
+    assert (
+        "mix training" not in make_report(load_results(both), tmp_path / "c", str(both))["summary"]
+    )
     capped[0]["stopped_early"] = False  # reached its cap of 150: trained under another
     both = write_lines(tmp_path / "c.jsonl", capped)
-    assert "mix training settings** (epochs: 150, 300)" in make_report(
-        load_results(both), tmp_path / "c2", str(both))["summary"]
+    assert (
+        "mix training settings** (epochs: 150, 300)"
+        in make_report(load_results(both), tmp_path / "c2", str(both))["summary"]
+    )
 
 
 @pytest.mark.parametrize("params", [[2_970_000, 2_970_500, 2_971_200], [2_970_000, 29_700_000]])
 def test_size_axis_is_readable_for_close_and_wide_sizes(params):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from jaxcollective.report import _size_axis
+
     fig, ax = plt.subplots()
     ax.plot(params, [1] * len(params))
     _size_axis(ax, params)
@@ -209,14 +247,15 @@ def test_damaged_input_is_skipped_or_one_line(tmp_path, capsys):
     assert [r.model_type for r in runs] == ["collective", "shallow"]
     err = capsys.readouterr().err
     assert f"{path}:3: not a run record" in err and f"{path}:5: not a complete JSON line" in err
-    assert main([f"--results={path}", f"--out={path}"]) == 2          # --out is a file
+    assert main([f"--results={path}", f"--out={path}"]) == 2  # --out is a file
     assert "is a file" in capsys.readouterr().err
-    assert main([f"--results={tmp_path}", f"--out={tmp_path / 'o'}"]) == 2   # a folder
+    assert main([f"--results={tmp_path}", f"--out={tmp_path / 'o'}"]) == 2  # a folder
     assert "is a folder" in capsys.readouterr().err
 
 
 def test_the_scaling_figure_of_one_model_type_keeps_its_title_inside(tmp_path, monkeypatch):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -236,12 +275,24 @@ def test_the_scaling_figure_of_one_model_type_keeps_its_title_inside(tmp_path, m
 def test_the_best_configuration_lists_settings_not_output_keys():
     from jaxcollective.report import _non_defaults
 
-    config = {"dataset": "digits", "learning_rate": 0.01, "epochs": 6, "dtype": "float32",
-              "use_mixed_precision": False, "checkpoint_dir": "/tmp/ck", "results": "r.jsonl",
-              "progress": False, "expert_output": 32, "target_params": 5000}
+    config = {
+        "dataset": "digits",
+        "learning_rate": 0.01,
+        "epochs": 6,
+        "dtype": "float32",
+        "use_mixed_precision": False,
+        "checkpoint_dir": "/tmp/ck",
+        "results": "r.jsonl",
+        "progress": False,
+        "expert_output": 32,
+        "target_params": 5000,
+    }
     assert _non_defaults(config, "collective") == "learning_rate=0.01, epochs=6, expert_output=32"
     assert _non_defaults(config, "shallow") == "learning_rate=0.01, epochs=6, target_params=5000"
-    assert _non_defaults({"dtype": "bfloat16", "use_mixed_precision": True}, "deep") == "dtype=bfloat16"
+    assert (
+        _non_defaults({"dtype": "bfloat16", "use_mixed_precision": True}, "deep")
+        == "dtype=bfloat16"
+    )
 
 
 def test_val_curves_share_a_panel_per_matched_size():
@@ -276,8 +327,11 @@ def _one_epoch(r):
 
 def _older(r):
     """A record as files written before validation curves and stops were recorded."""
-    return {k: v for k, v in r.items()
-            if k not in ("val_accuracy_curves", "last_lr", "stopped_early", "best_epoch")}
+    return {
+        k: v
+        for k, v in r.items()
+        if k not in ("val_accuracy_curves", "last_lr", "stopped_early", "best_epoch")
+    }
 
 
 # what runs write that the report must read: (records from the fixture's, finished runs)
@@ -285,14 +339,23 @@ EDGES = {
     "runs of one epoch": (lambda rs: [_one_epoch(r) for r in rs], 6),
     "a single run": (lambda rs: [r for r in rs if r["status"] == "finished"][:1], 1),
     "one model type": (lambda rs: [r for r in rs if r["model_type"] == "collective"], 2),
-    "one size, one seed per type": (lambda rs: [r for r in rs if r["config"]["seed"] == 0
-                                                and r["status"] == "finished"
-                                                and r.get("num_seeds", 1) == 1], 3),
-    "only stopped or pruned runs": (lambda rs: [{**r, "status": s} for r, s in
-                                                zip(rs, ["stopped", "pruned"] * 4)], 0),
+    "one size, one seed per type": (
+        lambda rs: [
+            r
+            for r in rs
+            if r["config"]["seed"] == 0 and r["status"] == "finished" and r.get("num_seeds", 1) == 1
+        ],
+        3,
+    ),
+    "only stopped or pruned runs": (
+        lambda rs: [{**r, "status": s} for r, s in zip(rs, ["stopped", "pruned"] * 4)],
+        0,
+    ),
     "records without validation curves": (lambda rs: [_older(r) for r in rs], 6),
-    "old and new records mixed": (lambda rs: [_older(r) if i % 2 else r
-                                              for i, r in enumerate(rs)], 6),
+    "old and new records mixed": (
+        lambda rs: [_older(r) if i % 2 else r for i, r in enumerate(rs)],
+        6,
+    ),
 }
 
 
@@ -308,12 +371,14 @@ def test_the_report_reads_anything_the_runs_write(results, tmp_path, capsys, edg
     rows = table_rows(text, "### Test accuracy per model type and size")
     assert sum(int(row[2]) for row in rows) == finished
     assert len(table_rows(text, "### Excluded runs")) == sum(  # a run per replica
-        len(r.get("replicas") or [0]) for r in recs if r["status"] != "finished")
+        len(r.get("replicas") or [0]) for r in recs if r["status"] != "finished"
+    )
     if not finished:
         assert "no finished runs yet" in capsys.readouterr().err
     if edge == "runs of one epoch":  # best epoch 1, no last quarter to gain in
         conv = table_rows(text, "### Convergence")
-        assert conv and all(row[2] == "1" and row[3] == "1.0 (1-1)" and row[4] == "–"
-                            for row in conv), conv
+        assert conv and all(
+            row[2] == "1" and row[3] == "1.0 (1-1)" and row[4] == "–" for row in conv
+        ), conv
     if "without" in edge:
         assert "### Convergence" not in text

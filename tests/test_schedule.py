@@ -56,9 +56,15 @@ def expected_stop(curve, patience):
 
 
 def test_the_rules_on_written_curves():
-    cfg = Config.from_dict({"learning_rate": 0.1, "lr_plateau_patience": 2,
-                            "lr_plateau_factor": 0.5, "early_stopping_patience": 3,
-                            "num_seeds": 2})
+    cfg = Config.from_dict(
+        {
+            "learning_rate": 0.1,
+            "lr_plateau_patience": 2,
+            "lr_plateau_factor": 0.5,
+            "early_stopping_patience": 3,
+            "num_seeds": 2,
+        }
+    )
     a = [50, 60, 60, 59, 61, 61, 61, 60]  # a tie is no new best
     b = [50, 51, 52, 53, 54, 55, 56, 57]  # never a plateau
     want = [expected_lrs(a, 0.1, 2, 0.5), expected_lrs(b, 0.1, 2, 0.5)]
@@ -81,10 +87,12 @@ def test_the_rules_on_written_curves():
 
 
 def test_bad_values_are_one_line_and_the_off_state_is_the_old_run():
-    for key, value, want in (("lr_plateau_patience", -1, "an integer >= 0"),
-                             ("early_stopping_patience", "x", "an integer"),
-                             ("lr_plateau_factor", 1.0, "strictly between 0 and 1"),
-                             ("lr_plateau_factor", 0, "strictly between 0 and 1")):
+    for key, value, want in (
+        ("lr_plateau_patience", -1, "an integer >= 0"),
+        ("early_stopping_patience", "x", "an integer"),
+        ("lr_plateau_factor", 1.0, "strictly between 0 and 1"),
+        ("lr_plateau_factor", 0, "strictly between 0 and 1"),
+    ):
         with pytest.raises(ConfigError, match=want) as err:
             Config.from_dict({key: value})
         assert "\n" not in str(err.value) and key in str(err.value)
@@ -103,8 +111,15 @@ def test_bad_values_are_one_line_and_the_off_state_is_the_old_run():
     assert fingerprint(on.replace(early_stopping_patience=5)) == fingerprint(on)
 
 
-RUN = {"model_type": "shallow", "dataset": "digits", "epochs": 30, "learning_rate": 0.01,
-       "lr_plateau_patience": 1, "lr_plateau_factor": 0.3, "early_stopping_patience": 3}
+RUN = {
+    "model_type": "shallow",
+    "dataset": "digits",
+    "epochs": 30,
+    "learning_rate": 0.01,
+    "lr_plateau_patience": 1,
+    "lr_plateau_factor": 0.3,
+    "early_stopping_patience": 3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +155,9 @@ def test_a_continued_run_sets_the_same_rates_and_stops_at_the_same_epoch(whole, 
     train_and_evaluate_ck(debug_config({**RUN, **ck}), rest)
     assert rest.record["resumed_from_epoch"] == k
     assert [r["lr"] for r in rest.rows] == pytest.approx([r["lr"] for r in rows[k:]], rel=1e-6)
-    assert [r["val/accuracy"] for r in rest.rows] == \
-        pytest.approx([r["val/accuracy"] for r in rows[k:]], abs=1e-4)
+    assert [r["val/accuracy"] for r in rest.rows] == pytest.approx(
+        [r["val/accuracy"] for r in rows[k:]], abs=1e-4
+    )
     assert rest.record["epochs_completed"] == whole.record["epochs_completed"]
     assert rest.record["stopped_early"]
     # the stopped run, asked for more epochs, trains none: the rule already holds
@@ -187,8 +203,10 @@ def test_population_members_follow_the_rules_as_sequential_runs(tmp_path):
 
     (tmp_path / "pop.yaml").write_text(POP_SWEEP)
     results = tmp_path / "results.jsonl"
-    assert main([str(tmp_path / "pop.yaml"), "--trials=4", "--population=4",
-                 f"--results={results}"]) == 0
+    assert (
+        main([str(tmp_path / "pop.yaml"), "--trials=4", "--population=4", f"--results={results}"])
+        == 0
+    )
     recs = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(recs) == 4 and {r["population_slot"] for r in recs} == {0, 1, 2, 3}
     for r in recs:
@@ -206,10 +224,13 @@ def test_population_members_follow_the_rules_as_sequential_runs(tmp_path):
     for r in (r for r in recs if r["config"]["lr_plateau_patience"]):
         seq = Recorder()
         train_and_evaluate(Config.from_dict({**r["config"], "epochs": 5}), seq)
-        assert seq.record["val_accuracy_curves"][0] == \
-            pytest.approx(r["val_accuracy_curves"][0][:5], abs=1e-4)
-        assert [row["lr"] for row in seq.rows] == pytest.approx(expected_lrs(
-            r["val_accuracy_curves"][0][:5], r["config"]["learning_rate"], 1, 0.3), rel=1e-6)
+        assert seq.record["val_accuracy_curves"][0] == pytest.approx(
+            r["val_accuracy_curves"][0][:5], abs=1e-4
+        )
+        assert [row["lr"] for row in seq.rows] == pytest.approx(
+            expected_lrs(r["val_accuracy_curves"][0][:5], r["config"]["learning_rate"], 1, 0.3),
+            rel=1e-6,
+        )
 
 
 def test_a_reduced_rate_reaches_the_device_and_moves_with_its_member():

@@ -36,8 +36,12 @@ def encoder_closed(i, o):
 
 
 def variant(h, v):
-    return [h, [int(w * 1.25) for w in h], [h[0], (h[0] + h[-1]) // 2, h[-1]],
-            [int(w * 0.8) for w in h]][v]
+    return [
+        h,
+        [int(w * 1.25) for w in h],
+        [h[0], (h[0] + h[-1]) // 2, h[-1]],
+        [int(w * 0.8) for w in h],
+    ][v]
 
 
 def collective_closed(c):
@@ -53,10 +57,17 @@ def collective_closed(c):
     def members(n, i, hidden, o, vary):
         return sum(mlp_closed(i, variant(hidden, k % 4) if vary else hidden, o) for k in range(n))
 
-    total = members(n_e, din, c["expert_hidden"], c["expert_output"], c.get("vary_expert_architectures"))
+    total = members(
+        n_e, din, c["expert_hidden"], c["expert_output"], c.get("vary_expert_architectures")
+    )
     total += encoder_closed(n_e * c["expert_output"], eed)
-    total += members(n_a, din + eed, c["analyst_hidden"], c["analyst_output"],
-                     c.get("vary_analyst_architectures"))
+    total += members(
+        n_a,
+        din + eed,
+        c["analyst_hidden"],
+        c["analyst_output"],
+        c.get("vary_analyst_architectures"),
+    )
     total += encoder_closed(n_a * c["analyst_output"], cid)
     scale = c["collective_hidden_scale"]
     if c["collective_version"] == "simple_mlp":
@@ -69,11 +80,22 @@ def collective_closed(c):
     return total
 
 
-PHASE1 = dict(n_total=8, expert_ratio=0.2, expert_hidden=[512, 256], expert_output=128,
-              analyst_hidden=[256, 128], analyst_output=64, c_expert=0.25, c_collective=1.0,
-              collective_version="simple_mlp", collective_hidden_scale=1.0, dataset="fashion_mnist")
-DEBUG = dict(PHASE1, expert_output=32, analyst_output=16, expert_hidden=[128, 64],
-             analyst_hidden=[64, 32])
+PHASE1 = dict(
+    n_total=8,
+    expert_ratio=0.2,
+    expert_hidden=[512, 256],
+    expert_output=128,
+    analyst_hidden=[256, 128],
+    analyst_output=64,
+    c_expert=0.25,
+    c_collective=1.0,
+    collective_version="simple_mlp",
+    collective_hidden_scale=1.0,
+    dataset="fashion_mnist",
+)
+DEBUG = dict(
+    PHASE1, expert_output=32, analyst_output=16, expert_hidden=[128, 64], analyst_hidden=[64, 32]
+)
 
 
 def test_spec_reference_sizes_are_pinned():
@@ -83,22 +105,38 @@ def test_spec_reference_sizes_are_pinned():
     assert describe({}, preset="debug")["model_params"] == 567_044
     d = describe(PHASE1)
     assert (d["n_experts"], d["n_analysts"]) == (2, 6)
-    assert (d["expert_encoder_output_dim"], d["analyst_input_dim"], d["collective_input_dim"]) == (64, 848, 229)
+    assert (d["expert_encoder_output_dim"], d["analyst_input_dim"], d["collective_input_dim"]) == (
+        64,
+        848,
+        229,
+    )
     assert sum(d["params_by_component"].values()) == d["model_params"]
 
 
-@pytest.mark.parametrize("version,vary_e,vary_a,n_total,ratio,c_coll,scale", [
-    ("simple_mlp", False, False, 8, 0.2, 1.0, 1.0),
-    ("encoder_head", False, False, 8, 0.2, 1.0, 1.0),
-    ("simple_mlp", True, False, 10, 0.5, 0.75, 0.5),
-    ("encoder_head", True, True, 12, 0.35, 0.5, 2.0),
-    ("simple_mlp", False, True, 5, 0.4, 1.5, 1.0),
-    ("encoder_head", True, True, 3, 0.9, 1.0, 0.25),
-])
-def test_collective_count_equals_closed_form(version, vary_e, vary_a, n_total, ratio, c_coll, scale):
-    c = dict(PHASE1, collective_version=version, vary_expert_architectures=vary_e,
-             vary_analyst_architectures=vary_a, n_total=n_total, expert_ratio=ratio,
-             c_collective=c_coll, collective_hidden_scale=scale)
+@pytest.mark.parametrize(
+    "version,vary_e,vary_a,n_total,ratio,c_coll,scale",
+    [
+        ("simple_mlp", False, False, 8, 0.2, 1.0, 1.0),
+        ("encoder_head", False, False, 8, 0.2, 1.0, 1.0),
+        ("simple_mlp", True, False, 10, 0.5, 0.75, 0.5),
+        ("encoder_head", True, True, 12, 0.35, 0.5, 2.0),
+        ("simple_mlp", False, True, 5, 0.4, 1.5, 1.0),
+        ("encoder_head", True, True, 3, 0.9, 1.0, 0.25),
+    ],
+)
+def test_collective_count_equals_closed_form(
+    version, vary_e, vary_a, n_total, ratio, c_coll, scale
+):
+    c = dict(
+        PHASE1,
+        collective_version=version,
+        vary_expert_architectures=vary_e,
+        vary_analyst_architectures=vary_a,
+        n_total=n_total,
+        expert_ratio=ratio,
+        c_collective=c_coll,
+        collective_hidden_scale=scale,
+    )
     assert describe(c)["model_params"] == collective_closed(c)
     c10 = dict(c, dataset="cifar10")
     assert describe(c10)["model_params"] == collective_closed(c10)
@@ -170,7 +208,9 @@ def test_unreachable_target_is_a_clear_error():
 def test_describe_baseline_fields(family):
     d = describe({"model_type": family, "target_params": "6.1e6"})
     assert d["target_params"] == 6_100_000
-    assert d["model_params"] == (resmlp_closed if "resnet" in family else mlp_closed)(784, d["hidden_dims"], 10)
+    assert d["model_params"] == (resmlp_closed if "resnet" in family else mlp_closed)(
+        784, d["hidden_dims"], 10
+    )
 
 
 def test_vary_variants_cover_all_four_shapes():

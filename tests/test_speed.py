@@ -30,16 +30,25 @@ def test_replica_i_equals_a_single_run_with_its_seed():
     # BatchNorm divides by sqrt(running var + 1e-5) and a near-constant feature's running
     # var is ~0 (x316). A replica with another's keys or data is off by > 10% (the three
     # seeds' losses are 2.44, 3.14 and 2.76).
-    base = {"model_type": "collective", "dataset": "digits", "epochs": 1, "batch_size": 256,
-            "use_augmentation": True, "use_drop_models": True, "optimizer": "sgd",
-            "learning_rate": 0.05}
+    base = {
+        "model_type": "collective",
+        "dataset": "digits",
+        "epochs": 1,
+        "batch_size": 256,
+        "use_augmentation": True,
+        "use_drop_models": True,
+        "optimizer": "sgd",
+        "learning_rate": 0.05,
+    }
     multi = train_and_evaluate(debug_config({**base, "seed": 5, "num_seeds": 3}), Writer())
     assert [r["seed"] for r in multi["replicas"]] == [5, 6, 7]
     for rep in multi["replicas"]:
         single = train_and_evaluate(debug_config({**base, "seed": rep["seed"]}), Writer())
         assert rep["test_loss"] == pytest.approx(single["final/test_loss"], rel=1e-3)
         assert rep["test_accuracy"] == pytest.approx(single["final/test_accuracy"], abs=1e-4)
-        assert rep["best_val_accuracy"] == pytest.approx(single["final/best_val_accuracy"], abs=1e-4)
+        assert rep["best_val_accuracy"] == pytest.approx(
+            single["final/best_val_accuracy"], abs=1e-4
+        )
     accs = [r["test_accuracy"] for r in multi["replicas"]]
     assert len(set(accs)) > 1 or len({r["test_loss"] for r in multi["replicas"]}) > 1
     assert multi["final/test_accuracy"] == pytest.approx(np.mean(accs))
@@ -48,7 +57,7 @@ def test_replica_i_equals_a_single_run_with_its_seed():
 
 def test_dropout_masks_are_uniform_and_keep_the_rate():
     u = np.asarray(mask_bits(jax.random.key(0), (500, 1000)), np.float64) / 2**32
-    assert abs(u.mean() - 0.5) < 2e-3 and abs(u.std() - 12 ** -0.5) < 2e-3
+    assert abs(u.mean() - 0.5) < 2e-3 and abs(u.std() - 12**-0.5) < 2e-3
     assert abs(np.corrcoef(u.ravel()[:-1], u.ravel()[1:])[0, 1]) < 5e-3
     other = np.asarray(mask_bits(jax.random.key(1), (500, 1000)), np.float64) / 2**32
     assert abs(np.corrcoef(u.ravel(), other.ravel())[0, 1]) < 5e-3
@@ -78,8 +87,9 @@ def test_benchmark_times_whole_epochs():
     from jaxcollective.bench import run
     from jaxcollective.config import Config
 
-    cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "target_params": 20000,
-                            "batch_size": 64})
+    cfg = Config.from_dict(
+        {"model_type": "shallow", "dataset": "digits", "target_params": 20000, "batch_size": 64}
+    )
     # what the benchmark times is the real engine's whole epochs: the first compiles,
     # the next ones are timed, each to its metrics on the host
     from jaxcollective import train
@@ -92,6 +102,7 @@ def test_benchmark_times_whole_epochs():
         jax.device_get(out[1])
         epochs.append((epoch, time.perf_counter() - t))
         return out
+
     train.Trainer.epoch = timed
     try:
         out = run(cfg, steps=10, epochs=2)
@@ -109,8 +120,15 @@ def test_benchmark_times_whole_epochs():
 @pytest.mark.slow
 def test_second_run_reads_the_compilation_cache(tmp_path):
     env = dict(os.environ, JAXCOLLECTIVE_CACHE_DIR=str(tmp_path / "xla"), WANDB_MODE="disabled")
-    cmd = [sys.executable, "run.py", "--model_type=shallow", "--dataset=digits", "--epochs=1",
-           "--target_params=200000", f"--results={tmp_path / 'r.jsonl'}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "--model_type=shallow",
+        "--dataset=digits",
+        "--epochs=1",
+        "--target_params=200000",
+        f"--results={tmp_path / 'r.jsonl'}",
+    ]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "xla").iterdir()}
     assert first  # the compiled programs were written
@@ -123,14 +141,18 @@ def test_second_run_reads_the_compilation_cache(tmp_path):
     assert rows[0]["final/test_accuracy"] == rows[1]["final/test_accuracy"]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--steps=abc"], "--steps must be an integer >= 0"),
-    (["--epochs=-1"], "--epochs must be an integer >= 0"),
-    (["--torch=maybe"], "--torch must be true or false"),
-    (["--model_type=transformer"], "model_type"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--steps=abc"], "--steps must be an integer >= 0"),
+        (["--epochs=-1"], "--epochs must be an integer >= 0"),
+        (["--torch=maybe"], "--torch must be true or false"),
+        (["--model_type=transformer"], "model_type"),
+    ],
+)
 def test_benchmark_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
     from jaxcollective.bench import main
+
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
@@ -158,29 +180,56 @@ def test_gpu_bench_script_writes_every_figure_of_the_table_with_only_jax_flax_op
     # where wandb, TensorFlow, TFDS, scikit-learn, tqdm and torch cannot be imported.
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_HEAVY)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", CONFIG="debug", EPOCHS="1", STEPS="10",
-               BENCH_EPOCHS="0", SEEDS="2", SHAPE="digits", EXTRA="--dtype=float32",
-               POPULATIONS="3", PHASE1_EPOCHS="90",
-               PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), str(ROOT)]),
-               # the script's `python` is the one running the tests, venv activated or not
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    p = subprocess.run(["bash", "docs/gpu_bench.sh", str(tmp_path)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        CONFIG="debug",
+        EPOCHS="1",
+        STEPS="10",
+        BENCH_EPOCHS="0",
+        SEEDS="2",
+        SHAPE="digits",
+        EXTRA="--dtype=float32",
+        POPULATIONS="3",
+        PHASE1_EPOCHS="90",
+        PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), str(ROOT)]),
+        # the script's `python` is the one running the tests, venv activated or not
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    )
+    p = subprocess.run(
+        ["bash", "docs/gpu_bench.sh", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "steady state" in p.stderr  # the benchmark's progress goes to stderr
     rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
-    assert [r.get("model_type") for r in rows] == ["collective"] * 4 + ["shallow", "deep_resnet",
-                                                                         None] + ["collective"] + [None]
+    assert [r.get("model_type") for r in rows] == ["collective"] * 4 + [
+        "shallow",
+        "deep_resnet",
+        None,
+    ] + ["collective"] + [None]
     # population scaling: K members as one program, timed over an epoch each
     scaling = rows[-1]["population_scaling"]
     assert [s["population"] for s in scaling] == [3] and rows[-1]["phase1_epochs"] == 90
     for s, r in zip(scaling, rows[7:8]):
         assert s["epoch_s"] == r["epoch_s"] > 0 and r["num_seeds"] == s["population"]
         assert "step_ms" not in r  # an epoch only
-        assert s["phase1_sweep_min"] == pytest.approx(90 / s["population"] * r["epoch_s"] / 60, abs=0.06)
+        assert s["phase1_sweep_min"] == pytest.approx(
+            90 / s["population"] * r["epoch_s"] / 60, abs=0.06
+        )
     rows = rows[:7]
-    for key in ("model_params", "batch_size", "compile_s", "train_samples_per_s",
-                "flops_per_step", "tflops"):
+    for key in (
+        "model_params",
+        "batch_size",
+        "compile_s",
+        "train_samples_per_s",
+        "flops_per_step",
+        "tflops",
+    ):
         assert key in rows[0], key
     assert rows[1]["num_seeds"] == 2 and rows[1]["synthetic"] is True
     # two replicas, forward and backward: at least 2 x 6 x params x batch / 2 FLOPs

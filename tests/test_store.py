@@ -21,32 +21,46 @@ from pg import Hosts, PgServer, pg_bindir
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("psycopg")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(pg_bindir() is None, reason="PostgreSQL is not installed "
-                                 "(Debian: apt-get install postgresql; .ci/run installs it)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        pg_bindir() is None,
+        reason="PostgreSQL is not installed "
+        "(Debian: apt-get install postgresql; .ci/run installs it)",
+    ),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep_file(tmp, epochs=2, **params):
-    spec = {"program": "run.py", "method": "random",
-            "metric": {"name": "val/accuracy", "goal": "maximize"},
-            "parameters": {"model_type": {"value": "shallow"}, "dataset": {"value": "digits"},
-                           "target_params": {"value": 20000}, "batch_size": {"value": 64},
-                           "epochs": {"value": epochs}, "progress": {"value": False},
-                           "checkpoint_dir": {"value": str(tmp / "ck")},
-                           "checkpoint_every": {"value": 1},
-                           "learning_rate": {"distribution": "log_uniform_values",
-                                             "min": 1e-4, "max": 1e-2},
-                           "seed": {"distribution": "int_uniform", "min": 0, "max": 10**6},
-                           **params}}
+    spec = {
+        "program": "run.py",
+        "method": "random",
+        "metric": {"name": "val/accuracy", "goal": "maximize"},
+        "parameters": {
+            "model_type": {"value": "shallow"},
+            "dataset": {"value": "digits"},
+            "target_params": {"value": 20000},
+            "batch_size": {"value": 64},
+            "epochs": {"value": epochs},
+            "progress": {"value": False},
+            "checkpoint_dir": {"value": str(tmp / "ck")},
+            "checkpoint_every": {"value": 1},
+            "learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+            "seed": {"distribution": "int_uniform", "min": 0, "max": 10**6},
+            **params,
+        },
+    }
     path = tmp / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
 def lines(path):
-    return [json.loads(x) for x in Path(path).read_text().splitlines()] if Path(path).exists() else []
+    return (
+        [json.loads(x) for x in Path(path).read_text().splitlines()] if Path(path).exists() else []
+    )
 
 
 @pytest.fixture
@@ -55,13 +69,16 @@ def net(tmp_path):
     hosts = Hosts(2) if Hosts.available() else None
     server = PgServer(tuple(hosts.server_address(i) for i in range(2)) if hosts else ())
     if hosts is None:
-        warnings.warn("network namespaces unavailable (root and iproute2 needed): the test "
-                      "hosts are processes on this machine reaching the server over TCP")
+        warnings.warn(
+            "network namespaces unavailable (root and iproute2 needed): the test "
+            "hosts are processes on this machine reaching the server over TCP"
+        )
 
     def host(i):
         if hosts is None:
             return [], server.url()
         return hosts.command(i, []), server.url(hosts.server_address(i))
+
     try:
         yield server, host, hosts
     finally:
@@ -73,10 +90,21 @@ def net(tmp_path):
 def worker(host, i, path, tmp, *extra, trials, results=None):
     prefix, url = host(i)
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    cmd = [*prefix, sys.executable, "-m", "jaxcollective.sweep", str(path), f"--trials={trials}",
-           f"--storage={url}", "--study=s", f"--results={results or tmp / f'host{i}.jsonl'}", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "jaxcollective.sweep",
+        str(path),
+        f"--trials={trials}",
+        f"--storage={url}",
+        "--study=s",
+        f"--results={results or tmp / f'host{i}.jsonl'}",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def study(server):
@@ -101,8 +129,18 @@ def test_two_hosts_run_exactly_the_trials_asked_for(net, tmp_path):
     assert states == ["COMPLETE"] * 8, states  # no surplus, nothing failed
     both = tmp_path / "all.jsonl"
     both.write_text("".join((tmp_path / f"host{i}.jsonl").read_text() for i in range(2)))
-    p = subprocess.run([sys.executable, "-m", "jaxcollective.report", f"--results={both}",
-                        f"--out={tmp_path / 'report'}"], cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxcollective.report",
+            f"--results={both}",
+            f"--out={tmp_path / 'report'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert "8 finished runs in the tables" in (tmp_path / "report" / "summary.md").read_text()
 
@@ -133,8 +171,11 @@ def test_the_server_restarted_mid_study_the_workers_wait_and_finish(net, tmp_pat
 
 def saved(folder, epoch):
     """Checkpoint folders with a saved step at or past `epoch`."""
-    return [d for d in folder.glob("*") if d.is_dir() and any(
-        s.name.isdigit() and int(s.name) >= epoch for s in d.iterdir())]
+    return [
+        d
+        for d in folder.glob("*")
+        if d.is_dir() and any(s.name.isdigit() and int(s.name) >= epoch for s in d.iterdir())
+    ]
 
 
 def test_a_host_dying_at_the_end_of_a_study_leaves_it_complete(net, tmp_path):
@@ -179,13 +220,27 @@ def test_a_host_killed_mid_trial_is_restarted_by_the_other_without_its_checkpoin
     if hosts is None:
         pytest.skip("a host killed outright needs network namespaces (root, iproute2)")
     path = sweep_file(tmp_path, epochs=8)
-    b = worker(host, 1, path, tmp_path, "--heartbeat=2", f"--set=checkpoint_dir={tmp_path / 'ck1'}",
-               trials=3)
+    b = worker(
+        host,
+        1,
+        path,
+        tmp_path,
+        "--heartbeat=2",
+        f"--set=checkpoint_dir={tmp_path / 'ck1'}",
+        trials=3,
+    )
     Child(proc=b).wait_for(lambda: saved(tmp_path / "ck1", 2), "an epoch-2 checkpoint")
     assert hosts.kill(1)  # every process of host 1, SIGKILL, no clean-up
     b.wait()
-    a = worker(host, 0, path, tmp_path, "--heartbeat=2", f"--set=checkpoint_dir={tmp_path / 'ck0'}",
-               trials=3)
+    a = worker(
+        host,
+        0,
+        path,
+        tmp_path,
+        "--heartbeat=2",
+        f"--set=checkpoint_dir={tmp_path / 'ck0'}",
+        trials=3,
+    )
     out, err = a.communicate(timeout=600)
     assert a.returncode == 0, err[-3000:]
     recs = lines(tmp_path / "host0.jsonl")
@@ -201,14 +256,30 @@ def test_a_storage_that_cannot_be_opened_is_one_line_before_any_training(net, tm
     server, _, _ = net
     path = sweep_file(tmp_path)
     closed = f"postgresql://sweep:x@127.0.0.1:{server.port + 1}/sweeps"
-    for url, why in ((server.url(password="wrong"), "password authentication failed"),
-                     (server.url(db="nodb"), 'database "nodb" does not exist'),
-                     (closed, "refused"), ("postgresql://sweep@/", "")):
+    for url, why in (
+        (server.url(password="wrong"), "password authentication failed"),
+        (server.url(db="nodb"), 'database "nodb" does not exist'),
+        (closed, "refused"),
+        ("postgresql://sweep@/", ""),
+    ):
         for extra in ([], ["--parallel=2"]):
-            p = subprocess.run([sys.executable, "-m", "jaxcollective.sweep", str(path), "--trials=1",
-                                f"--storage={url}", f"--results={tmp_path / 'r.jsonl'}", *extra],
-                               cwd=ROOT, capture_output=True, text=True, timeout=120,
-                               env={**os.environ, "WANDB_MODE": "disabled"})
+            p = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "jaxcollective.sweep",
+                    str(path),
+                    "--trials=1",
+                    f"--storage={url}",
+                    f"--results={tmp_path / 'r.jsonl'}",
+                    *extra,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "WANDB_MODE": "disabled"},
+            )
             err = p.stderr.strip().splitlines()
             assert p.returncode == 2 and len(err) == 1, p.stderr[-2000:]
             assert why in err[0] and "wrong" not in err[0] and "--storage=" in err[0], err

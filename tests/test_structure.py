@@ -15,8 +15,25 @@ from jaxcollective.config import FIELDS, Config, Role
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "jaxcollective"
-CORE = ("config", "layers", "models", "sizing", "api", "rawdata", "data", "augment", "train", "population",
-        "metrics", "schedule", "experiment", "checkpoint", "signals", "writers", "util")
+CORE = (
+    "config",
+    "layers",
+    "models",
+    "sizing",
+    "api",
+    "rawdata",
+    "data",
+    "augment",
+    "train",
+    "population",
+    "metrics",
+    "schedule",
+    "experiment",
+    "checkpoint",
+    "signals",
+    "writers",
+    "util",
+)
 OUTSIDE_CORE = ("cli", "main", "wandb_run", "sweep", "store", "report", "bench", "torch_reference")
 
 
@@ -27,27 +44,50 @@ def test_every_key_declares_a_role_and_why():
 
 
 # A valid other value for each key, to see what a change of it does.
-OTHER = {"model_type": "deep", "dataset": "digits", "synthetic_like": "mnist",
-         "target_params": 123456, "collective_version": "encoder_head", "optimizer": "sgd",
-         "dtype": "bfloat16", "use_mixed_precision": True, "topk": (1, 5), "device": "cpu",
-         "resume": "never", "expert_hidden": (64, 32), "analyst_hidden": (32, 16),
-         "n_experts": 3, "input_dim": 784, "num_classes": 10, "training_strategy": "x",
-         "expert_ratio": 0.3, "val_split": 0.2, "drop_models_expert_rate": 0.3,
-         "drop_models_analyst_rate": 0.3, "adaptive_collective_max_dim": 4096}
+OTHER = {
+    "model_type": "deep",
+    "dataset": "digits",
+    "synthetic_like": "mnist",
+    "target_params": 123456,
+    "collective_version": "encoder_head",
+    "optimizer": "sgd",
+    "dtype": "bfloat16",
+    "use_mixed_precision": True,
+    "topk": (1, 5),
+    "device": "cpu",
+    "resume": "never",
+    "expert_hidden": (64, 32),
+    "analyst_hidden": (32, 16),
+    "n_experts": 3,
+    "input_dim": 784,
+    "num_classes": 10,
+    "training_strategy": "x",
+    "expert_ratio": 0.3,
+    "val_split": 0.2,
+    "drop_models_expert_rate": 0.3,
+    "drop_models_analyst_rate": 0.3,
+    "adaptive_collective_max_dim": 4096,
+}
 
 
 def other_value(key, value):
     if key in OTHER:
         return OTHER[key]
-    return {bool: lambda v: not v, int: lambda v: (v or 1) + 1, float: lambda v: v * 0.5 if v else 0.1,
-            str: lambda v: v + "x", type(None): lambda v: 1}[type(value)](value)
+    return {
+        bool: lambda v: not v,
+        int: lambda v: (v or 1) + 1,
+        float: lambda v: v * 0.5 if v else 0.1,
+        str: lambda v: v + "x",
+        type(None): lambda v: 1,
+    }[type(value)](value)
 
 
 def changed(cfg: Config, key: str) -> Config:
     if key in ("dtype", "use_mixed_precision"):
         return cfg.replace(**{key: OTHER[key]})
-    return Config.from_dict({**cfg.to_dict(), key: other_value(key, getattr(cfg, key)),
-                             "use_mixed_precision": None})
+    return Config.from_dict(
+        {**cfg.to_dict(), key: other_value(key, getattr(cfg, key)), "use_mixed_precision": None}
+    )
 
 
 @pytest.mark.parametrize("model_type", ["collective", "shallow"])
@@ -59,11 +99,13 @@ def test_fingerprint_and_program_key_follow_the_declared_roles(model_type):
         role = C.role(key)
         # a key counts where either config reads it (lr_plateau_patience > 0 turns the
         # plateau's keys on)
-        in_trajectory = key in C.TRAJECTORY_KEYS and not (key in ignored and
-                                                         key in other.ignored_keys())
+        in_trajectory = key in C.TRAJECTORY_KEYS and not (
+            key in ignored and key in other.ignored_keys()
+        )
         assert (fingerprint(other) != fingerprint(base)) == in_trajectory, key
-        in_program = (role is Role.PROGRAM and key not in ignored) or \
-            FIELDS[key].metadata["program_part"] is not None
+        in_program = (role is Role.PROGRAM and key not in ignored) or FIELDS[key].metadata[
+            "program_part"
+        ] is not None
         part = FIELDS[key].metadata["program_part"]
         if part is not None:  # the program sees part(value): weight_decay 0 vs > 0, val_split
             for a, b in ((0.1, 0.2), (0.0 if key == "weight_decay" else 0.3, 0.1), (0.1, 0.1)):
@@ -74,17 +116,37 @@ def test_fingerprint_and_program_key_follow_the_declared_roles(model_type):
 
 
 def test_derived_lists():
-    assert C.NO_EFFECT == {"log_interval": "per-epoch-logging", "num_workers": "on-device-data",
-                           "training_strategy": "single-strategy",
-                           "use_torch_compile": "always-compiled"}
-    assert C.STEP_VALUES == ("drop_models_expert_rate", "drop_models_analyst_rate",
-                             "diversity_lambda", "diversity_temperature")
-    assert C.VALUE_KEYS == {"learning_rate", "weight_decay", "seed", "val_split",
-                            "lr_plateau_patience", "lr_plateau_factor", *C.STEP_VALUES}
+    assert C.NO_EFFECT == {
+        "log_interval": "per-epoch-logging",
+        "num_workers": "on-device-data",
+        "training_strategy": "single-strategy",
+        "use_torch_compile": "always-compiled",
+    }
+    assert C.STEP_VALUES == (
+        "drop_models_expert_rate",
+        "drop_models_analyst_rate",
+        "diversity_lambda",
+        "diversity_temperature",
+    )
+    assert C.VALUE_KEYS == {
+        "learning_rate",
+        "weight_decay",
+        "seed",
+        "val_split",
+        "lr_plateau_patience",
+        "lr_plateau_factor",
+        *C.STEP_VALUES,
+    }
     assert C.MEMBER_KEYS == C.VALUE_KEYS - {"weight_decay", "val_split"}
-    assert set(C.SHARED_SETTINGS) == {"epochs", "use_augmentation", "gradient_accumulation_steps",
-                                      "dtype", "lr_plateau_patience", "lr_plateau_factor",
-                                      "early_stopping_patience"}
+    assert set(C.SHARED_SETTINGS) == {
+        "epochs",
+        "use_augmentation",
+        "gradient_accumulation_steps",
+        "dtype",
+        "lr_plateau_patience",
+        "lr_plateau_factor",
+        "early_stopping_patience",
+    }
 
 
 def test_value_keys_share_one_compiled_program_and_program_keys_compile_anew():
@@ -92,8 +154,16 @@ def test_value_keys_share_one_compiled_program_and_program_keys_compile_anew():
     from jaxcollective.sizing import resolve
     from jaxcollective.train import Trainer
 
-    base = Config.from_dict({"model_type": "shallow", "dataset": "digits", "target_params": 20_000,
-                             "batch_size": 64, "epochs": 1, "seed": 0})
+    base = Config.from_dict(
+        {
+            "model_type": "shallow",
+            "dataset": "digits",
+            "target_params": 20_000,
+            "batch_size": 64,
+            "epochs": 1,
+            "seed": 0,
+        }
+    )
     ds = load(base)
     first = Trainer(resolve(base), ds)
     m0 = first.epoch(first.init(), 1)[1]
@@ -143,27 +213,42 @@ def test_metric_names_are_written_only_in_metrics_py():
     for path in PKG.glob("*.py"):
         if path.name == "metrics.py":
             continue
-        code = "\n".join(line for line in path.read_text().splitlines()
-                         if not line.lstrip().startswith("#"))
+        code = "\n".join(
+            line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+        )
         body = ast.get_docstring(ast.parse(code)) or ""
         hits = [m.group(0) for m in METRIC_LITERAL.finditer(code.replace(body, ""))]
         assert not hits, f"{path.name} writes metric names {hits}; import them from metrics.py"
 
 
-@pytest.mark.parametrize("argv", [["s.yaml", "--parallel", "2", "--set", "a=1", "--set=b=2"],
-                                  ["--parallel=2", "s.yaml", "--set=a=1", "--set", "b=2"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["s.yaml", "--parallel", "2", "--set", "a=1", "--set=b=2"],
+        ["--parallel=2", "s.yaml", "--set=a=1", "--set", "b=2"],
+    ],
+)
 def test_one_parser_for_every_entry_point_takes_both_spellings(argv):
     from jaxcollective.sweep import OPTIONS
 
-    _, opts = parse_argv(argv, OPTIONS, flags=("help",), repeated=("set",),
-                         positional="sweep_file", config_keys=False)
+    _, opts = parse_argv(
+        argv,
+        OPTIONS,
+        flags=("help",),
+        repeated=("set",),
+        positional="sweep_file",
+        config_keys=False,
+    )
     assert opts == {"sweep_file": "s.yaml", "parallel": "2", "set": ["a=1", "b=2"]}
     with pytest.raises(UsageError, match="unknown option --paralel"):
         parse_argv(["s.yaml", "--paralel=2"], OPTIONS, positional="sweep_file", config_keys=False)
     with pytest.raises(UsageError, match="unexpected argument 't.yaml'"):
         parse_argv(["s.yaml", "t.yaml"], OPTIONS, positional="sweep_file", config_keys=False)
-    values, opts = parse_argv(["--epochs", "3", "--use_augmentation", "--model", "deep", "-h"],
-                              {"help": ""}, flags=("help",))
+    values, opts = parse_argv(
+        ["--epochs", "3", "--use_augmentation", "--model", "deep", "-h"],
+        {"help": ""},
+        flags=("help",),
+    )
     assert values == {"epochs": "3", "use_augmentation": "true", "model_type": "deep"}
     assert opts == {"help": "true"}
 
@@ -172,8 +257,25 @@ def test_design_doc_lists_every_key_with_its_role():
     text = (ROOT / "docs" / "design.md").read_text()
     for k, f in FIELDS.items():
         assert re.search(rf"^\| `{k}` \| {f.metadata['role'].value} \|", text, re.M), k
-    code = "\n".join(p.read_text() for p in [*PKG.glob("*.py"), ROOT / "README.md",
-                                              *(ROOT / "docs").glob("*.md")])
+    code = "\n".join(
+        p.read_text()
+        for p in [*PKG.glob("*.py"), ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    )
     for section in {" ".join(s.split()) for s in re.findall(r'docs/design\.md, "([^"]+)"', code)}:
         assert re.search(rf"^## {re.escape(section)}$", text, re.M), section
     assert "SPEC" not in code
+
+
+def test_the_code_is_linted_and_formatted_by_ruff():
+    """pyproject.toml's [tool.ruff]: every contributor's editor formats alike, and CI
+    (this test, in README's test command) keeps it so."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (requirements.txt pins it)")
+    for cmd in ([ruff, "check", "."], [ruff, "format", "--check", "."]):
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, f"{' '.join(cmd[1:])}:\n{p.stdout[-3000:]}{p.stderr[-2000:]}"

@@ -21,20 +21,31 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_(model_type, lr, seed, val, test):
-    return Run(f"{model_type}-{lr}-{seed}", model_type, 1000, test, "finished",
-               {"model_type": model_type, "learning_rate": lr, "seed": seed},
-               {"final/best_val_accuracy": val, "final/test_accuracy": test})
+    return Run(
+        f"{model_type}-{lr}-{seed}",
+        model_type,
+        1000,
+        test,
+        "finished",
+        {"model_type": model_type, "learning_rate": lr, "seed": seed},
+        {"final/best_val_accuracy": val, "final/test_accuracy": test},
+    )
 
 
 def test_the_choice_is_made_on_validation_over_the_seeds_every_candidate_has():
-    runs = [run_("shallow", 1e-3, 0, val=90.0, test=80.0),
-            run_("shallow", 3e-3, 0, val=89.0, test=95.0)]  # better on test: never looked at
+    runs = [
+        run_("shallow", 1e-3, 0, val=90.0, test=80.0),
+        run_("shallow", 3e-3, 0, val=89.0, test=95.0),
+    ]  # better on test: never looked at
     s = select_on_validation(Group("shallow", 1000, runs))
     assert s.varied == {"learning_rate": 1e-3} and s.candidates == 2 and s.seeds == [0]
     assert [r.config["seed"] for r in s.group.runs] == [0]
     # more seeds of the chosen rate, worse on validation: the choice stays (compared on
     # seed 0 only, which both have) and the chosen group holds all its seeds
-    runs += [run_("shallow", 1e-3, 1, val=80.0, test=79.0), run_("shallow", 1e-3, 2, val=81.0, test=78.0)]
+    runs += [
+        run_("shallow", 1e-3, 1, val=80.0, test=79.0),
+        run_("shallow", 1e-3, 2, val=81.0, test=78.0),
+    ]
     s = select_on_validation(Group("shallow", 1000, runs))
     assert s.varied == {"learning_rate": 1e-3}
     assert sorted(r.config["seed"] for r in s.group.runs) == [0, 1, 2]
@@ -42,9 +53,19 @@ def test_the_choice_is_made_on_validation_over_the_seeds_every_candidate_has():
 
 
 def study_cmd(work, out, *extra):
-    return [sys.executable, "docs/study.py", "--dataset=digits", "--epochs=2", "--sizes=0.57M",
-            "--model_types=collective,shallow", "--learning_rates=0.001,0.01", "--seeds=3",
-            f"--work={work}", f"--out={out}", *extra]
+    return [
+        sys.executable,
+        "docs/study.py",
+        "--dataset=digits",
+        "--epochs=2",
+        "--sizes=0.57M",
+        "--model_types=collective,shallow",
+        "--learning_rates=0.001,0.01",
+        "--seeds=3",
+        f"--work={work}",
+        f"--out={out}",
+        *extra,
+    ]
 
 
 def records(out):
@@ -54,11 +75,18 @@ def records(out):
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     """The study run once without a stop: (work, out, the command's stderr)."""
+
     def make(folder):
-        p = subprocess.run(study_cmd(folder / "work", folder / "out"), cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            study_cmd(folder / "work", folder / "out"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stderr + (folder / "work" / "log.txt").read_text()
         (folder / "stderr.txt").write_text(p.stderr)
+
     folder = made_once(tmp_path_factory, "study_whole", make)
     return folder / "work", folder / "out", (folder / "stderr.txt").read_text()
 
@@ -68,12 +96,19 @@ def whole(tmp_path_factory):
 def test_study_command_grid_choice_seeds_report_and_rerun(whole, tmp_path):
     work, out, err = whole
     recs = records(out)
-    grid = [(r["model_type"], r["config"]["learning_rate"]) for r in recs if r["config"]["seed"] == 0]
+    grid = [
+        (r["model_type"], r["config"]["learning_rate"]) for r in recs if r["config"]["seed"] == 0
+    ]
     # every grid point once, seed 0
-    assert sorted(grid) == sorted((t, lr) for t in ("collective", "shallow") for lr in (0.001, 0.01))
+    assert sorted(grid) == sorted(
+        (t, lr) for t in ("collective", "shallow") for lr in (0.001, 0.01)
+    )
     for t in ("collective", "shallow"):
-        seed0 = {r["config"]["learning_rate"]: r["final/best_val_accuracy"] for r in recs
-                 if r["model_type"] == t and r["config"]["seed"] == 0}
+        seed0 = {
+            r["config"]["learning_rate"]: r["final/best_val_accuracy"]
+            for r in recs
+            if r["model_type"] == t and r["config"]["seed"] == 0
+        }
         (more,) = [r for r in recs if r["model_type"] == t and r["config"]["seed"] == 1]
         # two more seeds (one run of 2 replicas), of the rate with the best validation accuracy
         assert more["config"]["learning_rate"] == max(seed0, key=seed0.get)
@@ -97,16 +132,33 @@ def test_study_command_grid_choice_seeds_report_and_rerun(whole, tmp_path):
     import shutil
 
     shutil.copytree(work, tmp_path / "work")
-    p = subprocess.run(study_cmd(tmp_path / "work", tmp_path / "out"), cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        study_cmd(tmp_path / "work", tmp_path / "out"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     assert len(records(tmp_path / "out")) == len(recs)
     assert len(json.loads((tmp_path / "out" / "study.json").read_text())["invocations_s"]) == 1
     # and the grid's sweep asked for more trials than it has points: none is run again
-    p = subprocess.run([sys.executable, "-m", "jaxcollective.sweep", str(work / "sweep.yaml"),
-                        "--trials=9", "--study=digits_0.57M", f"--results={tmp_path / 'work' / 'results.jsonl'}",
-                        f"--storage=sqlite:///{tmp_path / 'work' / 'sweeps.db'}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxcollective.sweep",
+            str(work / "sweep.yaml"),
+            "--trials=9",
+            "--study=digits_0.57M",
+            f"--results={tmp_path / 'work' / 'results.jsonl'}",
+            f"--storage=sqlite:///{tmp_path / 'work' / 'sweeps.db'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     assert "the grid has 4 points" in p.stderr
     assert len((tmp_path / "work" / "results.jsonl").read_text().splitlines()) == len(recs)
@@ -128,7 +180,9 @@ def test_a_study_stopped_at_any_moment_resumes_to_the_same_study(whole, tmp_path
         return len(results.read_text().splitlines()) if results.exists() else 0
 
     for sig, after in ((signal.SIGINT, 1),):
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         deadline = time.time() + 300
         while count() < after:
             assert p.poll() is None and time.time() < deadline, p.communicate()[1][-3000:]
@@ -136,32 +190,59 @@ def test_a_study_stopped_at_any_moment_resumes_to_the_same_study(whole, tmp_path
         p.send_signal(sig)
         _, err = p.communicate(timeout=120)
         assert p.returncode == 128 + sig, err[-3000:]
-        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("study stopped ("), err
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+            "study stopped ("
+        ), err
         # said on the console when the signal came: what it waits for, and the way out
-        assert "Ctrl-C: stopping after the epoch in flight of the study's step" in err and \
-            "(again to stop at once)" in err, err
-        study = optuna.load_study(study_name="digits_0.57M", storage=f"sqlite:///{work / 'sweeps.db'}")
+        assert (
+            "Ctrl-C: stopping after the epoch in flight of the study's step" in err
+            and "(again to stop at once)" in err
+        ), err
+        study = optuna.load_study(
+            study_name="digits_0.57M", storage=f"sqlite:///{work / 'sweeps.db'}"
+        )
         assert not [t for t in study.trials if t.state.name == "RUNNING"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
 
     def ended(folder):
-        return sorted((r["model_type"], r["config"]["learning_rate"], r["config"]["seed"],
-                       r["config"]["num_seeds"], round(r["final/best_val_accuracy"], 3))
-                      for r in records(folder) if r["status"] != "stopped")
+        return sorted(
+            (
+                r["model_type"],
+                r["config"]["learning_rate"],
+                r["config"]["seed"],
+                r["config"]["num_seeds"],
+                round(r["final/best_val_accuracy"], 3),
+            )
+            for r in records(folder)
+            if r["status"] != "stopped"
+        )
+
     assert ended(out) == ended(whole_out)
+
     # the report: the same runs counted, the same choices, the same tables (a run is
     # named by its line in the results file, where the stopped records stand too)
     def section(folder):
-        return re.sub(r"results\.jsonl:\d+", "LINE",
-                      (folder / "summary.md").read_text().split("## Dataset")[1])
+        return re.sub(
+            r"results\.jsonl:\d+",
+            "LINE",
+            (folder / "summary.md").read_text().split("## Dataset")[1],
+        )
+
     assert section(out) == section(whole_out)
 
 
 def test_study_refuses_a_bad_size_in_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "docs/study.py", "--sizes=9M", f"--work={tmp_path}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "--sizes=9M" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = subprocess.run(
+        [sys.executable, "docs/study.py", "--sizes=9M", f"--work={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        p.returncode == 2 and "--sizes=9M" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_the_long_schedule_halves_six_candidates_at_4_12_and_36_epochs():
@@ -172,7 +253,10 @@ def test_the_long_schedule_halves_six_candidates_at_4_12_and_36_epochs():
     assert plan.rungs == [4, 12, 36] and plan.alive_counts() == [6, 2, 1]
     assert plan.runs == 9 and plan.epochs == 6 * 4 + 2 * 8 + 1 * 24
     assert {c["weight_decay"] for c in plan.candidates} == {0.0, 1e-4}
-    assert Halving.plan({"learning_rates": "0.01", "weight_decays": "0"}, 3).alive_counts() == [1, 1]
+    assert Halving.plan({"learning_rates": "0.01", "weight_decays": "0"}, 3).alive_counts() == [
+        1,
+        1,
+    ]
     # the convergence check: twice the epochs by default, never fewer than the study's
     assert plan.check == 72 and Halving.plan({"check_epochs": "0"}, 36).check == 0
     with pytest.raises(ConfigError, match="--check_epochs=30"):
@@ -188,8 +272,10 @@ def test_the_converged_schedule_halves_at_4_and_12_then_trains_to_the_stop():
     assert plan.stopping == {"lr_plateau_patience": 8, "early_stopping_patience": 16}
     assert plan.to_stop(3) == 1 * (150 - 12) + 2 * 150 and Halving.plan({}, 36).to_stop(3) == 0
     plan = Halving.plan({"plateau": "2", "patience": "5"}, 8, converged=True)
-    assert plan.rungs == [4, 8] and plan.stopping == {"lr_plateau_patience": 2,
-                                                      "early_stopping_patience": 5}
+    assert plan.rungs == [4, 8] and plan.stopping == {
+        "lr_plateau_patience": 2,
+        "early_stopping_patience": 5,
+    }
     with pytest.raises(UsageError, match="--patience must be an integer >= 1"):
         Halving.plan({"patience": "0"}, 100, converged=True)
 
@@ -200,18 +286,41 @@ def test_the_time_left_counts_runs_to_the_stop_as_the_stopped_ones_trained(tmp_p
 
     results = tmp_path / "results.jsonl"
     stop = {"early_stopping_patience": 5}
-    results.write_text(json.dumps({"status": "finished", "epochs_completed": 4, "model_params": 1,
-                                   "config": {"epochs": 4, **stop}}) + "\n")
+    results.write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "epochs_completed": 4,
+                "model_params": 1,
+                "config": {"epochs": 4, **stop},
+            }
+        )
+        + "\n"
+    )
     # 1000 parameter-epochs, 600 of them runs to the stop counted at 100 epochs
     progress = Progress([results], 10, 1000.0, to_stop=600.0, rungs=(4, 12, 100))
     assert progress.expected_work() == (1000.0, True)  # no run has stopped: an upper bound
     with open(results, "a") as f:
-        for n, cap, stopped in ((40, 100, True), (60, 100, True),
-                                # under an earlier cap of 50: one stopped (counts as a stop
-                                # at 20 of 100), one reached it (trained again: not counted)
-                                (20, 50, True), (50, 50, False)):
-            f.write(json.dumps({"status": "finished", "epochs_completed": n, "model_params": 1,
-                                "stopped_early": stopped, "config": {"epochs": cap, **stop}}) + "\n")
+        for n, cap, stopped in (
+            (40, 100, True),
+            (60, 100, True),
+            # under an earlier cap of 50: one stopped (counts as a stop
+            # at 20 of 100), one reached it (trained again: not counted)
+            (20, 50, True),
+            (50, 50, False),
+        ):
+            f.write(
+                json.dumps(
+                    {
+                        "status": "finished",
+                        "epochs_completed": n,
+                        "model_params": 1,
+                        "stopped_early": stopped,
+                        "config": {"epochs": cap, **stop},
+                    }
+                )
+                + "\n"
+            )
     progress.show()
     assert progress.expected_work() == (pytest.approx(1000 - 600 * (1 - 0.4)), False)
     assert progress.count() == (4, 4 + 40 + 60 + 20)
@@ -225,11 +334,21 @@ def test_a_run_that_stopped_early_answers_any_cap_at_or_above_its_stop(tmp_path)
 
     keys = {"model_type": "shallow", "dataset": "digits", "early_stopping_patience": 3}
     path = tmp_path / "results.jsonl"
-    recs = [{"status": "finished", "epochs_completed": 30, "stopped_early": True,
-             "config": {**keys, "seed": 0, "epochs": 50}},
-            {"status": "finished", "epochs_completed": 50, "stopped_early": False,
-             "config": {**keys, "seed": 1, "epochs": 50}},
-            {"status": "diverged", "epochs_completed": 7, "config": {**keys, "seed": 2, "epochs": 50}}]
+    recs = [
+        {
+            "status": "finished",
+            "epochs_completed": 30,
+            "stopped_early": True,
+            "config": {**keys, "seed": 0, "epochs": 50},
+        },
+        {
+            "status": "finished",
+            "epochs_completed": 50,
+            "stopped_early": False,
+            "config": {**keys, "seed": 1, "epochs": 50},
+        },
+        {"status": "diverged", "epochs_completed": 7, "config": {**keys, "seed": 2, "epochs": 50}},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert [answers(recs[0], e) for e in (29, 30, 50, 300)] == [False, True, True, True]
     assert [answers(recs[1], e) for e in (40, 50, 51)] == [False, True, False]
@@ -249,43 +368,82 @@ def test_the_halving_table_puts_a_run_to_the_stop_under_a_lower_cap_in_the_last_
     assert plan.rungs == [4, 12, 100]
 
     def rec(lr, cap, done, val, stopped=False):
-        return {"model_type": "shallow", "model_params": 1000, "status": "finished",
-                "epochs_completed": done, "stopped_early": stopped,
-                "final/best_val_accuracy": val,
-                "config": {"learning_rate": lr, "weight_decay": 0.0, "epochs": cap,
-                           "early_stopping_patience": 5}}
-    halving = [rec(0.01, 4, 4, 70.0), rec(0.001, 4, 4, 60.0), rec(0.01, 12, 12, 80.0),
-               rec(0.001, 12, 12, 75.0),
-               rec(0.01, 50, 30, 85.0, stopped=True),  # stopped under the first cap of 50
-               rec(0.001, 50, 50, 81.0), rec(0.001, 100, 77, 83.0, stopped=True)]  # again
+        return {
+            "model_type": "shallow",
+            "model_params": 1000,
+            "status": "finished",
+            "epochs_completed": done,
+            "stopped_early": stopped,
+            "final/best_val_accuracy": val,
+            "config": {
+                "learning_rate": lr,
+                "weight_decay": 0.0,
+                "epochs": cap,
+                "early_stopping_patience": 5,
+            },
+        }
+
+    halving = [
+        rec(0.01, 4, 4, 70.0),
+        rec(0.001, 4, 4, 60.0),
+        rec(0.01, 12, 12, 80.0),
+        rec(0.001, 12, 12, 75.0),
+        rec(0.01, 50, 30, 85.0, stopped=True),  # stopped under the first cap of 50
+        rec(0.001, 50, 50, 81.0),
+        rec(0.001, 100, 77, 83.0, stopped=True),
+    ]  # again
     (tmp_path / "halving.jsonl").write_text("".join(json.dumps(r) + "\n" for r in halving))
     (tmp_path / "results.jsonl").write_text(json.dumps({**halving[4], COPY: 5}) + "\n")
-    write_halving_table(tmp_path / "halving.jsonl", tmp_path / "results.jsonl",
-                        tmp_path / "table.md", plan)
+    write_halving_table(
+        tmp_path / "halving.jsonl", tmp_path / "results.jsonl", tmp_path / "table.md", plan
+    )
     text = (tmp_path / "table.md").read_text()
     assert "| epoch 4 | epoch 12 | to the stop (at most 100) |" in text
     assert "| shallow | 1,000 | 0.01 | 0.0 | 70.00 | 80.00 | 85.00 | **yes** |" in text
     assert "| shallow | 1,000 | 0.001 | 0.0 | 60.00 | 75.00 | 83.00 |  |" in text
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["--schedule=converged", "--check_epochs=50"], "--check_epochs belongs to --schedule=long"),
-    (["--schedule=long", "--patience=5"], "--patience belongs to --schedule=converged"),
-    (["--plateau=5"], "--plateau belongs to --schedule=converged"),
-    (["--schedule=slow"], "expected short, long or converged")])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["--schedule=converged", "--check_epochs=50"],
+            "--check_epochs belongs to --schedule=long",
+        ),
+        (["--schedule=long", "--patience=5"], "--patience belongs to --schedule=converged"),
+        (["--plateau=5"], "--plateau belongs to --schedule=converged"),
+        (["--schedule=slow"], "expected short, long or converged"),
+    ],
+)
 def test_an_option_of_another_schedule_is_refused_in_one_line(argv, says, tmp_path):
-    p = subprocess.run([sys.executable, "docs/study.py", *argv, f"--work={tmp_path}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "docs/study.py", *argv, f"--work={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
 def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
-    cmd = [sys.executable, "docs/study.py", "--schedule=converged", "--dataset=digits",
-           "--plateau=1", "--patience=12", "--sizes=0.57M", "--model_types=shallow",
-           "--learning_rates=0.01", "--weight_decays=0", "--seeds=2",  # (halving: the long test)
-           f"--work={work}", f"--out={out}"]
+    cmd = [
+        sys.executable,
+        "docs/study.py",
+        "--schedule=converged",
+        "--dataset=digits",
+        "--plateau=1",
+        "--patience=12",
+        "--sizes=0.57M",
+        "--model_types=shallow",
+        "--learning_rates=0.01",
+        "--weight_decays=0",
+        "--seeds=2",  # (halving: the long test)
+        f"--work={work}",
+        f"--out={out}",
+    ]
     # a cap of 13 epochs: no run can go 12 epochs without a new best before it
     p = subprocess.run([*cmd, "--epochs=13"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
@@ -293,32 +451,44 @@ def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tm
     assert "at most ~" in next(line for line in p.stderr.splitlines() if "[study]" in line)
     halving = records_of(out / "halving.jsonl")
     assert {r["config"]["epochs"] for r in halving} == {4, 12, 13}
-    assert all(r["config"]["lr_plateau_patience"] == 1 and
-               r["config"]["early_stopping_patience"] == 12 for r in halving)
+    assert all(
+        r["config"]["lr_plateau_patience"] == 1 and r["config"]["early_stopping_patience"] == 12
+        for r in halving
+    )
     recs = records_of(out / "results.jsonl")
     # the choice at seed 0 (copied) and seed 1, a run of its own; both reached the cap
     assert [(r["config"]["seed"], r["config"]["num_seeds"]) for r in recs] == [(0, 1), (1, 1)]
     assert [(r["stopped_early"], r["epochs_completed"]) for r in recs] == [(False, 13)] * 2
-    row = next(line for line in (out / "summary.md").read_text().split(
-        "Early stopping: where each run of the choice ended")[1].splitlines()
-        if line.startswith("| shallow |"))
+    row = next(
+        line
+        for line in (out / "summary.md")
+        .read_text()
+        .split("Early stopping: where each run of the choice ended")[1]
+        .splitlines()
+        if line.startswith("| shallow |")
+    )
     assert "| 13, 13 |" in row and "**no** (reached the cap)" in row
     # a higher cap trains again the runs that reached the lower one, and only those
     p = subprocess.run([*cmd, "--epochs=40"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
     lines = [line for line in p.stderr.splitlines() if line.startswith("[study]")]
     assert len(lines) == 2 and lines[-1].startswith("[study] 4/4 runs")
-    again = records_of(out / "halving.jsonl")[len(halving):]
+    again = records_of(out / "halving.jsonl")[len(halving) :]
     assert [(r["config"]["epochs"], r["resumed_from_epoch"]) for r in again] == [(40, 0)]
     recs = records_of(out / "results.jsonl")
-    assert [(r["config"]["seed"], r["config"]["epochs"]) for r in recs] == \
-        [(0, 13), (1, 13), (0, 40), (1, 40)]
+    assert [(r["config"]["seed"], r["config"]["epochs"]) for r in recs] == [
+        (0, 13),
+        (1, 13),
+        (0, 40),
+        (1, 40),
+    ]
     for r in recs[2:]:
         assert r["stopped_early"] or r["epochs_completed"] == 40
         assert len(r["val_accuracy_curves"][0]) == r["epochs_completed"] > 13
         # the same trajectory: its first 13 epochs are the capped run's
         assert r["val_accuracy_curves"][0][:13] == pytest.approx(
-            recs[r["config"]["seed"]]["val_accuracy_curves"][0], abs=1e-6)
+            recs[r["config"]["seed"]]["val_accuracy_curves"][0], abs=1e-6
+        )
     text = (out / "summary.md").read_text()
     table = text.split("Early stopping: where each run of the choice ended")[1]
     row = next(line for line in table.splitlines() if line.startswith("| shallow |"))
@@ -336,9 +506,21 @@ def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tm
 @pytest.mark.slow
 def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seeds(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
-    cmd = [sys.executable, "docs/study.py", "--schedule=long", "--dataset=digits", "--epochs=3",
-           "--sizes=0.57M", "--model_types=shallow", "--learning_rates=0.0001,0.01",
-           "--weight_decays=0", "--seeds=2", "--check_epochs=5", f"--work={work}", f"--out={out}"]
+    cmd = [
+        sys.executable,
+        "docs/study.py",
+        "--schedule=long",
+        "--dataset=digits",
+        "--epochs=3",
+        "--sizes=0.57M",
+        "--model_types=shallow",
+        "--learning_rates=0.0001,0.01",
+        "--weight_decays=0",
+        "--seeds=2",
+        "--check_epochs=5",
+        f"--work={work}",
+        f"--out={out}",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
     halving = records_of(out / "halving.jsonl")
@@ -351,7 +533,10 @@ def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seed
     assert all(r["config"]["use_augmentation"] for r in halving)
     # the choice at seed 0 (its record copied), then seed 1; curves recorded
     recs = records_of(out / "results.jsonl")
-    assert [(r["config"]["seed"], r["config"]["learning_rate"]) for r in recs] == [(0, best), (1, best)]
+    assert [(r["config"]["seed"], r["config"]["learning_rate"]) for r in recs] == [
+        (0, best),
+        (1, best),
+    ]
     assert all(len(r["val_accuracy_curves"][0]) == 3 for r in recs)
     text = (out / "summary.md").read_text()
     assert "Convergence: the epoch of the best validation accuracy" in text
@@ -359,10 +544,16 @@ def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seed
     assert (out / "digits" / "val_curves.png").exists()
     # the convergence check: the choice at seed 0 trained 5 epochs, beside its 3-epoch run
     (check,) = records_of(out / "check.jsonl")
-    assert (check["config"]["epochs"], check["config"]["seed"], check["config"]["learning_rate"]) \
-        == (5, 0, best) and len(check["val_accuracy_curves"][0]) == 5
+    assert (
+        check["config"]["epochs"],
+        check["config"]["seed"],
+        check["config"]["learning_rate"],
+    ) == (5, 0, best) and len(check["val_accuracy_curves"][0]) == 5
     row = next(line for line in text.splitlines() if line.startswith(f"| shallow | {best} |"))
-    assert f"{recs[0]['final/best_val_accuracy']:.2f}" in row and f"{check['final/test_accuracy']:.2f}" in row
+    assert (
+        f"{recs[0]['final/best_val_accuracy']:.2f}" in row
+        and f"{check['final/test_accuracy']:.2f}" in row
+    )
     assert "Convergence check: the choices trained 5 epochs" in text
     assert (out / "check" / "digits" / "val_curves.png").exists()
     info = json.loads((out / "study.json").read_text())

@@ -31,15 +31,27 @@ def write(tmp, spec, name="sweep.yaml"):
 
 
 def grid_file(tmp, epochs=1, **params):
-    return write(tmp, {
-        "program": "run.py", "method": "grid",
-        "metric": {"name": "val/accuracy", "goal": "maximize"},
-        "parameters": {"learning_rate": {"values": LRS}, "seed": {"values": SEEDS},
-                       "model_type": {"value": "shallow"}, "dataset": {"value": "digits"},
-                       "target_params": {"value": 20000}, "batch_size": {"value": 64},
-                       "epochs": {"value": epochs}, "progress": {"value": False},
-                       "checkpoint_dir": {"value": str(tmp / "ck")},
-                       "checkpoint_every": {"value": 1}, **params}})
+    return write(
+        tmp,
+        {
+            "program": "run.py",
+            "method": "grid",
+            "metric": {"name": "val/accuracy", "goal": "maximize"},
+            "parameters": {
+                "learning_rate": {"values": LRS},
+                "seed": {"values": SEEDS},
+                "model_type": {"value": "shallow"},
+                "dataset": {"value": "digits"},
+                "target_params": {"value": 20000},
+                "batch_size": {"value": 64},
+                "epochs": {"value": epochs},
+                "progress": {"value": False},
+                "checkpoint_dir": {"value": str(tmp / "ck")},
+                "checkpoint_every": {"value": 1},
+                **params,
+            },
+        },
+    )
 
 
 def lines(path):
@@ -48,15 +60,23 @@ def lines(path):
 
 
 def args(tmp, study="g"):
-    return [f"--results={tmp / 'r.jsonl'}", f"--storage=sqlite:///{tmp / 's.db'}",
-            f"--study={study}"]
+    return [
+        f"--results={tmp / 'r.jsonl'}",
+        f"--storage=sqlite:///{tmp / 's.db'}",
+        f"--study={study}",
+    ]
 
 
 def launch(path, *extra, env=None):
     env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "jaxcollective.sweep", str(path), *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxcollective.sweep", str(path), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def point(rec):
@@ -135,8 +155,11 @@ def test_a_stopped_grid_point_is_resumed_never_run_twice_never_skipped(tmp_path,
     ck = tmp_path / "ck"
     p = launch(path, "--trials=6", "--heartbeat=2", *args(tmp_path))
     # stopped in the second point, once it has saved an epoch
-    wait_for(lambda: len(lines(tmp_path / "r.jsonl")) == 1 and saved_steps(ck), p,
-             "the second point's first checkpoint")
+    wait_for(
+        lambda: len(lines(tmp_path / "r.jsonl")) == 1 and saved_steps(ck),
+        p,
+        "the second point's first checkpoint",
+    )
     p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     assert p.returncode == (0 if sig == signal.SIGINT else -signal.SIGKILL), err[-3000:]
@@ -155,16 +178,23 @@ def test_a_stopped_grid_point_is_resumed_never_run_twice_never_skipped(tmp_path,
 
 
 # ------------------------------------------------------------------ populations
-POP = {"program": "run.py", "method": "random",
-       "metric": {"name": "val/accuracy", "goal": "maximize"},
-       "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3},
-       "parameters": {"dataset": {"value": "digits"}, "model_type": {"value": "shallow"},
-                      "target_params": {"value": 20000}, "batch_size": {"value": 64},
-                      "optimizer": {"value": "sgd"}, "progress": {"value": False},
-                      "epochs": {"value": 3},
-                      "learning_rate": {"distribution": "log_uniform_values",
-                                        "min": 1e-4, "max": 0.1},
-                      "seed": {"distribution": "int_uniform", "min": 0, "max": 999}}}
+POP = {
+    "program": "run.py",
+    "method": "random",
+    "metric": {"name": "val/accuracy", "goal": "maximize"},
+    "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3},
+    "parameters": {
+        "dataset": {"value": "digits"},
+        "model_type": {"value": "shallow"},
+        "target_params": {"value": 20000},
+        "batch_size": {"value": 64},
+        "optimizer": {"value": "sgd"},
+        "progress": {"value": False},
+        "epochs": {"value": 3},
+        "learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.1},
+        "seed": {"distribution": "int_uniform", "min": 0, "max": 999},
+    },
+}
 
 
 @pytest.mark.slow
@@ -173,8 +203,13 @@ def test_a_population_logs_each_member_to_its_own_wandb_run(tmp_path):
     open at once, each with its own history and summary, and none of wandb's ~40 lines
     a run on the sweep's console."""
     path = write(tmp_path, POP)
-    p = launch(path, "--trials=4", "--population=2", *args(tmp_path, "b8"),
-               env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)})
+    p = launch(
+        path,
+        "--trials=4",
+        "--population=2",
+        *args(tmp_path, "b8"),
+        env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)},
+    )
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     assert "[sweep b8] 4/4 done" in err and "wandb:" not in err + out, err[-3000:]
@@ -200,8 +235,11 @@ def test_a_retried_trial_is_pruned_or_kept_as_the_uninterrupted_one(tmp_path):
     nothing else (no surplus trial), and its progress counts them as queued."""
     spec = json.loads(json.dumps(POP))
     spec["parameters"]["epochs"] = {"value": 9}  # rungs at 1, 3, 9 (bracket 0)
-    spec["parameters"]["learning_rate"] = {"distribution": "log_uniform_values",
-                                           "min": 1e-3, "max": 0.1}
+    spec["parameters"]["learning_rate"] = {
+        "distribution": "log_uniform_values",
+        "min": 1e-3,
+        "max": 0.1,
+    }
     # one study name in two stores: Optuna hashes the name and trial number to brackets
     outcomes = {}
     for name in ("whole", "stopped"):
@@ -231,12 +269,15 @@ def test_a_retried_trial_is_pruned_or_kept_as_the_uninterrupted_one(tmp_path):
     # the rerun: the stopped trials queued, then training, never more than the population
     first, *progress = [line for line in err.splitlines() if line.startswith("[sweep h]")]
     assert first.startswith(f"[sweep h] resuming study h ({6 - len(stopped)}/6 done)"), first
-    assert progress[0].endswith(f"{len(stopped)} failed or stopped), 0 running, "
-                                f"{len(stopped)} queued"), progress[0]
+    assert progress[0].endswith(
+        f"{len(stopped)} failed or stopped), 0 running, {len(stopped)} queued"
+    ), progress[0]
     assert all(int(line.split(" running")[0].rsplit(" ", 1)[1]) <= 6 for line in progress)
     assert "6/6 done" in progress[-1]
     trials = optuna.load_study(study_name="h", storage=f"sqlite:///{tmp / 's.db'}").trials
-    assert [t.state.name for t in trials].count("FAIL") == len(stopped) and len(trials) == 6 + len(stopped)
+    assert [t.state.name for t in trials].count("FAIL") == len(stopped) and len(trials) == 6 + len(
+        stopped
+    )
     assert not any(t.user_attrs.get("status") == "surplus" for t in trials)
 
 
@@ -261,10 +302,14 @@ def test_every_call_a_study_makes_on_its_database_waits_out_a_restart():
 
     from jaxcollective.store import PatientStorage
 
-    called = set(re.findall(r"self\._backend\.([a-z_]+)", Path(_cached_storage.__file__).read_text()))
+    called = set(
+        re.findall(r"self\._backend\.([a-z_]+)", Path(_cached_storage.__file__).read_text())
+    )
     trivial = {"get_heartbeat_stale_trial_callback"}  # returns an attribute: no query
     assert "_get_trials" in called
-    bare = sorted(n for n in called - trivial if getattr(PatientStorage, n) is getattr(RDBStorage, n))
+    bare = sorted(
+        n for n in called - trivial if getattr(PatientStorage, n) is getattr(RDBStorage, n)
+    )
     assert not bare, f"not retried during an outage: {bare}"
 
 
@@ -286,8 +331,13 @@ print("reported")
 
 
 def test_a_resumed_retry_reports_an_epoch_again_without_a_warning():
-    p = subprocess.run([sys.executable, "-c", RETRY_REPORTS_AGAIN], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", RETRY_REPORTS_AGAIN],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0 and p.stdout.strip() == "reported", p.stderr[-2000:]
     assert "Warning" not in p.stderr, p.stderr
 
@@ -299,14 +349,19 @@ def test_a_stopped_trials_retry_keeps_its_hyperband_bracket_and_values(tmp_path)
     from jaxcollective.sweep import Hyperband, RETRY, conclude
 
     pruner = Hyperband(min_resource=1, max_resource=27, reduction_factor=3)  # 4 brackets
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=pruner,
-                                direction="maximize", study_name="hb")
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        pruner=pruner,
+        direction="maximize",
+        study_name="hb",
+    )
     pruner._try_initialization(study)  # its brackets (prune() makes them at the first report)
     originals, running = [], [study.ask() for _ in range(8)]
     for t in running:
         t.report(50.0 + t.number, 1)
-        originals.append((t.number, pruner._get_bracket_id(study, study._storage.get_trial(
-            t._trial_id))))
+        originals.append(
+            (t.number, pruner._get_bracket_id(study, study._storage.get_trial(t._trial_id)))
+        )
     for t in running:
         t.set_user_attr("status", "stopped")  # as trial_outcome records a signal's stop
         conclude(study, t, "stopped", None)
@@ -342,17 +397,24 @@ def test_a_population_sweep_shrinks_and_its_members_train_on(tmp_path, monkeypat
     members carry on there to the same results as in a population that never shrinks."""
     from jaxcollective import population, sweep
 
-    spec = {"program": "run.py", "method": "grid",
-            "metric": {"name": "val/accuracy", "goal": "maximize"},
-            "parameters": {**POP["parameters"], "epochs": {"values": [1, 4]},
-                           "seed": {"values": [0, 1]},
-                           "learning_rate": {"value": 0.05}}}
+    spec = {
+        "program": "run.py",
+        "method": "grid",
+        "metric": {"name": "val/accuracy", "goal": "maximize"},
+        "parameters": {
+            **POP["parameters"],
+            "epochs": {"values": [1, 4]},
+            "seed": {"values": [0, 1]},
+            "learning_rate": {"value": 0.05},
+        },
+    }
     shrinks = []
     smaller = population.Population.smaller
 
     def spy(self, slots):
         shrinks.append((self.k, list(slots)))
         return smaller(self, slots)
+
     monkeypatch.setattr(population.Population, "smaller", spy)
     ended = {}
     for name, pays in (("shrinks", True), ("keeps", False)):
@@ -361,8 +423,12 @@ def test_a_population_sweep_shrinks_and_its_members_train_on(tmp_path, monkeypat
         monkeypatch.setattr(sweep, "shrink_pays", lambda *a, pays=pays: pays)
         assert sweep_main([str(write(tmp, spec)), "--trials=4", "--population=4", *args(tmp)]) == 0
         recs = lines(tmp / "r.jsonl")
-        assert sorted((r["config"]["epochs"], r["config"]["seed"]) for r in recs) == \
-            [(1, 0), (1, 1), (4, 0), (4, 1)] and {r["status"] for r in recs} == {"finished"}
+        assert sorted((r["config"]["epochs"], r["config"]["seed"]) for r in recs) == [
+            (1, 0),
+            (1, 1),
+            (4, 0),
+            (4, 1),
+        ] and {r["status"] for r in recs} == {"finished"}
         ended[name] = {r["config"]["seed"]: r for r in recs if r["config"]["epochs"] == 4}
         if pays:
             assert shrinks == [(4, [2, 3])]  # once, the two live members, into a population of 2
@@ -373,5 +439,7 @@ def test_a_population_sweep_shrinks_and_its_members_train_on(tmp_path, monkeypat
         assert r["population_slot"] == kept["population_slot"]
         # the same run to float noise: the programs of 4 and of 2 members round alike
         # here (measured: equal to 1e-6); a lost state or epoch counter moves it by points
-        assert r["final/best_val_accuracy"] == pytest.approx(kept["final/best_val_accuracy"], abs=0.5)
+        assert r["final/best_val_accuracy"] == pytest.approx(
+            kept["final/best_val_accuracy"], abs=0.5
+        )
         assert r["final_train_loss"] == pytest.approx(kept["final_train_loss"], rel=1e-3)

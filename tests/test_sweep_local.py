@@ -23,17 +23,24 @@ pytestmark = pytest.mark.slow  # end-to-end, in subprocesses
 
 
 def sweep_file(tmp, **over):
-    spec = {"program": "run.py", "method": "random",
-            "metric": {"name": "final/test_accuracy", "goal": "maximize"},
-            "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 4, "eta": 3},
-            "parameters": {
-                "model_type": {"value": "shallow"}, "dataset": {"value": "digits"},
-                "target_params": {"value": 60000}, "batch_size": {"value": 64},
-                "epochs": {"value": 4}, "progress": {"value": False},
-                "checkpoint_dir": {"value": str(tmp / "ck")},
-                # one good and one hopeless learning rate: the pruner has work to do
-                "learning_rate": {"values": [0.002, 1e-7]},
-                "seed": {"distribution": "int_uniform", "min": 0, "max": 3}}}
+    spec = {
+        "program": "run.py",
+        "method": "random",
+        "metric": {"name": "final/test_accuracy", "goal": "maximize"},
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "max_iter": 4, "eta": 3},
+        "parameters": {
+            "model_type": {"value": "shallow"},
+            "dataset": {"value": "digits"},
+            "target_params": {"value": 60000},
+            "batch_size": {"value": 64},
+            "epochs": {"value": 4},
+            "progress": {"value": False},
+            "checkpoint_dir": {"value": str(tmp / "ck")},
+            # one good and one hopeless learning rate: the pruner has work to do
+            "learning_rate": {"values": [0.002, 1e-7]},
+            "seed": {"distribution": "int_uniform", "min": 0, "max": 3},
+        },
+    }
     spec.update(over)
     path = tmp / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -47,8 +54,19 @@ def lines(path):
 def test_local_sweep_runs_prunes_and_reports(tmp_path, capsys):
     path = sweep_file(tmp_path)
     results = tmp_path / "runs" / "results.jsonl"
-    assert sweep_main([str(path), "--trials=8", f"--results={results}", "--seed=0",
-                       f"--storage=sqlite:///{tmp_path / 's.db'}", "--study=s1"]) == 0
+    assert (
+        sweep_main(
+            [
+                str(path),
+                "--trials=8",
+                f"--results={results}",
+                "--seed=0",
+                f"--storage=sqlite:///{tmp_path / 's.db'}",
+                "--study=s1",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "[sweep s1] 8/8 done" in err and "best" in err  # the progress display
     recs = lines(results)
@@ -56,8 +74,9 @@ def test_local_sweep_runs_prunes_and_reports(tmp_path, capsys):
     statuses = [r["status"] for r in recs]
     assert "pruned" in statuses and "finished" in statuses, statuses
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{tmp_path / 's.db'}")
-    best_line = max((r for r in recs if r["status"] == "finished"),
-                    key=lambda r: r["final/test_accuracy"])
+    best_line = max(
+        (r for r in recs if r["status"] == "finished"), key=lambda r: r["final/test_accuracy"]
+    )
     assert study.best_value == pytest.approx(best_line["final/test_accuracy"])
     assert study.best_trial.number == best_line["sweep_trial"]
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -80,9 +99,14 @@ def test_unmappable_key_is_a_one_line_error_before_any_trial(tmp_path, capsys):
 
 def launch(tmp, path, *extra):
     env = dict(os.environ, WANDB_MODE="disabled")
-    return subprocess.Popen([sys.executable, "-m", "jaxcollective.sweep", str(path), *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxcollective.sweep", str(path), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_processes_share_one_sqlite_study_with_disjoint_trials(tmp_path):
@@ -91,8 +115,12 @@ def test_two_processes_share_one_sqlite_study_with_disjoint_trials(tmp_path):
     A is frozen (SIGSTOP) in its first trial while B claims and runs all the others, so
     both take trials whatever the machine's speed."""
     path = sweep_file(tmp_path, early_terminate=None)
-    common = ["--trials=6", f"--storage=sqlite:///{tmp_path / 's.db'}", "--study=shared",
-              f"--results={tmp_path / 'r.jsonl'}"]
+    common = [
+        "--trials=6",
+        f"--storage=sqlite:///{tmp_path / 's.db'}",
+        "--study=shared",
+        f"--results={tmp_path / 'r.jsonl'}",
+    ]
     a = launch(tmp_path, path, *common, "--seed=0")
     a_err = Child(proc=a)
     a_err.wait_line("trial 0: epoch 1/")  # training, not claiming: it holds no lock
@@ -120,8 +148,12 @@ def test_a_killed_study_resumes(tmp_path):
     """kill -9 in a trial's first epoch: the same command retries that trial at once (its
     process is gone from this host), and the study ends with exactly N."""
     path = sweep_file(tmp_path, early_terminate=None)
-    common = ["--trials=5", f"--storage=sqlite:///{tmp_path / 's.db'}", "--study=k",
-              f"--results={tmp_path / 'r.jsonl'}"]
+    common = [
+        "--trials=5",
+        f"--storage=sqlite:///{tmp_path / 's.db'}",
+        "--study=k",
+        f"--results={tmp_path / 'r.jsonl'}",
+    ]
     p = launch(tmp_path, path, *common)
     err = Child(proc=p)
     err.wait_line("trial 2: epoch 1/")

@@ -14,9 +14,19 @@ from presets import debug_config
 from jaxcollective.data import load_digits
 from jaxcollective.experiment import train_and_evaluate
 from jaxcollective.sizing import resolve
-from jaxcollective.train import (DeviceData, Trainer, diversity_penalty, evaluate_splits,
-                                 init_state, loss_fn, make_step, over_replicas, prepare,
-                                 stream_keys, train_step)
+from jaxcollective.train import (
+    DeviceData,
+    Trainer,
+    diversity_penalty,
+    evaluate_splits,
+    init_state,
+    loss_fn,
+    make_step,
+    over_replicas,
+    prepare,
+    stream_keys,
+    train_step,
+)
 from jaxcollective.writers import Writer
 from spec_metrics import EPOCH_KEYS, FINAL_KEYS
 
@@ -83,37 +93,52 @@ def test_one_step_matches_a_numpy_reference():
     The weight decay is large (0.05) so that its kind shows: with Adam's step being about
     lr * sign(g + wd * w), decay decoupled from the gradient (AdamW's) instead of L2 moves
     the loss after by ~3e-3 relative (measured), 1e-4 (at 1e-3) by ~1e-6 only."""
-    cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "batch_size": 32,
-                            "target_params": 20_000, "optimizer": "adam",
-                            "learning_rate": 1e-3, "weight_decay": 0.05})
+    cfg = Config.from_dict(
+        {
+            "model_type": "shallow",
+            "dataset": "digits",
+            "batch_size": 32,
+            "target_params": 20_000,
+            "optimizer": "adam",
+            "learning_rate": 1e-3,
+            "weight_decay": 0.05,
+        }
+    )
     step = make_step(resolve(cfg), cfg.dataset_info)
     x_u8, y = fixed_batch(32)
     before, after = one_step(step, x_u8, y)  # the implementation's train_step, twice
     state = init_state(step, stream_keys(0)["params"])  # the weights one_step starts from
     k_drop = jax.random.fold_in(stream_keys(0)["dropout"], 0)
-    g_jax = jax.jit(jax.grad(lambda p: loss_fn(step, p, state.stats, prepare(step, x_u8, None),
-                                               y, k_drop)[0]))(state.params)
+    g_jax = jax.jit(
+        jax.grad(lambda p: loss_fn(step, p, state.stats, prepare(step, x_u8, None), y, k_drop)[0])
+    )(state.params)
 
     w = npf.mlp_weights(state.params)
     assert [h["W"].shape[1] for h in w["hidden"]] == [140, 70]  # shallow: [s, s // 2]
     x = npf.inputs(x_u8, cfg.dataset_info.mean, cfg.dataset_info.std)
-    keep = [npf.keep_mask(jax.random.fold_in(k_drop, i + 1), (32, h["W"].shape[1]), npf.DROPOUT)
-            for i, h in enumerate(w["hidden"])]
+    keep = [
+        npf.keep_mask(jax.random.fold_in(k_drop, i + 1), (32, h["W"].shape[1]), npf.DROPOUT)
+        for i, h in enumerate(w["hidden"])
+    ]
     assert 0.8 < np.mean(np.concatenate([k.ravel() for k in keep])) < 0.97  # ~90% kept
     y = np.asarray(y)
     ref_before, grads = npf.loss_and_grads(w, x, y, keep)
     updated = npf.adam_first_update(w, grads, cfg.learning_rate, cfg.weight_decay)
     ref_after, _ = npf.loss_and_grads(updated, x, y, keep)
     assert before == pytest.approx(ref_before, rel=2e-5, abs=0)
-    for path, want, got in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
-                               jax.tree.leaves(grads), jax.tree.leaves(npf.mlp_weights(g_jax))):
+    for path, want, got in zip(
+        jax.tree_util.tree_flatten_with_path(grads)[0],
+        jax.tree.leaves(grads),
+        jax.tree.leaves(npf.mlp_weights(g_jax)),
+    ):
         where = jax.tree_util.keystr(path[0])
         if where in ("['hidden'][0]['b']", "['hidden'][1]['b']"):
             # a bias before BatchNorm has no effect in training mode: a zero gradient
             assert np.abs(got).max() < 1e-6 and np.abs(want).max() < 1e-12, where
         else:
-            np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max(),
-                                       err_msg=where)
+            np.testing.assert_allclose(
+                got, want, rtol=0, atol=2e-5 * np.abs(want).max(), err_msg=where
+            )
     assert after == pytest.approx(ref_after, rel=2e-5, abs=0)
     assert ref_before - ref_after > 1e-2  # the update moved the loss well beyond the tolerance
 
@@ -128,8 +153,16 @@ def test_validation_and_test_images_are_never_warped():
     splits. (Checked to fail when evaluate passes an augment key to prepare, and when the
     training step stops warping.)"""
     ds = load_digits()
-    cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "batch_size": 64,
-                            "target_params": 20_000, "epochs": 1, "seed": 0})
+    cfg = Config.from_dict(
+        {
+            "model_type": "shallow",
+            "dataset": "digits",
+            "batch_size": 64,
+            "target_params": 20_000,
+            "epochs": 1,
+            "seed": 0,
+        }
+    )
     plain, warped = (Trainer(resolve(cfg.replace(use_augmentation=a)), ds) for a in (False, True))
     assert plain.step.aug is None and warped.step.aug is not None
     # the two runs hold the same splits, so only the augmentation differs between them
@@ -140,8 +173,11 @@ def test_validation_and_test_images_are_never_warped():
     def evaluated(tr):
         ev = jax.jit(over_replicas(partial(evaluate_splits, tr.step), in_axes=(0, None, 0)))
         val, test = ev(state, tr.data, tr.rep)
-        return {f"{split}/{k}": float(v[0]) for split, part in (("val", val), ("test", test))
-                for k, v in part.items()}
+        return {
+            f"{split}/{k}": float(v[0])
+            for split, part in (("val", val), ("test", test))
+            for k, v in part.items()
+        }
 
     got, want = evaluated(warped), evaluated(plain)
     assert {"val/loss", "val/accuracy", "test/loss", "test/accuracy"} <= set(want), want
@@ -150,8 +186,9 @@ def test_validation_and_test_images_are_never_warped():
     def train_loss(tr):  # one update on the first 64 training examples, as the epoch does
         run = tr.steps_fn()
         copy = jax.tree.map(jnp.copy, state)  # steps_fn donates its state
-        _, m_U = run(copy, tr.rep.train_idx_RxN[0, :64].reshape(1, 1, 64), tr.epoch_keys(1),
-                     tr.rep.values)
+        _, m_U = run(
+            copy, tr.rep.train_idx_RxN[0, :64].reshape(1, 1, 64), tr.epoch_keys(1), tr.rep.values
+        )
         return float(m_U["loss"][0, 0])
 
     assert train_loss(warped) != train_loss(plain)
@@ -166,8 +203,10 @@ def test_diversity_loss_enters_the_objective():
     xb = prepare(step, x, None)
     _, (_, m) = loss_fn(step, state.params, state.stats, xb, y, jax.random.key(0))
     assert float(m["loss_diversity_expert"]) > 0 and float(m["loss_diversity_analyst"]) > 0
-    assert float(m["loss"]) == pytest.approx(float(m["loss_prediction"] + m["loss_diversity_expert"]
-                                                   + m["loss_diversity_analyst"]), rel=1e-6)
+    assert float(m["loss"]) == pytest.approx(
+        float(m["loss_prediction"] + m["loss_diversity_expert"] + m["loss_diversity_analyst"]),
+        rel=1e-6,
+    )
 
 
 def test_diversity_definition():
@@ -199,9 +238,17 @@ def test_accumulated_steps_equal_one_big_step(optimizer):
     x, y = fixed_batch(64)
     results = []
     for bs, k in ((64, 1), (16, 4)):
-        cfg = debug_config({"model_type": "shallow", "dataset": "digits", "batch_size": bs,
-                                "gradient_accumulation_steps": k, "optimizer": optimizer,
-                                "weight_decay": 1e-3, "target_params": 200_000})
+        cfg = debug_config(
+            {
+                "model_type": "shallow",
+                "dataset": "digits",
+                "batch_size": bs,
+                "gradient_accumulation_steps": k,
+                "optimizer": optimizer,
+                "weight_decay": 1e-3,
+                "target_params": 200_000,
+            }
+        )
         step = make_step(resolve(cfg), cfg.dataset_info, build=Linear2)
         state = init_state(step, stream_keys(0)["params"])
         data = DeviceData(x, y, x, y, None, None)
@@ -209,21 +256,28 @@ def test_accumulated_steps_equal_one_big_step(optimizer):
         update = jax.jit(lambda s, i, k, d: train_step(step, s, i, k, d))
         state, m = update(state, jnp.arange(64).reshape(k, bs), keys, data)
         results.append((state.params, float(m["loss"]) / k))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 results[0][0], results[1][0])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        results[0][0],
+        results[1][0],
+    )
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type,extra", [
-    ("shallow", {"target_params": 200_000}),
-    ("collective", {}),
-])
+@pytest.mark.parametrize(
+    "model_type,extra",
+    [
+        ("shallow", {"target_params": 200_000}),
+        ("collective", {}),
+    ],
+)
 def test_digits_reaches_95_percent_within_5_epochs(model_type, extra):
     # measured after 5 epochs: 98.9% (collective) and 98.6% (shallow); with seeds 1 and
     # 2, 96.4-98.1% (after 10 epochs: 98.3% and 98.1%)
-    cfg = Config.from_dict({"model_type": model_type, "dataset": "digits", "epochs": 5,
-                            "batch_size": 64, **extra})
+    cfg = Config.from_dict(
+        {"model_type": model_type, "dataset": "digits", "epochs": 5, "batch_size": 64, **extra}
+    )
     rec = Recorder()
     record = train_and_evaluate(cfg, rec)
     assert record["status"] == "finished" and record["epochs_completed"] == 5
@@ -237,8 +291,7 @@ def test_digits_reaches_95_percent_within_5_epochs(model_type, extra):
 def test_same_metric_set_for_every_model_type():
     keys = []
     for mt in ("collective", "deep_resnet"):
-        cfg = debug_config({"model_type": mt, "dataset": "digits", "epochs": 1,
-                                "batch_size": 64})
+        cfg = debug_config({"model_type": mt, "dataset": "digits", "epochs": 1, "batch_size": 64})
         rec = Recorder()
         train_and_evaluate(cfg, rec)
         keys.append((set(rec.rows[0]), {k for k in rec.record if k.startswith("final/")}))
@@ -247,8 +300,16 @@ def test_same_metric_set_for_every_model_type():
 
 
 def test_divergence_is_recorded_not_reported_as_a_result():
-    cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "epochs": 5,
-                            "optimizer": "sgd", "learning_rate": 1e30, "target_params": 200_000})
+    cfg = Config.from_dict(
+        {
+            "model_type": "shallow",
+            "dataset": "digits",
+            "epochs": 5,
+            "optimizer": "sgd",
+            "learning_rate": 1e30,
+            "target_params": 200_000,
+        }
+    )
     rec = Recorder()
     record = train_and_evaluate(cfg, rec)
     assert record["status"] == "diverged" and record["diverged"] is True
@@ -256,7 +317,15 @@ def test_divergence_is_recorded_not_reported_as_a_result():
 
 
 def test_bfloat16_trains():
-    cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "epochs": 5,
-                            "dtype": "bfloat16", "batch_size": 64, "target_params": 200_000})
+    cfg = Config.from_dict(
+        {
+            "model_type": "shallow",
+            "dataset": "digits",
+            "epochs": 5,
+            "dtype": "bfloat16",
+            "batch_size": 64,
+            "target_params": 200_000,
+        }
+    )
     record = train_and_evaluate(cfg, Recorder())
     assert record["final/test_accuracy"] > 85.0

@@ -30,11 +30,11 @@ def _records(blob: bytes):
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", blob[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", blob[pos : pos + 7])
         pos += 7
         if kind == 0:
             break
-        buf += blob[pos:pos + length]
+        buf += blob[pos : pos + length]
         pos += length
         if kind in (1, 4):
             yield buf
@@ -53,7 +53,9 @@ def read_offline_run(wandb_dir) -> OfflineRun:
 
 def read_offline_runs(wandb_dir) -> list[OfflineRun]:
     """Every offline run under `wandb_dir`/wandb, in the order their folders sort."""
-    return [_read(path) for path in sorted(glob.glob(f"{wandb_dir}/wandb/offline-run-*/run-*.wandb"))]
+    return [
+        _read(path) for path in sorted(glob.glob(f"{wandb_dir}/wandb/offline-run-*/run-*.wandb"))
+    ]
 
 
 def _read(path) -> OfflineRun:
@@ -83,6 +85,8 @@ def _read(path) -> OfflineRun:
         elif kind == "exit":
             out.exit_code = r.exit.exit_code
     # wandb stores config values as {"value": v}
-    out.config = {k: (v["value"] if isinstance(v, dict) and "value" in v else v)
-                  for k, v in out.config.items()}
+    out.config = {
+        k: (v["value"] if isinstance(v, dict) and "value" in v else v)
+        for k, v in out.config.items()
+    }
     return out
