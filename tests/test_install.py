@@ -45,9 +45,16 @@ def test_the_installed_package_runs_from_any_folder(tmp_path):
         "jaxcollective-sweep",
         "jaxcollective-report",
         "jaxcollective-bench",
+        "jaxcollective-study",
     }
+    assert (site / "jaxcollective" / "study" / "study_fashion.yaml").is_file()  # package data
     env = dict(os.environ, PYTHONPATH=str(site))
-    for module in ("jaxcollective.report", "jaxcollective.sweep", "jaxcollective.main"):
+    for module in (
+        "jaxcollective.report",
+        "jaxcollective.sweep",
+        "jaxcollective.main",
+        "jaxcollective.study",
+    ):
         q = subprocess.run(
             [sys.executable, "-m", module, "--help"],
             capture_output=True,

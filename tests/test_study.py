@@ -1,4 +1,4 @@
-"""The study of README's Results (docs/study.py): a grid per size through the local sweep
+"""The study of docs/results.md (python -m jaxcollective.study): a grid per size through the local sweep
 runner, the learning rate chosen on validation, more seeds of the choice, the report with
 --select=validation; and that choice itself (report.select_on_validation)."""
 
@@ -16,6 +16,7 @@ from jaxcollective.cli import UsageError
 from jaxcollective.config import ConfigError
 from jaxcollective.report import Group, Run, select_on_validation
 from shared import made_once
+from jaxcollective.study.schedules import CONVERGED, LONG
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,15 +56,15 @@ def test_the_choice_is_made_on_validation_over_the_seeds_every_candidate_has():
 def study_cmd(work, out, *extra):
     return [
         sys.executable,
-        "docs/study.py",
+        "-m",
+        "jaxcollective.study",
         "--dataset=digits",
         "--epochs=2",
         "--sizes=0.57M",
         "--model_types=collective,shallow",
         "--learning_rates=0.001,0.01",
         "--seeds=3",
-        f"--work={work}",
-        f"--out={out}",
+        f"--folder={out}",
         *extra,
     ]
 
@@ -74,7 +75,7 @@ def records(out):
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
-    """The study run once without a stop: (work, out, the command's stderr)."""
+    """The study run once without a stop: (its running state, its folder, its stderr)."""
 
     def make(folder):
         p = subprocess.run(
@@ -84,11 +85,11 @@ def whole(tmp_path_factory):
             text=True,
             timeout=600,
         )
-        assert p.returncode == 0, p.stderr + (folder / "work" / "log.txt").read_text()
+        assert p.returncode == 0, p.stderr + (folder / "out" / ".work" / "log.txt").read_text()
         (folder / "stderr.txt").write_text(p.stderr)
 
     folder = made_once(tmp_path_factory, "study_whole", make)
-    return folder / "work", folder / "out", (folder / "stderr.txt").read_text()
+    return folder / "out" / ".work", folder / "out", (folder / "stderr.txt").read_text()
 
 
 @pytest.mark.slow
@@ -131,9 +132,9 @@ def test_study_command_grid_choice_seeds_report_and_rerun(whole, tmp_path):
     # the same command again (on a copy): nothing is trained, no time is added
     import shutil
 
-    shutil.copytree(work, tmp_path / "work")
+    shutil.copytree(out, tmp_path / "out")
     p = subprocess.run(
-        study_cmd(tmp_path / "work", tmp_path / "out"),
+        study_cmd(tmp_path / "out" / ".work", tmp_path / "out"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -151,8 +152,8 @@ def test_study_command_grid_choice_seeds_report_and_rerun(whole, tmp_path):
             str(work / "sweep.yaml"),
             "--trials=9",
             "--study=digits_0.57M",
-            f"--results={tmp_path / 'work' / 'results.jsonl'}",
-            f"--storage=sqlite:///{tmp_path / 'work' / 'sweeps.db'}",
+            f"--results={tmp_path / 'out' / 'results.jsonl'}",
+            f"--storage=sqlite:///{tmp_path / 'out' / '.work' / 'sweeps.db'}",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -161,7 +162,7 @@ def test_study_command_grid_choice_seeds_report_and_rerun(whole, tmp_path):
     )
     assert p.returncode == 0, p.stderr
     assert "the grid has 4 points" in p.stderr
-    assert len((tmp_path / "work" / "results.jsonl").read_text().splitlines()) == len(recs)
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == len(recs)
 
 
 @pytest.mark.slow
@@ -172,9 +173,10 @@ def test_a_study_stopped_at_any_moment_resumes_to_the_same_study(whole, tmp_path
     import optuna
 
     _, whole_out, _ = whole
-    work, out = tmp_path / "work", tmp_path / "out"
+    out = tmp_path / "out"
+    work = out / ".work"  # the running state
     cmd = study_cmd(work, out)
-    results = work / "results.jsonl"
+    results = out / "results.jsonl"
 
     def count():
         return len(results.read_text().splitlines()) if results.exists() else 0
@@ -234,7 +236,7 @@ def test_a_study_stopped_at_any_moment_resumes_to_the_same_study(whole, tmp_path
 
 def test_study_refuses_a_bad_size_in_one_line(tmp_path):
     p = subprocess.run(
-        [sys.executable, "docs/study.py", "--sizes=9M", f"--work={tmp_path}"],
+        [sys.executable, "-m", "jaxcollective.study", "--sizes=9M", f"--folder={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -246,43 +248,44 @@ def test_study_refuses_a_bad_size_in_one_line(tmp_path):
 
 
 def test_the_long_schedule_halves_six_candidates_at_4_12_and_36_epochs():
-    sys.path.insert(0, str(ROOT / "docs"))
-    from study import Halving
+    from jaxcollective.study.halving import Halving
 
-    plan = Halving.plan({}, 36)
+    plan = Halving.plan({}, 36, LONG)
     assert plan.rungs == [4, 12, 36] and plan.alive_counts() == [6, 2, 1]
     assert plan.runs == 9 and plan.epochs == 6 * 4 + 2 * 8 + 1 * 24
     assert {c["weight_decay"] for c in plan.candidates} == {0.0, 1e-4}
-    assert Halving.plan({"learning_rates": "0.01", "weight_decays": "0"}, 3).alive_counts() == [
+    assert Halving.plan(
+        {"learning_rates": "0.01", "weight_decays": "0"}, 3, LONG
+    ).alive_counts() == [
         1,
         1,
     ]
     # the convergence check: twice the epochs by default, never fewer than the study's
-    assert plan.check == 72 and Halving.plan({"check_epochs": "0"}, 36).check == 0
+    assert plan.check == 72 and Halving.plan({"check_epochs": "0"}, 36, LONG).check == 0
     with pytest.raises(ConfigError, match="--check_epochs=30"):
-        Halving.plan({"check_epochs": "30"}, 36)
+        Halving.plan({"check_epochs": "30"}, 36, LONG)
 
 
 def test_the_converged_schedule_halves_at_4_and_12_then_trains_to_the_stop():
-    sys.path.insert(0, str(ROOT / "docs"))
-    from study import Halving
+    from jaxcollective.study.halving import Halving
 
-    plan = Halving.plan({}, 150, converged=True)
+    plan = Halving.plan({}, 150, CONVERGED)
     assert plan.rungs == [4, 12, 150] and plan.alive_counts() == [6, 2, 1] and plan.check == 0
     assert plan.stopping == {"lr_plateau_patience": 8, "early_stopping_patience": 16}
-    assert plan.to_stop(3) == 1 * (150 - 12) + 2 * 150 and Halving.plan({}, 36).to_stop(3) == 0
-    plan = Halving.plan({"plateau": "2", "patience": "5"}, 8, converged=True)
+    assert (
+        plan.to_stop(3) == 1 * (150 - 12) + 2 * 150 and Halving.plan({}, 36, LONG).to_stop(3) == 0
+    )
+    plan = Halving.plan({"plateau": "2", "patience": "5"}, 8, CONVERGED)
     assert plan.rungs == [4, 8] and plan.stopping == {
         "lr_plateau_patience": 2,
         "early_stopping_patience": 5,
     }
     with pytest.raises(UsageError, match="--patience must be an integer >= 1"):
-        Halving.plan({"patience": "0"}, 100, converged=True)
+        Halving.plan({"patience": "0"}, 100, CONVERGED)
 
 
 def test_the_time_left_counts_runs_to_the_stop_as_the_stopped_ones_trained(tmp_path):
-    sys.path.insert(0, str(ROOT / "docs"))
-    from study import Progress
+    from jaxcollective.study.progress import Progress
 
     results = tmp_path / "results.jsonl"
     stop = {"early_stopping_patience": 5}
@@ -329,8 +332,7 @@ def test_the_time_left_counts_runs_to_the_stop_as_the_stopped_ones_trained(tmp_p
 
 
 def test_a_run_that_stopped_early_answers_any_cap_at_or_above_its_stop(tmp_path):
-    sys.path.insert(0, str(ROOT / "docs"))
-    from study import answers, find
+    from jaxcollective.study.records import answers, find
 
     keys = {"model_type": "shallow", "dataset": "digits", "early_stopping_patience": 3}
     path = tmp_path / "results.jsonl"
@@ -361,10 +363,11 @@ def test_a_run_that_stopped_early_answers_any_cap_at_or_above_its_stop(tmp_path)
 
 
 def test_the_halving_table_puts_a_run_to_the_stop_under_a_lower_cap_in_the_last_rung(tmp_path):
-    sys.path.insert(0, str(ROOT / "docs"))
-    from study import COPY, Halving, write_halving_table
+    from jaxcollective.study.halving import Halving
+    from jaxcollective.study.records import COPY
+    from jaxcollective.study.tables import write_halving_table
 
-    plan = Halving.plan({"learning_rates": "0.01,0.001", "weight_decays": "0"}, 100, converged=True)
+    plan = Halving.plan({"learning_rates": "0.01,0.001", "weight_decays": "0"}, 100, CONVERGED)
     assert plan.rungs == [4, 12, 100]
 
     def rec(lr, cap, done, val, stopped=False):
@@ -412,12 +415,12 @@ def test_the_halving_table_puts_a_run_to_the_stop_under_a_lower_cap_in_the_last_
         ),
         (["--schedule=long", "--patience=5"], "--patience belongs to --schedule=converged"),
         (["--plateau=5"], "--plateau belongs to --schedule=converged"),
-        (["--schedule=slow"], "expected short, long or converged"),
+        (["--schedule=slow"], "expected short, long, converged"),
     ],
 )
 def test_an_option_of_another_schedule_is_refused_in_one_line(argv, says, tmp_path):
     p = subprocess.run(
-        [sys.executable, "docs/study.py", *argv, f"--work={tmp_path}"],
+        [sys.executable, "-m", "jaxcollective.study", *argv, f"--folder={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -428,10 +431,12 @@ def test_an_option_of_another_schedule_is_refused_in_one_line(argv, says, tmp_pa
 
 @pytest.mark.slow
 def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tmp_path):
-    work, out = tmp_path / "work", tmp_path / "out"
+    out = tmp_path / "out"
+    work = out / ".work"  # the running state
     cmd = [
         sys.executable,
-        "docs/study.py",
+        "-m",
+        "jaxcollective.study",
         "--schedule=converged",
         "--dataset=digits",
         "--plateau=1",
@@ -441,8 +446,7 @@ def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tm
         "--learning_rates=0.01",
         "--weight_decays=0",
         "--seeds=2",  # (halving: the long test)
-        f"--work={work}",
-        f"--out={out}",
+        f"--folder={out}",
     ]
     # a cap of 13 epochs: no run can go 12 epochs without a new best before it
     p = subprocess.run([*cmd, "--epochs=13"], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -505,10 +509,12 @@ def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tm
 
 @pytest.mark.slow
 def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seeds(tmp_path):
-    work, out = tmp_path / "work", tmp_path / "out"
+    out = tmp_path / "out"
+    work = out / ".work"  # the running state
     cmd = [
         sys.executable,
-        "docs/study.py",
+        "-m",
+        "jaxcollective.study",
         "--schedule=long",
         "--dataset=digits",
         "--epochs=3",
@@ -518,8 +524,7 @@ def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seed
         "--weight_decays=0",
         "--seeds=2",
         "--check_epochs=5",
-        f"--work={work}",
-        f"--out={out}",
+        f"--folder={out}",
     ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr + (work / "log.txt").read_text()
@@ -568,3 +573,27 @@ def test_the_long_study_halves_on_validation_then_trains_the_choice_at_more_seed
 
 def records_of(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_committed_converged_study_is_finished_the_command_trains_nothing(tmp_path):
+    """The committed records are the study: its command, on a copy of its folder, finds
+    every run done, trains nothing, and writes the same report."""
+    import shutil
+
+    folder = tmp_path / "study_converged"
+    shutil.copytree(ROOT / "docs" / "study_converged", folder)
+    before = {f: (folder / f).read_text() for f in ("results.jsonl", "halving.jsonl", "study.json")}
+    p = subprocess.run(
+        [sys.executable, "-m", "jaxcollective.study", "--schedule=converged", f"--folder={folder}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "[study]" not in p.stderr and "[run]" not in p.stderr, p.stderr[-3000:]
+    assert {f: (folder / f).read_text() for f in before} == before
+    committed = (ROOT / "docs" / "study_converged" / "summary.md").read_text()
+    assert (folder / "summary.md").read_text().split("\n", 3)[3] == committed.split("\n", 3)[3]
+    # its records name no machine: every path in them is the repository's
+    assert "/work/" not in "".join(before.values()) and '"/' not in before["results.jsonl"]

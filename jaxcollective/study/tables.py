@@ -1,0 +1,167 @@
+"""The long and converged studies' own tables, added to the report's summary: the
+candidates at each rung, where each run stopped, what the convergence check changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jaxcollective.config import MODEL_TYPES
+
+from .records import COPY, read_records
+
+if TYPE_CHECKING:
+    from .halving import Halving
+
+
+def write_halving_table(halving: Path, results: Path, out: Path, plan: "Halving") -> None:
+    """The candidates of every (model type, size), their best validation accuracy at each
+    rung they reached, and the choice."""
+    recs = [r for r in read_records(halving) if r.get("status") in ("finished", "diverged")]
+    chosen = {
+        (
+            r["model_type"],
+            r["model_params"],
+            r["config"]["learning_rate"],
+            r["config"]["weight_decay"],
+        )
+        for r in read_records(results)
+        if COPY in r
+    }
+    rows: dict[tuple, dict] = {}
+    for r in recs:
+        c = r["config"]
+        key = (r["model_type"], r["model_params"], c["learning_rate"], c["weight_decay"])
+        # a run to the stop under an earlier, lower cap is the last rung's (it stopped before
+        # that cap, or was trained again to this one: the longer run counts, as the report's)
+        rung = (
+            c["epochs"] if not plan.stopping or c["epochs"] in plan.rungs[:-1] else plan.rungs[-1]
+        )
+        cells = rows.setdefault(key, {})
+        if cells.get(rung, (-1, ""))[0] < r.get("epochs_completed", 0):
+            cells[rung] = (
+                r.get("epochs_completed", 0),
+                "diverged" if r["status"] == "diverged" else f"{r['final/best_val_accuracy']:.2f}",
+            )
+    head = " | ".join(
+        f"to the stop (at most {e})" if plan.stopping and e == plan.rungs[-1] else f"epoch {e}"
+        for e in plan.rungs
+    )
+    lines = [
+        "## Successive halving: the candidates and the choice",
+        "",
+        f"Per model type and size, every candidate (learning rate x weight decay, seed 0) "
+        f"trains to epoch {plan.rungs[0]}; the best third by best validation accuracy is "
+        f"extended to the next rung ({', '.join(map(str, plan.rungs))}); the last rung's "
+        "best is chosen and trained with more seeds. Best validation accuracy (%) at each "
+        "rung a candidate reached:",
+        "",
+        f"| model type | params | learning rate | weight decay | {head} | chosen |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in plan.rungs) + " | --- |",
+    ]
+    order = {t: i for i, t in enumerate(MODEL_TYPES)}
+    for key in sorted(rows, key=lambda k: (k[1] > 1e6, order.get(k[0], 9), k[2], k[3])):
+        t, params, lr, wd = key
+        cells = " | ".join(rows[key].get(e, (0, "–"))[1] for e in plan.rungs)
+        lines.append(
+            f"| {t} | {params:,} | {lr} | {wd} | {cells} | {'**yes**' if key in chosen else ''} |"
+        )
+    out.write_text("\n".join(lines) + "\n")
+
+
+def write_stop_table(results: Path, out: Path, plan: "Halving") -> None:
+    """The converged schedule's stops: per (model type, size), each seed's run of the
+    chosen configuration, the epoch early stopping ended it (or the cap, not converged),
+    its best validation epoch and its last learning rate."""
+    from jaxcollective.report import best_epoch, fmt_params, fold_duplicates, load_results
+
+    runs, _ = fold_duplicates([r for r in load_results(results) if r.status == "finished"])
+    cap, p = plan.rungs[-1], plan.stopping
+    lines = [
+        "## Early stopping: where each run of the choice ended",
+        "",
+        f"Each run's learning rate is multiplied by 0.1 after {p['lr_plateau_patience']} "
+        "epochs in a row without a new best validation accuracy, and the run ends after "
+        f"{p['early_stopping_patience']} such epochs (at most {cap}). Per seed: the epoch "
+        "it stopped at, the epoch of its best validation accuracy, and the learning rate "
+        "of its last epoch. A run that reached the cap without stopping is marked: "
+        "not converged by this rule.",
+        "",
+        "| model type | params | learning rate | weight decay | stopped at (per seed) | "
+        "best epoch (per seed) | last learning rate | converged |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- | --- |",
+    ]
+    groups: dict[tuple, list] = {}
+    for r in runs:  # a seed trained again to a higher cap: its longer run, as the report
+        c = r.config
+        groups.setdefault(
+            (r.model_type, r.params, c["learning_rate"], c["weight_decay"]), []
+        ).append(r)
+    order = {t: i for i, t in enumerate(MODEL_TYPES)}
+    for key in sorted(groups, key=lambda k: (k[1] > 1e6, order.get(k[0], 9))):
+        seeds = sorted(groups[key], key=lambda r: r.config["seed"])
+        stopped = [len(r.val_curve) for r in seeds]
+        best = [best_epoch(r.val_curve) for r in seeds]
+        last = sorted(
+            {f"{r.last_lr if r.last_lr is not None else float('nan'):.1e}" for r in seeds}
+        )
+        done = all(r.stopped_early for r in seeds)
+        t, params, lr, wd = key
+        lines.append(
+            f"| {t} | {fmt_params(params)} | {lr} | {wd} | "
+            f"{', '.join(map(str, stopped))} | {', '.join(map(str, best))} | "
+            f"{', '.join(last)} | {'yes' if done else '**no** (reached the cap)'} |"
+        )
+    out.write_text("\n".join(lines) + "\n")
+
+
+def write_check_table(results: Path, check: Path, out: Path, epochs: int, longer: int) -> None:
+    """The convergence check: per model type, its choice's seed-0 run of the study (`epochs`)
+    beside the same configuration trained `longer` epochs: best validation accuracy and its
+    epoch, test accuracy, and the order of the types by test accuracy in each."""
+    from jaxcollective.report import best_epoch, fmt_params
+
+    def curve(r):
+        return r["val_accuracy_curves"][0]
+
+    long_runs = [r for r in read_records(check) if r.get("status") == "finished"]
+    short = {(r["model_type"], r["model_params"]): r for r in read_records(results) if COPY in r}
+    pairs = [
+        (short[r["model_type"], r["model_params"]], r)
+        for r in long_runs
+        if (r["model_type"], r["model_params"]) in short
+    ]
+    if not pairs:
+        return
+
+    def rank(recs):
+        return {
+            r["model_type"]: i + 1
+            for i, r in enumerate(sorted(recs, key=lambda r: -r["final/test_accuracy"]))
+        }
+
+    r_short, r_long = rank([a for a, _ in pairs]), rank([b for _, b in pairs])
+    lines = [
+        f"## Convergence check: the choices trained {longer} epochs",
+        "",
+        f"At {fmt_params(pairs[0][1]['model_params'])} parameters (the baselines matched to "
+        f"the collective), each model type's chosen configuration, seed 0, trained {longer} epochs "
+        f"from scratch beside its {epochs}-epoch run of the study. Best validation accuracy "
+        "(%) and its epoch, test accuracy (%) at the run's end, and the rank by test "
+        f"accuracy; curves in `check/<dataset>/val_curves.png`.",
+        "",
+        f"| model type | learning rate | weight decay | best val. {epochs} ep. (epoch) | "
+        f"best val. {longer} ep. (epoch) | gain | test {epochs} ep. (rank) | "
+        f"test {longer} ep. (rank) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for a, b in pairs:
+        t, c = b["model_type"], b["config"]
+        va, vb = a["final/best_val_accuracy"], b["final/best_val_accuracy"]
+        lines.append(
+            f"| {t} | {c['learning_rate']} | {c['weight_decay']} | {va:.2f} "
+            f"({best_epoch(curve(a))}) | {vb:.2f} ({best_epoch(curve(b))}) | "
+            f"{vb - va:+.2f} | {a['final/test_accuracy']:.2f} ({r_short[t]}) | "
+            f"{b['final/test_accuracy']:.2f} ({r_long[t]}) |"
+        )
+    out.write_text("\n".join(lines) + "\n")
