@@ -87,7 +87,10 @@ class RunLog:
         if not all(np.all(np.isfinite(m[k])) for k in LOSSES):
             return False
         self.history.append(m)
-        row = history_row(self.epoch, self.history, self.cfg, self.params)
+        lr = None
+        if self.cfg.lr_plateau_patience:  # the rate this epoch trained at (mean over replicas)
+            lr = float(np.mean(schedule.learning_rates(self.cfg, self.history[:-1])))
+        row = history_row(self.epoch, self.history, self.cfg, self.params, lr)
         row[EPOCH_TIME] = epoch_s
         self.writer.log(row)
         self.last_row = row

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -160,16 +160,19 @@ def epoch_row(epoch: int, m: dict[str, np.ndarray], cfg: Config, params: int) ->
 
 
 def history_row(
-    epoch: int, history: list[dict[str, np.ndarray]], cfg: Config, params: int
+    epoch: int,
+    history: list[dict[str, np.ndarray]],
+    cfg: Config,
+    params: int,
+    lr: Optional[float] = None,
 ) -> dict[str, Any]:
     """The row logged after each epoch: that epoch's metrics, plus the final metrics as
     they stand (a run stopped here reports them; a sweep's Hyperband, which counts the
-    history rows holding its metric, sees `final/*` in every row)."""
+    history rows holding its metric, sees `final/*` in every row). `lr`: the rate this
+    epoch trained at, where plateau reductions set it (schedule.learning_rates)."""
     row = epoch_row(epoch, history[-1], cfg, params)
-    if cfg.lr_plateau_patience:  # the rate this epoch trained at (mean over the replicas)
-        from .schedule import learning_rates  # which imports the names from here
-
-        row["lr"] = float(np.mean(learning_rates(cfg, history[:-1])))
+    if lr is not None:
+        row["lr"] = lr
     row.update(final_metrics(history, params))
     return row
 
