@@ -2,8 +2,11 @@
 describes it, to check the JAX/Flax implementation against something that shares none
 of its code: "The baselines" (per hidden width Linear -> BatchNorm -> ReLU -> Dropout(0.1);
 then Linear to the classes), BatchNorm as PyTorch's in training mode (batch mean and
-biased batch variance, eps 1e-5), cross-entropy averaged over the batch, and the first
-update of `adam` (weight decay added to the gradient as L2, as torch.optim.Adam).
+biased batch variance, eps 1e-5), cross-entropy averaged over the batch, and the updates
+of docs/design.md's optimizers ("Training"): the first update of `adam` (weight decay
+added to the gradient as L2, as torch.optim.Adam) and of `adamw` (weight decay decoupled
+from the gradient, as torch.optim.AdamW), and any update of `sgd` (momentum 0.9, L2 in
+the gradient, as torch.optim.SGD).
 
 Only the dropout masks' random bits are the implementation's own choice; they are
 rebuilt here from their documented recipe (layers.mask_bits: a JAX threefry draw seeds a
@@ -108,3 +111,30 @@ def adam_first_update(
         return p - lr * g / (np.abs(g) + eps)
 
     return jax.tree.map(one, w, grads)
+
+
+def adamw_first_update(
+    w: dict, grads: dict, lr: float, weight_decay: float, eps: float = 1e-8
+) -> dict:
+    """The weights after AdamW's first step from zero moments (torch.optim.AdamW and
+    optax.adamw: after bias correction m = g and v = g^2), the weight decay decoupled: the
+    gradient is not touched by it, the weights shrink by lr * weight_decay besides."""
+
+    def one(p, g):
+        return p - lr * (g / (np.abs(g) + eps) + weight_decay * p)
+
+    return jax.tree.map(one, w, grads)
+
+
+SGD_MOMENTUM = 0.9  # docs/design.md, "Training": "`sgd` uses momentum 0.9"
+
+
+def sgd_momentum_update(
+    w: dict, grads: dict, buf, lr: float, weight_decay: float, momentum: float = SGD_MOMENTUM
+):
+    """One step of torch.optim.SGD(momentum, weight_decay) (no dampening, not Nesterov):
+    g' = g + weight_decay * p (L2 in the gradient); the momentum buffer is g' on the first
+    step (`buf` None), else momentum * buf + g'; p -= lr * buf. Returns (weights, buf)."""
+    g2 = jax.tree.map(lambda p, g: g + weight_decay * p, w, grads)
+    buf = g2 if buf is None else jax.tree.map(lambda b, g: momentum * b + g, buf, g2)
+    return jax.tree.map(lambda p, b: p - lr * b, w, buf), buf

@@ -16,6 +16,9 @@ EPOCH_KEYS = {
     "model_params",
     "param_efficiency/accuracy_per_log10_params",
     "param_efficiency/test_accuracy_per_log10_params",
+    "param_efficiency/loss_per_log10_params",
+    "param_efficiency/test_loss_per_log10_params",
+    "time/epoch_s",
 }
 FINAL_KEYS = {
     "final/test_accuracy",

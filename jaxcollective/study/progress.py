@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from jaxcollective.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
 from jaxcollective.signals import StopFlag
 
 from .records import COPY, answers, read_records
@@ -181,13 +182,13 @@ class Progress:
         cfg = rec.get("config", {})
         first, last = cfg.get("seed", 0), cfg.get("seed", 0) + cfg.get("num_seeds", 1) - 1
         seeds = f"seed {first}" if first == last else f"seeds {first}-{last}"
-        acc = rec.get("final/test_accuracy")
+        acc = rec.get(TEST_ACCURACY)
         wd = f" wd={cfg['weight_decay']}" if cfg.get("weight_decay") else ""
         print(
             f"[study] {self.done}/{self.total} runs: {rec.get('model_type')} "
             f"{rec.get('model_params', 0):,} params lr={cfg.get('learning_rate')}{wd} {seeds}, "
             f"{rec.get('epochs_completed')} epochs {rec.get('status')}: val "
-            f"{rec.get('final/best_val_accuracy', float('nan')):.2f}% test "
+            f"{rec.get(BEST_VAL_ACCURACY, float('nan')):.2f}% test "
             f"{float('nan') if acc is None else acc:.2f}%{left}",
             file=sys.stderr,
             flush=True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jaxcollective.metrics import BEST_VAL_ACCURACY
+
 COPY = "study_copy_of"  # a record copied from the halving file (the chosen candidate's)
 
 
@@ -67,7 +69,7 @@ def score(rec: dict) -> float:
     """A candidate's validation score: its best validation accuracy (a diverged run: -inf)."""
     if rec.get("status") != "finished":
         return float("-inf")
-    return float(rec["final/best_val_accuracy"])
+    return float(rec[BEST_VAL_ACCURACY])
 
 
 def append(path: Path, rec: dict) -> None:

@@ -4,17 +4,15 @@ candidates at each rung, where each run stopped, what the convergence check chan
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from jaxcollective.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
 
 from jaxcollective.config import MODEL_TYPES
 
 from .records import COPY, read_records
 
-if TYPE_CHECKING:
-    from .halving import Halving
 
-
-def write_halving_table(halving: Path, results: Path, out: Path, plan: "Halving") -> None:
+def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
     """The candidates of every (model type, size), their best validation accuracy at each
     rung they reached, and the choice."""
     recs = [r for r in read_records(halving) if r.get("status") in ("finished", "diverged")]
@@ -41,7 +39,7 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan: "Halving"
         if cells.get(rung, (-1, ""))[0] < r.get("epochs_completed", 0):
             cells[rung] = (
                 r.get("epochs_completed", 0),
-                "diverged" if r["status"] == "diverged" else f"{r['final/best_val_accuracy']:.2f}",
+                "diverged" if r["status"] == "diverged" else f"{r[BEST_VAL_ACCURACY]:.2f}",
             )
     head = " | ".join(
         f"to the stop (at most {e})" if plan.stopping and e == plan.rungs[-1] else f"epoch {e}"
@@ -69,7 +67,7 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan: "Halving"
     out.write_text("\n".join(lines) + "\n")
 
 
-def write_stop_table(results: Path, out: Path, plan: "Halving") -> None:
+def write_stop_table(results: Path, out: Path, plan) -> None:
     """The converged schedule's stops: per (model type, size), each seed's run of the
     chosen configuration, the epoch early stopping ended it (or the cap, not converged),
     its best validation epoch and its last learning rate."""
@@ -137,7 +135,7 @@ def write_check_table(results: Path, check: Path, out: Path, epochs: int, longer
     def rank(recs):
         return {
             r["model_type"]: i + 1
-            for i, r in enumerate(sorted(recs, key=lambda r: -r["final/test_accuracy"]))
+            for i, r in enumerate(sorted(recs, key=lambda r: -r[TEST_ACCURACY]))
         }
 
     r_short, r_long = rank([a for a, _ in pairs]), rank([b for _, b in pairs])
@@ -157,11 +155,11 @@ def write_check_table(results: Path, check: Path, out: Path, epochs: int, longer
     ]
     for a, b in pairs:
         t, c = b["model_type"], b["config"]
-        va, vb = a["final/best_val_accuracy"], b["final/best_val_accuracy"]
+        va, vb = a[BEST_VAL_ACCURACY], b[BEST_VAL_ACCURACY]
         lines.append(
             f"| {t} | {c['learning_rate']} | {c['weight_decay']} | {va:.2f} "
             f"({best_epoch(curve(a))}) | {vb:.2f} ({best_epoch(curve(b))}) | "
-            f"{vb - va:+.2f} | {a['final/test_accuracy']:.2f} ({r_short[t]}) | "
-            f"{b['final/test_accuracy']:.2f} ({r_long[t]}) |"
+            f"{vb - va:+.2f} | {a[TEST_ACCURACY]:.2f} ({r_short[t]}) | "
+            f"{b[TEST_ACCURACY]:.2f} ({r_long[t]}) |"
         )
     out.write_text("\n".join(lines) + "\n")
