@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 def work(url: str, total: int, out) -> None:
     import optuna
 
-    from jaxcollective.store import study_lock
-    from jaxcollective.sweep import claim, storage_of
+    from jaxcollective.sweep.store import study_lock
+    from jaxcollective.sweep.claims import claim, storage_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with study_lock(url):

@@ -102,7 +102,7 @@ def main(argv):
 
     import optuna
 
-    from jaxcollective.sweep import Sweep
+    from jaxcollective.sweep.trials import Sweep
 
     fixed = Sweep(sweep, {}, None).fixed
     study = optuna.load_study(study_name="bench", storage=f"sqlite:///{tmp / 'bench.db'}")

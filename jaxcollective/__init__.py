@@ -5,14 +5,14 @@ JAX, so a run installs its signal handlers and checks its config at once, and th
 report runs where JAX is not installed.
 """
 
-from .config import Config, ConfigError
+from jaxcollective.config import Config, ConfigError
 
 __all__ = ["Config", "ConfigError", "describe"]
 
 
 def __getattr__(name):
     if name == "describe":
-        from .api import describe
+        from jaxcollective.api import describe
 
         return describe
     raise AttributeError(f"module 'jaxcollective' has no attribute {name!r}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .config import BASELINE_ONLY, COLLECTIVE_ONLY, NO_EFFECT, Config
-from .sizing import describe_resolved, resolve
+from jaxcollective.config import BASELINE_ONLY, COLLECTIVE_ONLY, NO_EFFECT, Config
+from jaxcollective.model.sizing import describe_resolved, resolve
 
 
 def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> dict[str, str]:

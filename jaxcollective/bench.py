@@ -27,8 +27,15 @@ import statistics
 import sys
 import time
 
-from .cli import bool_option, console_script, guarded, help_text, int_option, parse_argv
-from .config import Config, ConfigError
+from jaxcollective.cli import (
+    bool_option,
+    console_script,
+    guarded,
+    help_text,
+    int_option,
+    parse_argv,
+)
+from jaxcollective.config import Config, ConfigError
 
 EXTRA = {
     "config": "preset applied first: debug or phase1",
@@ -81,9 +88,9 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
     """Every figure of one benchmark line (see the module docstring)."""
     import jax
 
-    from .data import make_synthetic
-    from .sizing import resolve
-    from .train import Trainer
+    from jaxcollective.data.datasets import make_synthetic
+    from jaxcollective.model.sizing import resolve
+    from jaxcollective.train.step import Trainer
 
     cfg = cfg.replace(dataset="synthetic", synthetic_like=cfg.data_like)
     resolved = resolve(cfg)
@@ -116,7 +123,7 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
     if epochs > 0:
         out.update(time_epochs(trainer, epochs))
     if torch_ref:
-        from .torch_reference import time_torch
+        from jaxcollective.model.torch_reference import time_torch
 
         out["torch_samples_per_s"] = round(time_torch(cfg, steps), 1)
         out["speedup_vs_torch"] = round(out["train_samples_per_s"] / out["torch_samples_per_s"], 2)

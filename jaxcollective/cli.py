@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Iterable, Optional
 
-from .config import ALIASES, FIELDS, PRESETS, ConfigError, to_bool, to_int
+from jaxcollective.config import ALIASES, FIELDS, PRESETS, ConfigError, to_bool, to_int
 
 
 class UsageError(ConfigError):

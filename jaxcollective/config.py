@@ -782,7 +782,7 @@ SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(sorted(COLLEC
 NO_EFFECT = {k: FIELDS[k].metadata["why"] for k in sorted(keys_of(Role.NO_EFFECT))}
 # Keys that may differ between trials sharing one compiled program.
 VALUE_KEYS = keys_of(Role.VALUE)
-# What may differ between the members of one population (jaxcollective.population): the
+# What may differ between the members of one population (jaxcollective.train.population): the
 # VALUE keys no part of which shapes the program.
 MEMBER_KEYS = frozenset(k for k in VALUE_KEYS if FIELDS[k].metadata["program_part"] is None)
 # The VALUE keys the train step reads per replica (train.ReplicaData.values).

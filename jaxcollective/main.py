@@ -13,9 +13,9 @@ import json
 import os
 import sys
 
-from .cli import bool_option, console_script, guarded, help_text, parse_argv
-from .config import Config, ConfigError
-from .signals import StopFlag
+from jaxcollective.cli import bool_option, console_script, guarded, help_text, parse_argv
+from jaxcollective.config import Config, ConfigError
+from jaxcollective.train.signals import StopFlag
 
 EXTRA = {
     "config": "preset applied before the other keys: debug or phase1 (the original's "
@@ -42,7 +42,7 @@ def _main(argv: list[str], stop: StopFlag) -> int:
         print(help_text("run.py", "Train one model (or describe it with --dry_run).", EXTRA))
         return 0
     # here, not at the top: the signal handlers are installed before anything heavy
-    from .experiment import check_results_file, preflight, setup_backend
+    from jaxcollective.train.loop import check_results_file, preflight, setup_backend
 
     preset = opts.get("config")
     cfg = Config.from_values(values, preset)  # bad flags fail before anything starts
@@ -50,17 +50,17 @@ def _main(argv: list[str], stop: StopFlag) -> int:
     if not dry_run:
         check_results_file(cfg.results)
     setup_backend(cfg)
-    from .api import describe, unused_keys
+    from jaxcollective.api import describe, unused_keys
 
     if dry_run:
         print(json.dumps(describe(values, preset)))
         return 0
 
-    from . import wandb_run
-    from .checkpoint import open_checkpoints
-    from .data import load
-    from .experiment import train_and_evaluate
-    from .writers import ConsoleWriter, MultiWriter, ResultsWriter, WandbWriter
+    from jaxcollective import wandb_run
+    from jaxcollective.train.checkpoint import open_checkpoints
+    from jaxcollective.data.datasets import load
+    from jaxcollective.train.loop import train_and_evaluate
+    from jaxcollective.train.writers import ConsoleWriter, MultiWriter, ResultsWriter, WandbWriter
 
     resolved = preflight(cfg)
     ds = load(cfg)

@@ -13,8 +13,8 @@ import sys
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from .config import FIELDS
-from .util import describe_error, reachable
+from jaxcollective.config import FIELDS
+from jaxcollective.util import describe_error, reachable
 
 
 _said_offline: list = []

@@ -32,7 +32,7 @@ for flag, value in (
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{flag}={value}".strip()
 
 # The tests in this process use the same cache as the subprocesses and the other workers.
-from jaxcollective.experiment import enable_compilation_cache  # noqa: E402
+from jaxcollective.train.loop import enable_compilation_cache  # noqa: E402
 
 enable_compilation_cache()
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxcollective import checkpoint, schedule
-from jaxcollective.checkpoint import Checkpointer, fingerprint, open_checkpoints, run_dir
+from jaxcollective.train import checkpoint
+
+from jaxcollective.train import schedule
+from jaxcollective.train.checkpoint import Checkpointer, fingerprint, open_checkpoints, run_dir
 from jaxcollective.config import Config
-from jaxcollective.experiment import train_and_evaluate
-from jaxcollective.writers import Writer
+from jaxcollective.train.loop import train_and_evaluate
+from jaxcollective.train.writers import Writer
 from child import Child
 from shared import made_once
 from wandb_offline import read_offline_run
@@ -260,7 +262,7 @@ def test_a_failing_save_is_a_warning_and_training_goes_on(tmp_path, capsys):
 
 
 class FakeClock:
-    """Stands for the `time` module in jaxcollective.checkpoint: every clock it could
+    """Stands for the `time` module in jaxcollective.train.checkpoint: every clock it could
     read gives the test's time, advanced by hand."""
 
     def __init__(self, now: float = 1000.0):
@@ -328,9 +330,9 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(monkeypatch, tmp_path, 
     patience of 1000 never fires by itself)."""
     import jax
 
-    from jaxcollective.data import load
-    from jaxcollective.sizing import resolve
-    from jaxcollective.train import Trainer
+    from jaxcollective.data.datasets import load
+    from jaxcollective.model.sizing import resolve
+    from jaxcollective.train.step import Trainer
 
     def rates(cfg, history):  # a rate schedule that jumps after two epochs
         lr = cfg.learning_rate if len(history) < 2 else 1e30

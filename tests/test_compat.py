@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from jaxcollective.config import MODEL_TYPES, Config, ConfigError
-from jaxcollective.data import load_digits, split_indices
+from jaxcollective.data.datasets import load_digits, split_indices
 from jaxcollective.main import main
 from shared import made_once
 from spec_metrics import EPOCH_KEYS, FINAL_KEYS
@@ -212,9 +212,9 @@ def test_eval_batch_size_does_not_change_the_metrics():
 
     import jax
 
-    from jaxcollective.sizing import resolve
-    from jaxcollective.metrics import SPLITS
-    from jaxcollective.train import Trainer, evaluate_splits, over_replicas
+    from jaxcollective.model.sizing import resolve
+    from jaxcollective.train.metrics import SPLITS
+    from jaxcollective.train.step import Trainer, evaluate_splits, over_replicas
 
     ds = load_digits()
     cfg = Config.from_dict(

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 pytest.importorskip("optuna_dashboard")
-
-from jaxcollective.sweep import main as sweep_main  # noqa: E402
+# noqa: E402
+from jaxcollective.sweep.runner import main as sweep_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # end-to-end, in subprocesses

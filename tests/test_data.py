@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxcollective.data as data
-import jaxcollective.rawdata as rawdata
-from jaxcollective.augment import AUGMENTATIONS, AugSpec, augment
+import jaxcollective.data.datasets as data
+import jaxcollective.data.raw as rawdata
+from jaxcollective.data.augment import AUGMENTATIONS, AugSpec, augment
 from jaxcollective.config import Config
-from jaxcollective.experiment import train_and_evaluate
-from jaxcollective.writers import Writer
+from jaxcollective.train.loop import train_and_evaluate
+from jaxcollective.train.writers import Writer
 
 ROOT = Path(__file__).resolve().parents[1]
 

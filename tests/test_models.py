@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 from jaxcollective.config import Config
-from jaxcollective.layers import drop_members
-from jaxcollective.models import MLP, MemberStack, build_model
-from jaxcollective.sizing import abstract_params, count_params, resolve
+from jaxcollective.model.layers import drop_members
+from jaxcollective.model.networks import MLP, MemberStack, build_model
+from jaxcollective.model.sizing import abstract_params, count_params, resolve
 
 X = jax.random.normal(jax.random.key(0), (16, 784))
 
@@ -24,7 +24,7 @@ def call(model, x, train=False, key=None):
 
 @nnx.jit
 def call_members(members, x):
-    from jaxcollective.layers import KeySeq
+    from jaxcollective.model.layers import KeySeq
 
     return members(x, False, KeySeq(None))
 
@@ -83,7 +83,7 @@ def test_batchnorm_matches_pytorch_semantics():
 
 def test_stacked_members_equal_separate_members():
     stack = MemberStack(3, 784, [64, 32], 16, rate=0.2, rngs=nnx.Rngs(0))
-    from jaxcollective.layers import KeySeq
+    from jaxcollective.model.layers import KeySeq
 
     out_NxBxO = stack(X, False, KeySeq(None))
     for i in range(3):

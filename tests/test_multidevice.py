@@ -15,9 +15,9 @@ import json, sys, jax, numpy as np
 from jaxcollective.config import Config
 sys.path.insert(0, "tests")
 from presets import debug_config
-from jaxcollective.data import load_digits
-from jaxcollective.sizing import resolve
-from jaxcollective.train import Trainer
+from jaxcollective.data.datasets import load_digits
+from jaxcollective.model.sizing import resolve
+from jaxcollective.train.step import Trainer
 assert len(jax.devices()) == 4, jax.devices()
 # SGD: parameters are linear in the gradients, so float-level differences stay float-level
 # (Adam divides by sqrt(v) and turns them into O(lr) steps where gradients are ~0).

@@ -17,13 +17,13 @@ from flax import nnx
 
 import numpy_forward as npf
 from jaxcollective import describe
-from jaxcollective.augment import AUGMENTATIONS, AugSpec
+from jaxcollective.data.augment import AUGMENTATIONS, AugSpec
 from jaxcollective.config import DATASETS, Config, ConfigError
-from jaxcollective.data import load_digits
-from jaxcollective.metrics import efficiency_metrics, final_metrics, history_row
-from jaxcollective.sizing import resolve
-from jaxcollective.sweep import search_space
-from jaxcollective.train import (
+from jaxcollective.data.datasets import load_digits
+from jaxcollective.train.metrics import efficiency_metrics, final_metrics, history_row
+from jaxcollective.model.sizing import resolve
+from jaxcollective.sweep.space import search_space
+from jaxcollective.train.step import (
     DeviceData,
     init_state,
     loss_fn,

@@ -9,9 +9,11 @@ import pytest
 
 from presets import debug_config
 from shared import made_once
-from jaxcollective.experiment import StopFlag, train_and_evaluate
-from jaxcollective.report import main, make_report, load_results, wandb_to_run, welch_interval
-from jaxcollective.writers import ResultsWriter
+from jaxcollective.train.loop import StopFlag, train_and_evaluate
+from jaxcollective.report.command import main, make_report
+from jaxcollective.report.load import load_results, wandb_to_run
+from jaxcollective.report.stats import welch_interval
+from jaxcollective.train.writers import ResultsWriter
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +230,7 @@ def test_size_axis_is_readable_for_close_and_wide_sizes(params):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxcollective.report import _size_axis
+    from jaxcollective.report.figures import _size_axis
 
     fig, ax = plt.subplots()
     ax.plot(params, [1] * len(params))
@@ -259,7 +261,9 @@ def test_the_scaling_figure_of_one_model_type_keeps_its_title_inside(tmp_path, m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxcollective.report import Run, plot_scaling
+    from jaxcollective.report.load import Run
+
+    from jaxcollective.report.figures import plot_scaling
 
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
@@ -273,7 +277,7 @@ def test_the_scaling_figure_of_one_model_type_keeps_its_title_inside(tmp_path, m
 
 
 def test_the_best_configuration_lists_settings_not_output_keys():
-    from jaxcollective.report import _non_defaults
+    from jaxcollective.report.tables import _non_defaults
 
     config = {
         "dataset": "digits",
@@ -296,7 +300,7 @@ def test_the_best_configuration_lists_settings_not_output_keys():
 
 
 def test_val_curves_share_a_panel_per_matched_size():
-    from jaxcollective.report import size_class_of, size_classes
+    from jaxcollective.report.select import size_class_of, size_classes
 
     # the study's baselines sit within 0.4% of their collective: one panel per collective
     sizes = [564874, 565834, 567044, 566348, 2969887, 2965786, 2974050]
@@ -306,7 +310,9 @@ def test_val_curves_share_a_panel_per_matched_size():
 
 
 def test_runs_stopped_early_hold_their_last_value_in_the_mean_curve():
-    from jaxcollective.report import Group, Run, convergence_lines, mean_curve
+    from jaxcollective.report.select import Group
+    from jaxcollective.report.load import Run
+    from jaxcollective.report.tables import convergence_lines, mean_curve
 
     # seed 0 stopped after 4 epochs, seed 1 ran 8: the mean covers 8 epochs, seed 0 held
     a, b = [70, 80, 82, 81], [60, 70, 75, 78, 80, 84, 83, 83]

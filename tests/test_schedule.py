@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from jaxcollective.config import Config, ConfigError
-from jaxcollective.experiment import train_and_evaluate
-from jaxcollective.schedule import learning_rates, stops
-from jaxcollective.writers import Writer
+from jaxcollective.train.loop import train_and_evaluate
+from jaxcollective.train.schedule import learning_rates, stops
+from jaxcollective.train.writers import Writer
 from presets import debug_config
 
 
@@ -97,7 +97,7 @@ def test_bad_values_are_one_line_and_the_off_state_is_the_old_run():
             Config.from_dict({key: value})
         assert "\n" not in str(err.value) and key in str(err.value)
     from jaxcollective.api import unused_keys
-    from jaxcollective.checkpoint import fingerprint
+    from jaxcollective.train.checkpoint import fingerprint
 
     base = Config.from_dict({"model_type": "shallow"})
     # off, the plateau keys are not part of what the run computes (fingerprint unchanged)
@@ -169,7 +169,7 @@ def test_a_continued_run_sets_the_same_rates_and_stops_at_the_same_epoch(whole, 
 
 def train_and_evaluate_ck(cfg, writer):
     """A run with its checkpoints, as run.py trains it (continues the config's checkpoint)."""
-    from jaxcollective.checkpoint import check_writable, open_checkpoints
+    from jaxcollective.train.checkpoint import check_writable, open_checkpoints
 
     check_writable(cfg)  # makes the folder, as run.py's preflight
     checkpointer, meta = open_checkpoints(cfg)
@@ -199,7 +199,7 @@ def test_population_members_follow_the_rules_as_sequential_runs(tmp_path):
     """Members of one population (constant and plateau rates mixed) stop where their own
     curves say, and train as a sequential run of their config (which reduces its rate
     and stops by the same rules)."""
-    from jaxcollective.sweep import main
+    from jaxcollective.sweep.runner import main
 
     (tmp_path / "pop.yaml").write_text(POP_SWEEP)
     results = tmp_path / "results.jsonl"
@@ -236,9 +236,9 @@ def test_population_members_follow_the_rules_as_sequential_runs(tmp_path):
 def test_a_reduced_rate_reaches_the_device_and_moves_with_its_member():
     import jax
 
-    from jaxcollective.data import load
-    from jaxcollective.population import Population
-    from jaxcollective.sizing import resolve
+    from jaxcollective.data.datasets import load
+    from jaxcollective.train.population import Population
+    from jaxcollective.model.sizing import resolve
 
     cfg = debug_config({**RUN, "batch_size": 64})
     pop = Population(resolve(cfg), load(cfg), k=2)

@@ -6,8 +6,8 @@ import pytest
 
 from jaxcollective import describe
 from jaxcollective.config import Config, ConfigError
-from jaxcollective.models import BASELINE_FAMILIES
-from jaxcollective.sizing import count_params, match_baseline, resolve
+from jaxcollective.model.networks import BASELINE_FAMILIES
+from jaxcollective.model.sizing import count_params, match_baseline, resolve
 
 SEED_TARGETS = [1_800_000, 2_850_000, 3_950_000, 5_000_000, 6_100_000, 7_150_000]
 SPREAD = [200_000, 500_000, 1_000_000, 12_000_000, 25_000_000, 50_000_000]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from presets import debug_config
-from jaxcollective.experiment import train_and_evaluate
-from jaxcollective.layers import dropout, mask_bits
-from jaxcollective.writers import Writer
+from jaxcollective.train.loop import train_and_evaluate
+from jaxcollective.model.layers import dropout, mask_bits
+from jaxcollective.train.writers import Writer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_benchmark_times_whole_epochs():
     )
     # what the benchmark times is the real engine's whole epochs: the first compiles,
     # the next ones are timed, each to its metrics on the host
-    from jaxcollective import train
+    from jaxcollective.train import step as train
 
     epochs, real = [], train.Trainer.epoch
 

@@ -14,7 +14,8 @@ import pytest
 
 from jaxcollective.cli import UsageError
 from jaxcollective.config import ConfigError
-from jaxcollective.report import Group, Run, select_on_validation
+from jaxcollective.report.select import Group, select_on_validation
+from jaxcollective.report.load import Run
 from shared import made_once
 from jaxcollective.study.schedules import CONVERGED, LONG
 

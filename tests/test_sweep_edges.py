@@ -15,8 +15,11 @@ import pytest
 import yaml
 
 optuna = pytest.importorskip("optuna")
+# noqa: E402
+from jaxcollective.sweep.samplers import GridSampler  # noqa: E402
 
-from jaxcollective.sweep import GridSampler, main as sweep_main  # noqa: E402
+# noqa: E402
+from jaxcollective.sweep.runner import main as sweep_main  # noqa: E402
 from wandb_offline import read_offline_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,7 +303,7 @@ def test_every_call_a_study_makes_on_its_database_waits_out_a_restart():
 
     from optuna.storages import RDBStorage, _cached_storage
 
-    from jaxcollective.store import PatientStorage
+    from jaxcollective.sweep.store import PatientStorage
 
     called = set(
         re.findall(r"self\._backend\.([a-z_]+)", Path(_cached_storage.__file__).read_text())
@@ -316,7 +319,7 @@ def test_every_call_a_study_makes_on_its_database_waits_out_a_restart():
 RETRY_REPORTS_AGAIN = """
 import optuna
 from optuna.trial import TrialState
-from jaxcollective.sweep import RETRY
+from jaxcollective.sweep.retry import RETRY
 study = optuna.create_study(direction="maximize")
 trial = study.ask()
 for epoch in (1, 2):
@@ -346,7 +349,9 @@ def test_a_stopped_trials_retry_keeps_its_hyperband_bracket_and_values(tmp_path)
     """The sequential loop's stop (sweep.conclude) queues a retry that sits in its
     original's bracket with its original's reported values; the stopped original is in
     no bracket. (The population path is tested end to end above.)"""
-    from jaxcollective.sweep import Hyperband, RETRY, conclude
+    from jaxcollective.sweep.samplers import Hyperband
+    from jaxcollective.sweep.retry import RETRY
+    from jaxcollective.sweep.claims import conclude
 
     pruner = Hyperband(min_resource=1, max_resource=27, reduction_factor=3)  # 4 brackets
     study = optuna.create_study(
@@ -380,7 +385,7 @@ def test_a_stopped_trials_retry_keeps_its_hyperband_bracket_and_values(tmp_path)
 
 
 def test_a_draining_population_shrinks_only_when_it_pays():
-    from jaxcollective.sweep import shrink_pays
+    from jaxcollective.sweep.populations import shrink_pays
 
     compile_then = [10.0, 1.0, 1.0]  # the first epoch compiled for 9 s, then 1 s an epoch
     assert shrink_pays(8, 2, compile_then, epochs_left=20)  # 20 x 1 x (1 - 2/8) = 15 > 9
@@ -395,7 +400,8 @@ def test_a_population_sweep_shrinks_and_its_members_train_on(tmp_path, monkeypat
     """A grid of 4 points in one population of 4: the two 1-epoch members end after
     epoch 1, the population shrinks to 2 (shrink_pays made to say yes), and the 4-epoch
     members carry on there to the same results as in a population that never shrinks."""
-    from jaxcollective import population, sweep
+    from jaxcollective.train import population
+    from jaxcollective.sweep import populations as sweep
 
     spec = {
         "program": "run.py",

@@ -17,9 +17,12 @@ import yaml
 from child import Child
 
 optuna = pytest.importorskip("optuna")
+# noqa: E402
+from jaxcollective.report.load import load_results  # noqa: E402
 
-from jaxcollective.report import load_results, make_report  # noqa: E402
-from jaxcollective.sweep import main as sweep_main  # noqa: E402
+# noqa: E402
+from jaxcollective.report.command import make_report  # noqa: E402
+from jaxcollective.sweep.runner import main as sweep_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -409,7 +412,8 @@ def test_a_bayes_sweep_maps_q_uniform_and_int_uniform(tmp_path, capsys):
         lr, seed = r["config"]["learning_rate"], r["config"]["seed"]
         assert any(lr == pytest.approx(q) for q in (0.001, 0.003, 0.005, 0.007, 0.009)), lr
         assert isinstance(seed, int) and 3 <= seed <= 5
-    from jaxcollective.sweep import Sweep, sampler_of
+    from jaxcollective.sweep.trials import Sweep
+    from jaxcollective.sweep.samplers import sampler_of
 
     sw = Sweep(str(path), {}, str(tmp_path / "r.jsonl"))
     sampler = sampler_of(sw.sweep, sw.space, 0)

@@ -11,10 +11,10 @@ from flax import nnx
 from jaxcollective.config import Config
 import numpy_forward as npf
 from presets import debug_config
-from jaxcollective.data import load_digits
-from jaxcollective.experiment import train_and_evaluate
-from jaxcollective.sizing import resolve
-from jaxcollective.train import (
+from jaxcollective.data.datasets import load_digits
+from jaxcollective.train.loop import train_and_evaluate
+from jaxcollective.model.sizing import resolve
+from jaxcollective.train.step import (
     DeviceData,
     Trainer,
     diversity_penalty,
@@ -27,7 +27,7 @@ from jaxcollective.train import (
     stream_keys,
     train_step,
 )
-from jaxcollective.writers import Writer
+from jaxcollective.train.writers import Writer
 from spec_metrics import EPOCH_KEYS, FINAL_KEYS
 
 

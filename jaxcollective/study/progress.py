@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from jaxcollective.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
-from jaxcollective.signals import StopFlag
+from jaxcollective.train.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
+from jaxcollective.train.signals import StopFlag
 
 from .records import COPY, answers, read_records
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jaxcollective.metrics import BEST_VAL_ACCURACY
+from jaxcollective.train.metrics import BEST_VAL_ACCURACY
 
 COPY = "study_copy_of"  # a record copied from the halving file (the chosen candidate's)
 
@@ -73,6 +73,6 @@ def score(rec: dict) -> float:
 
 
 def append(path: Path, rec: dict) -> None:
-    from jaxcollective.writers import ResultsWriter
+    from jaxcollective.train.writers import ResultsWriter
 
     ResultsWriter(str(path)).finish(rec)

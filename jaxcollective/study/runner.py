@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jaxcollective.cli import console_script, guarded, help_text, int_option, parse_argv
 from jaxcollective.config import ConfigError
-from jaxcollective.signals import StopFlag
+from jaxcollective.train.signals import StopFlag
 
 from .halving import Halving, long_study
 from .progress import Progress, Stopped, run
@@ -67,7 +67,7 @@ def study_sweep(opts: dict, work: Path) -> tuple[Path, dict[str, str], dict, int
     run of the study shares), the keys its grid varies, and its grid size."""
     import yaml
 
-    from jaxcollective.sweep import read_sweep, search_space
+    from jaxcollective.sweep.space import read_sweep, search_space
 
     sweep = read_sweep(str(SWEEP))
     params = sweep["parameters"]
@@ -89,13 +89,13 @@ def study_sweep(opts: dict, work: Path) -> tuple[Path, dict[str, str], dict, int
 
 
 def selections(results: Path):
-    from jaxcollective.report import (
+    from jaxcollective.report.select import (
         fold_duplicates,
         group_runs,
-        load_results,
         select_on_validation,
         split_runs,
     )
+    from jaxcollective.report.load import load_results
 
     good, _ = split_runs(load_results(results)) if results.exists() else ([], [])
     good, _ = fold_duplicates(good)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxcollective.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
+from jaxcollective.train.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
 
 from jaxcollective.config import MODEL_TYPES
 
@@ -71,7 +71,9 @@ def write_stop_table(results: Path, out: Path, plan) -> None:
     """The converged schedule's stops: per (model type, size), each seed's run of the
     chosen configuration, the epoch early stopping ended it (or the cap, not converged),
     its best validation epoch and its last learning rate."""
-    from jaxcollective.report import best_epoch, fmt_params, fold_duplicates, load_results
+    from jaxcollective.report.tables import best_epoch, fmt_params
+    from jaxcollective.report.select import fold_duplicates
+    from jaxcollective.report.load import load_results
 
     runs, _ = fold_duplicates([r for r in load_results(results) if r.status == "finished"])
     cap, p = plan.rungs[-1], plan.stopping
@@ -117,7 +119,7 @@ def write_check_table(results: Path, check: Path, out: Path, epochs: int, longer
     """The convergence check: per model type, its choice's seed-0 run of the study (`epochs`)
     beside the same configuration trained `longer` epochs: best validation accuracy and its
     epoch, test accuracy, and the order of the types by test accuracy in each."""
-    from jaxcollective.report import best_epoch, fmt_params
+    from jaxcollective.report.tables import best_epoch, fmt_params
 
     def curve(r):
         return r["val_accuracy_curves"][0]

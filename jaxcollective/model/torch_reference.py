@@ -13,8 +13,8 @@ import math
 import statistics
 import time
 
-from .config import Config, collective_dims
-from .models import member_widths
+from jaxcollective.config import Config, collective_dims
+from jaxcollective.model.networks import member_widths
 
 
 def _torch():
@@ -134,7 +134,7 @@ def count_torch_params(model) -> int:
 def time_torch(cfg: Config, steps: int = 30) -> float:
     """Steady-state training samples/s of the reference (median over `steps`)."""
     torch, nn = _torch()
-    from .sizing import resolve
+    from jaxcollective.model.sizing import resolve
 
     r = resolve(cfg)
     torch.manual_seed(cfg.seed)

@@ -25,8 +25,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import Config, ConfigError
-from .util import alive, describe_error, warn
+from jaxcollective.config import Config, ConfigError
+from jaxcollective.util import alive, describe_error, warn
 
 SAVE_INTERVAL_S = 60.0  # the default policy: save after an epoch 60 s past the last save
 

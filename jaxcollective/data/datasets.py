@@ -31,9 +31,9 @@ from typing import Optional
 
 import numpy as np
 
-from . import rawdata
-from .config import DATASETS, TFDS_DATASETS, Config, ConfigError, DatasetInfo
-from .util import reachable
+from jaxcollective.data import raw as rawdata
+from jaxcollective.config import DATASETS, TFDS_DATASETS, Config, ConfigError, DatasetInfo
+from jaxcollective.util import reachable
 
 
 class DataError(ConfigError):

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from .config import BASELINE_TYPES, Config, ConfigError, collective_dims
-from .layers import ShapesOnly
-from .models import BASELINE_FAMILIES, build_model
+from jaxcollective.config import BASELINE_TYPES, Config, ConfigError, collective_dims
+from jaxcollective.model.layers import ShapesOnly
+from jaxcollective.model.networks import BASELINE_FAMILIES, build_model
 
 MIN_TARGET, MAX_TARGET = 1, 10**10
 MAX_MISMATCH = 0.02  # closest count further off than this: the family cannot reach the target

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 
-from .config import ConfigError
+from jaxcollective.config import ConfigError
 
 OUTAGE_LIMIT_S = 600.0  # how long a worker waits for its study's server to come back
 RETRY_EVERY_S = 2.0

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import STEP_VALUES, Config, ConfigError
-from .data import split_indices
-from .sizing import Resolved
-from .train import (
+from jaxcollective.config import STEP_VALUES, Config, ConfigError
+from jaxcollective.data.datasets import split_indices
+from jaxcollective.model.sizing import Resolved
+from jaxcollective.train.step import (
     STEP_STREAMS,
     ReplicaData,
     Trainer,

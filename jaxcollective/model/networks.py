@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .config import Config, collective_dims
-from .layers import BatchNorm, Dense, KeySeq, drop_members, dropout
+from jaxcollective.config import Config, collective_dims
+from jaxcollective.model.layers import BatchNorm, Dense, KeySeq, drop_members, dropout
 
 # ------------------------------------------------------------------ members
 

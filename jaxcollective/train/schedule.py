@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import Config
-from .metrics import name
+from jaxcollective.config import Config
+from jaxcollective.train.metrics import name
 
 VAL = name("val", "accuracy")
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import Config
+from jaxcollective.config import Config
 
 SPLITS = ("train", "val", "test")
 # The loss and its parts, as the train step returns them (before the split's prefix).

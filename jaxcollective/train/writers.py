@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .metrics import EPOCH_TIME, SPLITS, TEST_ACCURACY, is_summary, name
+from jaxcollective.train.metrics import EPOCH_TIME, SPLITS, TEST_ACCURACY, is_summary, name
 
 
 class Writer:

@@ -16,11 +16,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import schedule
-from .checkpoint import check_writable
-from .config import Config, ConfigError
-from .data import TRAIN_SIZES, load, train_split_size
-from .metrics import (
+from jaxcollective.train import schedule
+from jaxcollective.train.checkpoint import check_writable
+from jaxcollective.config import Config, ConfigError
+from jaxcollective.data.datasets import TRAIN_SIZES, load, train_split_size
+from jaxcollective.train.metrics import (
     EPOCH_TIME,
     LOSSES,
     VAL_CURVES,
@@ -29,14 +29,14 @@ from .metrics import (
     replica_finals,
     val_curves,
 )
-from .signals import StopFlag
-from .writers import Writer
+from jaxcollective.train.signals import StopFlag
+from jaxcollective.train.writers import Writer
 
 
 def run_info(resolved, ds, unused: dict[str, str]) -> dict[str, Any]:
     """What a run's record and W&B config start with: the architecture, the data, the
     seeds, the keys it does not read, the resolved config."""
-    from .sizing import describe_resolved
+    from jaxcollective.model.sizing import describe_resolved
 
     cfg = resolved.cfg
     info = describe_resolved(resolved)
@@ -140,8 +140,9 @@ def train_and_evaluate(
     results record (also given to `writer.finish`)."""
     import jax
 
-    from .sizing import resolve  # JAX: imported once the config has been checked
-    from .train import Trainer
+    # JAX: imported once the config has been checked
+    from jaxcollective.model.sizing import resolve  # JAX: imported once the config has been checked
+    from jaxcollective.train.step import Trainer
 
     resolved = resolved if resolved is not None else resolve(cfg)
     ds = dataset if dataset is not None else load(cfg)
@@ -242,7 +243,7 @@ def preflight(cfg: Config, replicas: str = "--num_seeds"):
     memory error advises lowering."""
     import jax
 
-    from .sizing import resolve
+    from jaxcollective.model.sizing import resolve
 
     check_writable(cfg)
     nd = len(jax.devices())
@@ -293,7 +294,7 @@ def check_memory(resolved, devices, replicas: str = "--num_seeds") -> None:
 def memory_parts(resolved, n_devices: int = 1) -> dict[str, int]:
     """Bytes a run needs on each device: its state, activations (the batch is split
     across the devices) and data (sizing.memory_need at the dataset's sizes)."""
-    from .sizing import memory_need
+    from jaxcollective.model.sizing import memory_need
 
     need = memory_need(resolved, TRAIN_SIZES.get(resolved.cfg.data_like, 60_000), 10_000)
     need["activations"] //= n_devices

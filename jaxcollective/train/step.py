@@ -35,12 +35,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .augment import AUGMENTATIONS, AugSpec, augment
-from .config import STEP_VALUES, Config, ConfigError, DatasetInfo
-from .data import split_indices
-from .metrics import CORRECT, LOSS_PARTS, SPLITS, count_names, name, rate_name
-from .models import build_model
-from .sizing import Resolved
+from jaxcollective.data.augment import AUGMENTATIONS, AugSpec, augment
+from jaxcollective.config import STEP_VALUES, Config, ConfigError, DatasetInfo
+from jaxcollective.data.datasets import split_indices
+from jaxcollective.train.metrics import CORRECT, LOSS_PARTS, SPLITS, count_names, name, rate_name
+from jaxcollective.model.networks import build_model
+from jaxcollective.model.sizing import Resolved
 
 # Named RNG streams, all derived from the config's one seed.
 STREAMS = ("params", "dropout", "augment", "shuffle")

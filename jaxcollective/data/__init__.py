@@ -1,0 +1,1 @@
+"""The data: raw files checked by content, datasets and their split, augmentation."""
