@@ -125,8 +125,8 @@ def test_entry_points_import_no_jax():
     """The report runs where JAX is not installed, and run.py installs its signal
     handlers and checks its flags before JAX (a second or more) is imported."""
     code = (
-        "import sys, jaxcollective, jaxcollective.report, jaxcollective.main, "
-        "jaxcollective.metrics; assert 'jax' not in sys.modules, 'jax imported'"
+        "import sys, jaxcollective, jaxcollective.report.command, "
+        "jaxcollective.main, jaxcollective.train.metrics; assert 'jax' not in sys.modules, 'jax imported'"
     )
     p = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -159,8 +159,8 @@ def test_help_piped_into_head_ends_quietly():
 
 def test_a_run_that_cannot_fit_its_device_is_refused_before_any_work():
     from jaxcollective.config import Config, ConfigError
-    from jaxcollective.experiment import check_memory, preflight
-    from jaxcollective.sizing import resolve
+    from jaxcollective.train.loop import check_memory, preflight
+    from jaxcollective.model.sizing import resolve
 
     cfg = Config.from_dict({"model_type": "shallow", "dataset": "digits", "target_params": 1e10})
     with pytest.raises(ConfigError, match=r"needs about .* GB .* free; use a smaller"):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from presets import debug_config
-from jaxcollective.data import load
-from jaxcollective.experiment import train_and_evaluate
-from jaxcollective.population import Population
-from jaxcollective.sizing import resolve
-from jaxcollective.writers import Writer
+from jaxcollective.data.datasets import load
+from jaxcollective.train.loop import train_and_evaluate
+from jaxcollective.train.population import Population
+from jaxcollective.model.sizing import resolve
+from jaxcollective.train.writers import Writer
 
 # As the replica test (test_speed.py): SGD, dropout, model-level dropout, augmentation;
 # compared after an epoch, where the vmapped program of K members and a sequential run's
@@ -146,9 +146,9 @@ parameters:
 def test_a_population_sweep_runs_every_trial_once_prunes_and_refills_without_compiling(tmp_path):
     import json
 
-    from jaxcollective import train
+    from jaxcollective.train import step as train
     from jaxcollective.config import Config
-    from jaxcollective.sweep import main
+    from jaxcollective.sweep.runner import main
 
     (tmp_path / "pop.yaml").write_text(SWEEP)
     results = tmp_path / "results.jsonl"
@@ -251,8 +251,10 @@ def test_sigkill_during_a_population_then_the_same_command_loses_and_repeats_not
 def test_population_auto_is_1_on_a_cpu_and_the_largest_that_fits_elsewhere(monkeypatch):
     from dataclasses import replace
 
-    from jaxcollective import experiment, sweep
-    from jaxcollective.sizing import memory_need
+    from jaxcollective.train import loop as experiment
+
+    from jaxcollective.sweep import populations as sweep
+    from jaxcollective.model.sizing import memory_need
 
     r = resolve(debug_config(BASE))
     assert sweep.auto_population(r) == 1  # this CPU
@@ -286,7 +288,8 @@ def test_population_auto_is_1_on_a_cpu_and_the_largest_that_fits_elsewhere(monke
 
 
 def test_auto_population_times_real_populations_of_the_sweep(tmp_path):
-    from jaxcollective.sweep import Sweep, epoch_timer
+    from jaxcollective.sweep.trials import Sweep
+    from jaxcollective.sweep.populations import epoch_timer
 
     (tmp_path / "pop.yaml").write_text(SWEEP)
     sw = Sweep(
@@ -295,7 +298,7 @@ def test_auto_population_times_real_populations_of_the_sweep(tmp_path):
         str(tmp_path / "r.jsonl"),
     )
     # a population of 2 trains an epoch (compiling), then one more, which is the time
-    from jaxcollective import population
+    from jaxcollective.train import population
 
     calls, real = [], population.Population.epoch
 
@@ -315,7 +318,7 @@ def test_auto_population_times_real_populations_of_the_sweep(tmp_path):
 
 
 def test_an_impossible_population_is_one_line_before_any_trial(tmp_path, capsys):
-    from jaxcollective.sweep import main
+    from jaxcollective.sweep.runner import main
 
     (tmp_path / "pop.yaml").write_text(SWEEP)
     rc = main(

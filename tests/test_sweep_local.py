@@ -14,9 +14,12 @@ import yaml
 from child import Child
 
 optuna = pytest.importorskip("optuna")
+# noqa: E402
+from jaxcollective.report.load import load_results  # noqa: E402
 
-from jaxcollective.report import load_results, make_report  # noqa: E402
-from jaxcollective.sweep import main as sweep_main  # noqa: E402
+# noqa: E402
+from jaxcollective.report.command import make_report  # noqa: E402
+from jaxcollective.sweep.runner import main as sweep_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # end-to-end, in subprocesses
