@@ -2,12 +2,14 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from child import Child
 from jaxcollective.config import FIELDS
 from jaxcollective.main import main
 
@@ -177,3 +179,70 @@ def test_a_run_that_cannot_fit_its_device_is_refused_before_any_work():
         check_memory(phase1, [SmallGPU()])
     SmallGPU.memory_stats = lambda self: {"bytes_limit": 8 * 2**30, "bytes_in_use": 0}
     check_memory(phase1, [SmallGPU()])  # fits
+
+
+@pytest.mark.slow
+def test_a_run_writes_to_the_default_results_file_and_checkpoint_folder(tmp_path):
+    """docs/training.md: each run appends one JSON line to `--results` (default
+    `runs/results.jsonl`); checkpoints go to `--checkpoint_dir` (default
+    `runs/checkpoints/`), and a finished run removes its folder there."""
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "--model_type=shallow",
+            "--dataset=digits",
+            "--epochs=1",
+            "--target_params=20000",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, WANDB_MODE="disabled"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    (line,) = (tmp_path / "runs" / "results.jsonl").read_text().splitlines()
+    rec = json.loads(line)
+    assert rec["status"] == "finished" and rec["epochs_completed"] == 1
+    assert rec["model_type"] == "shallow" and rec["config"]["dataset"] == "digits"
+    assert (tmp_path / "runs" / "checkpoints").is_dir()
+    # a finished run removes its folder (its `<folder>.lock` may stay)
+    assert not [f for f in (tmp_path / "runs" / "checkpoints").glob("shallow-*") if f.is_dir()]
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_ends_the_run_stopped_with_its_epochs_kept_and_exit_0(tmp_path):
+    """README: Ctrl-C stops after the epoch in flight and keeps what was measured;
+    docs/sweeps.md: the run closes with its last completed epoch as its final metrics, in
+    the results file, and exits 0; docs/training.md: a stopped run checkpoints (in the
+    default `runs/checkpoints/<model_type>-<fingerprint>`)."""
+    with Child(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "--model_type=shallow",
+            "--dataset=digits",
+            "--target_params=20000",
+            "--batch_size=64",
+            "--epochs=100000",
+            "--progress=false",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, WANDB_MODE="disabled"),
+    ) as run:
+        run.wait_for(
+            lambda: any(line.startswith("epoch") for line in run.out),
+            "the first epoch's line",
+            timeout=120,
+        )
+        run.proc.send_signal(signal.SIGINT)  # once
+        _, err = run.finish(timeout=60)
+    assert run.proc.returncode == 0, run.output()
+    assert "Ctrl-C: stopping after the epoch in flight" in err and "Traceback" not in err
+    (line,) = (tmp_path / "runs" / "results.jsonl").read_text().splitlines()
+    rec = json.loads(line)
+    assert rec["status"] == "stopped" and rec["epochs_completed"] >= 1
+    assert rec["final_test_accuracy"] == rec["final/test_accuracy"] > 0
+    (folder,) = [f for f in (tmp_path / "runs" / "checkpoints").glob("shallow-*") if f.is_dir()]
+    assert (folder / str(rec["epochs_completed"])).is_dir()  # saved at its last epoch

@@ -333,3 +333,105 @@ def test_an_impossible_population_is_one_line_before_any_trial(tmp_path, capsys)
     assert rc == 2 and len(err) == 1 and "x10000000" in err[0] and "free" in err[0]
     assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "sweeps.db").exists()
     assert main([str(tmp_path / "pop.yaml"), "--population=0"]) == 2
+
+
+def tiny_sweep_file(tmp, method, **params):
+    """A sweep of 20K-parameter shallow nets on digits (SGD), as YAML in `tmp`."""
+    import yaml
+
+    spec = {
+        "program": "run.py",
+        "method": method,
+        "metric": {"name": "final/test_accuracy", "goal": "maximize"},
+        "parameters": {
+            "model_type": {"value": "shallow"},
+            "dataset": {"value": "digits"},
+            "target_params": {"value": 20000},
+            "batch_size": {"value": 64},
+            "optimizer": {"value": "sgd"},
+            "progress": {"value": False},
+            "checkpoint_dir": {"value": str(tmp / "ck")},
+            **params,
+        },
+    }
+    path = tmp / "pop.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.slow
+def test_a_diverged_member_frees_its_slot_for_the_next_trial(tmp_path):
+    """docs/sweeps.md: a finished, pruned or diverged member's slot takes the next trial
+    at once; docs/design.md: a member that diverges frees its slot. A grid (the file's
+    order): trial 0 (lr 1e30) diverges in its first epoch beside trial 1, and trial 2
+    takes slot 0 while trial 1 still trains. In a subprocess, so that a slot never freed
+    (a population that never drains) fails at the deadline instead of hanging."""
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    from child import Child
+
+    optuna = pytest.importorskip("optuna")
+    path = tiny_sweep_file(
+        tmp_path, "grid", epochs={"value": 2}, learning_rate={"values": [1e30, 0.01, 0.02]}
+    )
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with Child(
+        [
+            sys.executable,
+            "-m",
+            "jaxcollective.sweep",
+            str(path),
+            "--trials=3",
+            "--population=2",
+            f"--results={tmp_path / 'r.jsonl'}",
+            f"--storage={url}",
+            "--study=p",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, WANDB_MODE="disabled"),
+    ) as run:
+        _, err = run.finish(timeout=120)
+    assert run.proc.returncode == 0, run.output()
+    recs = {
+        r["sweep_trial"]: r
+        for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())
+    }
+    assert sorted(recs) == [0, 1, 2]  # every trial ran, once
+    assert [r["status"] for r in recs.values()].count("diverged") == 1
+    assert recs[0]["status"] == "diverged" and recs[0]["config"]["learning_rate"] == 1e30
+    assert recs[1]["status"] == recs[2]["status"] == "finished"
+    assert recs[2]["epochs_completed"] == 2
+    # trial 2 took the diverged member's slot, claimed while trial 1 was still training
+    assert recs[2]["population_slot"] == recs[0]["population_slot"] != recs[1]["population_slot"]
+    trials = optuna.load_study(study_name="p", storage=url).trials
+    assert trials[2].datetime_start < trials[1].datetime_complete
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.slow
+def test_population_auto_on_the_command_line_runs_one_trial_at_a_time_on_a_cpu(tmp_path, capsys):
+    """docs/sweeps.md: `--population=auto` is 1 on a CPU. The sweep says so, and its trials
+    run as with --population=1: one at a time, records without a population slot."""
+    import json
+
+    from jaxcollective.sweep.runner import main
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("--population=auto is 1 on a CPU only")
+    path = tiny_sweep_file(
+        tmp_path,
+        "random",
+        epochs={"value": 1},
+        learning_rate={"distribution": "log_uniform_values", "min": 1e-3, "max": 0.1},
+    )
+    argv = [str(path), "--trials=2", f"--results={tmp_path / 'r.jsonl'}", "--study=a"]
+    assert main([*argv, "--population=auto"]) == 0
+    err = capsys.readouterr().err
+    assert "[sweep a] --population=auto: 1\n" in err, err
+    recs = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(r["sweep_trial"] for r in recs) == [0, 1]
+    assert {r["status"] for r in recs} == {"finished"}
+    assert not any("population_slot" in r for r in recs)  # as --population=1 writes them

@@ -173,3 +173,97 @@ def test_a_killed_study_resumes(tmp_path):
     assert len(recs) == 5 and {r["status"] for r in recs} == {"finished"}
     (retry,) = [r for r in recs if "sweep_retry_of" in r]
     assert retry["sweep_retry_of"] == 2 and retry["sweep_trial"] == 3  # the rerun's first
+
+
+def tiny_sweep(tmp, name="sweep", method="random", **params):
+    """A sweep file of 1-epoch digits trials of a 20K-parameter shallow net."""
+    spec = {
+        "program": "run.py",
+        "method": method,
+        "metric": {"name": "final/test_accuracy", "goal": "maximize"},
+        "parameters": {
+            "model_type": {"value": "shallow"},
+            "dataset": {"value": "digits"},
+            "target_params": {"value": 20000},
+            "batch_size": {"value": 64},
+            "epochs": {"value": 1},
+            "progress": {"value": False},
+            "checkpoint_dir": {"value": str(tmp / "ck")},
+            **params,
+        },
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_the_default_study_name_is_the_sweep_files_name(tmp_path, capsys):
+    """docs/sweeps.md: `--study=NAME` (default: the file's name); the first line is `new
+    study NAME in URL` on a fresh store (by default runs/sweeps.db beside the results)."""
+    path = tiny_sweep(tmp_path, name="lr_probe", learning_rate={"values": [0.01]})
+    assert sweep_main([str(path), "--trials=1", f"--results={tmp_path / 'r.jsonl'}"]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == f"[sweep lr_probe] new study lr_probe in sqlite:///{tmp_path / 'sweeps.db'}"
+    (rec,) = lines(tmp_path / "r.jsonl")
+    assert rec["sweep_study"] == "lr_probe" and rec["status"] == "finished"
+    names = optuna.get_all_study_names(storage=f"sqlite:///{tmp_path / 'sweeps.db'}")
+    assert names == ["lr_probe"]
+
+
+def test_the_same_seed_on_fresh_stores_draws_the_same_trials(tmp_path):
+    """docs/sweeps.md: a study run again from scratch with the same `--seed` draws the same
+    trials; another seed draws others."""
+    path = tiny_sweep(
+        tmp_path,
+        learning_rate={"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        seed={"distribution": "int_uniform", "min": 0, "max": 10**6},
+    )
+
+    def drawn(store, seed):
+        results = tmp_path / f"{store}.jsonl"
+        argv = [str(path), "--trials=3", f"--seed={seed}", f"--results={results}"]
+        assert sweep_main([*argv, f"--storage=sqlite:///{tmp_path / store}.db"]) == 0
+        recs = sorted(lines(results), key=lambda r: r["sweep_trial"])
+        assert [r["sweep_trial"] for r in recs] == [0, 1, 2]
+        return [(r["config"]["learning_rate"], r["config"]["seed"]) for r in recs]
+
+    first, again, other = drawn("a", 7), drawn("b", 7), drawn("c", 8)
+    assert first == again
+    assert len(set(first)) == 3 and not set(first) & set(other), (first, other)
+
+
+def test_a_grid_point_held_by_a_diverged_trial_is_not_run_again(tmp_path):
+    """docs/design.md, "Grids are sets": a point is held by a trial of it that ended for
+    good (diverged); docs/sweeps.md: every point runs exactly once across reruns. In
+    subprocesses with a deadline: a diverged trial is not a failure the sweep counts, so
+    a grid that handed its point out again would run it for ever."""
+    path = tiny_sweep(
+        tmp_path, method="grid", optimizer={"value": "sgd"}, learning_rate={"values": [1e30, 0.01]}
+    )
+    argv = [
+        "--trials=2",
+        f"--results={tmp_path / 'r.jsonl'}",
+        f"--storage=sqlite:///{tmp_path / 's.db'}",
+        "--study=g",
+    ]
+
+    def sweep():
+        with Child(proc=launch(tmp_path, path, *argv)) as run:
+            _, err = run.finish(timeout=60)
+        assert run.proc.returncode == 0, run.output()
+        return err
+
+    sweep()
+    recs = lines(tmp_path / "r.jsonl")
+    assert sorted((r["config"]["learning_rate"], r["status"]) for r in recs) == [
+        (0.01, "finished"),
+        (1e30, "diverged"),
+    ]
+    err = sweep()  # the same command again: the grid has no point left
+    assert err.splitlines()[0].startswith("[sweep g] resuming study g (1/2 done)"), err
+    assert "trial 2" not in err and "waiting" not in err, err
+    assert len(lines(tmp_path / "r.jsonl")) == 2  # nothing ran
+    study = optuna.load_study(study_name="g", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
+    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed.user_attrs["status"] == "diverged"
