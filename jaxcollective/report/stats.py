@@ -1,0 +1,82 @@
+"""The report: stats."""
+
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import textwrap
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from jaxcollective.cli import bool_option, console_script, guarded, help_text, parse_argv
+from jaxcollective.config import BASELINE_ONLY, BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, SHARED_SETTINGS, TRAJECTORY_KEYS, ConfigError, Role, keys_of
+from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, FINAL_PREFIX, MODEL_PARAMS, PARAM_EFFICIENCY, TEST_ACCURACY, TEST_LOSS, VAL_CURVES, efficiency_metrics
+from jaxcollective.util import describe_error
+
+from .select import Group, MATCH_TOLERANCE
+
+
+def t_quantile_975(df: float) -> float:
+    """Student's t 97.5% quantile (scipy if present, else a close approximation)."""
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, df))
+    except ImportError:  # Cornish-Fisher expansion around the normal quantile
+        z = 1.959963984540054
+        return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def welch_interval(a: list[float], b: list[float]) -> Optional[tuple[float, float]]:
+    """95% interval of mean(a) - mean(b) (Welch); None with fewer than 2 runs a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return (ma - mb, ma - mb)
+    df = (va + vb) ** 2 / ((va**2 / (len(a) - 1)) + (vb**2 / (len(b) - 1)))
+    h = t_quantile_975(df) * se
+    return (ma - mb - h, ma - mb + h)
+
+
+def matched_comparisons(groups: list[Group]) -> list[dict[str, Any]]:
+    rows = []
+    for c in (g for g in groups if g.model_type == "collective"):
+        for g in groups:
+            if (
+                g.model_type in BASELINE_TYPES
+                and abs(g.params - c.params) / c.params <= MATCH_TOLERANCE
+            ):
+                diff = c.mean() - g.mean()
+                ci = welch_interval(c.values(), g.values())
+                if ci is None:
+                    verdict = "too few runs for an interval"
+                elif ci[0] > 0:
+                    verdict = "collective better"
+                elif ci[1] < 0:
+                    verdict = "baseline better"
+                else:
+                    verdict = "no clear difference"
+                rows.append(
+                    {"collective": c, "baseline": g, "diff": diff, "ci": ci, "verdict": verdict}
+                )
+    return rows
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> Optional[tuple[float, float]]:
+    """y = a + b x by least squares; None without two distinct x."""
+    if len(set(xs)) < 2:
+        return None
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
