@@ -1,21 +1,14 @@
 """The report: command."""
 
-
 from __future__ import annotations
 
-import json
-import math
 import sys
-import textwrap
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from jaxcollective.cli import bool_option, console_script, guarded, help_text, parse_argv
-from jaxcollective.config import BASELINE_ONLY, BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, SHARED_SETTINGS, TRAJECTORY_KEYS, ConfigError, Role, keys_of
-from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, FINAL_PREFIX, MODEL_PARAMS, PARAM_EFFICIENCY, TEST_ACCURACY, TEST_LOSS, VAL_CURVES, efficiency_metrics
-from jaxcollective.util import describe_error
+from jaxcollective.config import ConfigError
 
 from .load import Run, load_results, load_wandb
 from .select import fold_duplicates, group_runs, select_on_validation, split_runs
@@ -163,4 +156,3 @@ def main(argv: list[str]) -> int:
 
 
 console = console_script(main)
-

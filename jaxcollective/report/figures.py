@@ -1,21 +1,13 @@
 """The report: figures."""
 
-
 from __future__ import annotations
 
-import json
 import math
-import sys
 import textwrap
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
 
-from jaxcollective.cli import bool_option, console_script, guarded, help_text, parse_argv
-from jaxcollective.config import BASELINE_ONLY, BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, SHARED_SETTINGS, TRAJECTORY_KEYS, ConfigError, Role, keys_of
-from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, FINAL_PREFIX, MODEL_PARAMS, PARAM_EFFICIENCY, TEST_ACCURACY, TEST_LOSS, VAL_CURVES, efficiency_metrics
-from jaxcollective.util import describe_error
+from jaxcollective.config import MODEL_TYPES
+from jaxcollective.train.metrics import ACCURACY_PER_LOG10, PARAM_EFFICIENCY
 
 from .load import Run
 from .select import Group, size_class_of, size_classes
@@ -274,5 +266,3 @@ def plot_all(groups: list[Group], good: list[Run], out: Path, title: str = "") -
     plot_efficiency(groups, types, out, title)
     plot_scaling(good, types, out, title)
     plot_val_curves(groups, types, out, title)
-
-

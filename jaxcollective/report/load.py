@@ -1,22 +1,24 @@
 """The report: load."""
 
-
 from __future__ import annotations
 
 import json
-import math
 import sys
-import textwrap
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
-from jaxcollective.cli import bool_option, console_script, guarded, help_text, parse_argv
-from jaxcollective.config import BASELINE_ONLY, BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, SHARED_SETTINGS, TRAJECTORY_KEYS, ConfigError, Role, keys_of
-from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, FINAL_PREFIX, MODEL_PARAMS, PARAM_EFFICIENCY, TEST_ACCURACY, TEST_LOSS, VAL_CURVES, efficiency_metrics
+from jaxcollective.config import ConfigError
+from jaxcollective.train.metrics import (
+    BEST_VAL_ACCURACY,
+    FINAL_PREFIX,
+    MODEL_PARAMS,
+    TEST_ACCURACY,
+    TEST_LOSS,
+    VAL_CURVES,
+    efficiency_metrics,
+)
 from jaxcollective.util import describe_error
-
 
 
 @dataclass
@@ -193,5 +195,3 @@ def wandb_to_run(r) -> Optional[Run]:
         stopped_early=bool(summary.get("stopped_early")),
         last_lr=summary.get("last_lr"),
     )
-
-

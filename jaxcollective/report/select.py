@@ -1,26 +1,29 @@
 """The report: select."""
 
-
 from __future__ import annotations
 
 import json
 import math
-import sys
-import textwrap
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from jaxcollective.cli import bool_option, console_script, guarded, help_text, parse_argv
-from jaxcollective.config import BASELINE_ONLY, BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, SHARED_SETTINGS, TRAJECTORY_KEYS, ConfigError, Role, keys_of
-from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, FINAL_PREFIX, MODEL_PARAMS, PARAM_EFFICIENCY, TEST_ACCURACY, TEST_LOSS, VAL_CURVES, efficiency_metrics
-from jaxcollective.util import describe_error
+from jaxcollective.config import (
+    BASELINE_ONLY,
+    COLLECTIVE_ONLY,
+    FIELDS,
+    MODEL_TYPES,
+    SHARED_SETTINGS,
+    TRAJECTORY_KEYS,
+)
+from jaxcollective.train.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
 
 from .load import Run
 
 
 MATCH_TOLERANCE = 0.05  # a baseline within 5% of the collective's size is "matched"
+
+
 # -------------------------------------------------------------- aggregation
 @dataclass
 class Group:
@@ -199,5 +202,3 @@ def select_best(runs: list[Run]) -> Run:
 
 
 _DEFAULTS: Optional[dict] = None
-
-

@@ -1,21 +1,11 @@
 """The report: stats."""
 
-
 from __future__ import annotations
 
-import json
 import math
-import sys
-import textwrap
-from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
-from jaxcollective.cli import bool_option, console_script, guarded, help_text, parse_argv
-from jaxcollective.config import BASELINE_ONLY, BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, SHARED_SETTINGS, TRAJECTORY_KEYS, ConfigError, Role, keys_of
-from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, FINAL_PREFIX, MODEL_PARAMS, PARAM_EFFICIENCY, TEST_ACCURACY, TEST_LOSS, VAL_CURVES, efficiency_metrics
-from jaxcollective.util import describe_error
+from jaxcollective.config import BASELINE_TYPES
 
 from .select import Group, MATCH_TOLERANCE
 
@@ -78,5 +68,3 @@ def linear_fit(xs: list[float], ys: list[float]) -> Optional[tuple[float, float]
     mx, my = sum(xs) / n, sum(ys) / n
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
     return my - b * mx, b
-
-

@@ -1,24 +1,32 @@
 """The report: tables."""
 
-
 from __future__ import annotations
 
 import json
-import math
-import sys
-import textwrap
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Optional
 
-from jaxcollective.cli import bool_option, console_script, guarded, help_text, parse_argv
-from jaxcollective.config import BASELINE_ONLY, BASELINE_TYPES, COLLECTIVE_ONLY, FIELDS, MODEL_TYPES, SHARED_SETTINGS, TRAJECTORY_KEYS, ConfigError, Role, keys_of
-from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, FINAL_PREFIX, MODEL_PARAMS, PARAM_EFFICIENCY, TEST_ACCURACY, TEST_LOSS, VAL_CURVES, efficiency_metrics
-from jaxcollective.util import describe_error
+from jaxcollective.config import (
+    BASELINE_ONLY,
+    COLLECTIVE_ONLY,
+    MODEL_TYPES,
+    TRAJECTORY_KEYS,
+    Role,
+    keys_of,
+)
+from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, PARAM_EFFICIENCY
 
 from .load import Run
-from .select import Group, MATCH_TOLERANCE, Selection, _DEFAULTS, mixed_settings, select_best, size_class_of, size_classes
+from .select import (
+    Group,
+    MATCH_TOLERANCE,
+    Selection,
+    _DEFAULTS,
+    mixed_settings,
+    select_best,
+    size_class_of,
+    size_classes,
+)
 from .stats import matched_comparisons
 
 
@@ -273,5 +281,3 @@ def _resolved_default(key: str):
 
         _DEFAULTS = json.loads(json.dumps(Config.from_dict({}).to_dict(), default=list))
     return _DEFAULTS.get(key)
-
-
