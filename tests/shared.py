@@ -25,3 +25,16 @@ def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path
             make(folder)
             (folder / ".made").touch()
     return folder
+
+
+def committed_steps(run: Path) -> list[int]:
+    """The epochs whose checkpoint orbax has committed in one run's folder: a step's
+    folder gets its name, the epoch, only when its save is committed (a save in flight is
+    `<epoch>.orbax-checkpoint-tmp-<n>`)."""
+    return [int(d.name) for d in run.iterdir() if d.name.isdigit()] if run.is_dir() else []
+
+
+def saved_steps(ck: Path) -> list[int]:
+    """The committed steps of every run under the checkpoint root `ck` (one folder per
+    run, one step kept)."""
+    return [s for run in ck.iterdir() for s in committed_steps(run)] if ck.exists() else []

@@ -20,7 +20,7 @@ from jaxcollective.config import Config
 from jaxcollective.train.loop import train_and_evaluate
 from jaxcollective.train.writers import Writer
 from child import Child
-from shared import made_once
+from shared import committed_steps, made_once, saved_steps
 from wandb_offline import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,13 +61,6 @@ def launch(tmp, *extra, env=None, wait=True):
 
 def records(tmp):
     return [json.loads(line) for line in (tmp / "r.jsonl").read_text().splitlines()]
-
-
-def saved_steps(ck: Path) -> list[int]:
-    """The epochs whose checkpoint orbax has committed under the checkpoint root `ck` (one
-    folder per run, one step kept): a step's folder gets its name, the epoch, only when
-    its save is committed (a save in flight is `<epoch>.orbax-checkpoint-tmp-<n>`)."""
-    return [int(d.name) for d in ck.glob("*/*") if d.name.isdigit()] if ck.exists() else []
 
 
 def kill_once_saved(tmp, epoch: int, *extra, env=None) -> int:
@@ -190,7 +183,7 @@ def test_damaged_checkpoint_warns_and_starts_fresh_never_starts_over(killed, tmp
         if f.is_file() and f.parent.name != "meta":
             f.write_bytes(b"\0garbage")
     # a different `epochs` (the same fingerprint), not below the checkpoint's epoch
-    reached = max(int(d.name) for d in ck.iterdir() if d.name.isdigit())
+    reached = max(committed_steps(ck))
     p = launch(tmp_path, f"--epochs={reached + 1}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "warning: checkpoint in" in p.stderr and "starting fresh" in p.stderr

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from child import Child
+from shared import committed_steps
 
 from pg import Hosts, PgServer, pg_bindir
 
@@ -171,11 +172,7 @@ def test_the_server_restarted_mid_study_the_workers_wait_and_finish(net, tmp_pat
 
 def saved(folder, epoch):
     """Checkpoint folders with a saved step at or past `epoch`."""
-    return [
-        d
-        for d in folder.glob("*")
-        if d.is_dir() and any(s.name.isdigit() and int(s.name) >= epoch for s in d.iterdir())
-    ]
+    return [d for d in folder.glob("*") if max(committed_steps(d), default=0) >= epoch]
 
 
 def test_a_host_dying_at_the_end_of_a_study_leaves_it_complete(net, tmp_path):

@@ -20,6 +20,7 @@ from jaxcollective.sweep.samplers import GridSampler  # noqa: E402
 
 # noqa: E402
 from jaxcollective.sweep.runner import main as sweep_main  # noqa: E402
+from shared import saved_steps  # noqa: E402
 from wandb_offline import read_offline_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,11 +101,6 @@ def wait_for(cond, proc, what, timeout=300):
         assert proc.poll() is None, f"exited before {what}: " + proc.stderr.read()[-3000:]
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-def saved_steps(ck: Path) -> list[int]:
-    """The checkpoint steps orbax has committed (one folder per run, one step kept)."""
-    return [int(d.name) for d in ck.glob("*/*") if d.name.isdigit()] if ck.exists() else []
 
 
 # ------------------------------------------------------------------ grids

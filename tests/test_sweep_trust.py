@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from child import Child
+from shared import committed_steps
 
 optuna = pytest.importorskip("optuna")
 # noqa: E402
@@ -193,7 +194,7 @@ EPOCH = "/100000 "  # an epoch line of a run asked for 100000 epochs (stopped lo
 
 def saved_from(folder: Path, epoch: int):
     """Whether orbax has committed the step of `epoch` or a later one (a folder named by it)."""
-    return any(d.name.isdigit() and int(d.name) >= epoch for d in folder.iterdir())
+    return max(committed_steps(folder), default=0) >= epoch
 
 
 def wandb_ids(folder: Path) -> set[str]:
@@ -219,7 +220,7 @@ def test_two_identical_runs_never_share_a_checkpoint_folder(tmp_path):
     assert short.returncode == 2, short.stderr[-2000:]
     assert "--resume=never" in short.stderr and "Traceback" not in short.stderr
     # the restarted b resumes its own folder and its own W&B run while a runs on
-    reached = max(int(d.name) for d in (tmp_path / "ck" / folders[1]).iterdir() if d.name.isdigit())
+    reached = max(committed_steps(tmp_path / "ck" / folders[1]))
     b2 = Child(proc=run_py(tmp_path, "b", f"--epochs={reached + 2}"))
     out_b, err_b = b2.finish()
     a.proc.send_signal(signal.SIGCONT)
