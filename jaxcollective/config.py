@@ -165,6 +165,24 @@ class Config:
         [256, 128], "analyst hidden widths (2 or more)", "collective", P, _ARCH
     )
     analyst_output: int = _key(64, "analyst output width", "collective", P, _ARCH)
+    collective_budget: Optional[int] = _key(
+        None,
+        "size the collective to this many parameters, within 1%: every width of "
+        "expert_hidden, expert_output, analyst_hidden, analyst_output times one scale the "
+        "parameter counter finds (the experts' also times expert_width_factor); unset: the "
+        'widths as given (docs/design.md, "A collective sized to a budget")',
+        "collective",
+        P,
+        _ARCH,
+    )
+    expert_width_factor: float = _key(
+        1.0,
+        "with collective_budget: the experts' widths relative to the analysts' (their given "
+        "widths times this, before the scale)",
+        "collective",
+        P,
+        _ARCH,
+    )
     c_expert: float = _key(0.25, "expert encoder compression", "collective", P, _ARCH)
     c_collective: float = _key(1.0, "collective input compression", "collective", P, _ARCH)
     collective_version: str = _key(
@@ -499,6 +517,8 @@ class Config:
         the collective, and the plateau's keys when it is off (a constant learning rate:
         the run is the one that never had them, with the same checkpoint fingerprint)."""
         model = BASELINE_ONLY if self.model_type == "collective" else COLLECTIVE_ONLY
+        if self.collective_budget is None:
+            model = model | BUDGET_ONLY
         return model | PLATEAU if self.lr_plateau_patience == 0 else model
 
     def program_key(self) -> str:
@@ -595,6 +615,10 @@ class Config:
         for k in ("weight_decay", "diversity_lambda"):
             if getattr(self, k) < 0:
                 _fail(k, getattr(self, k), "a number >= 0")
+        if self.collective_budget is not None and self.collective_budget < 1:
+            _fail("collective_budget", self.collective_budget, "a positive parameter count")
+        if not self.expert_width_factor > 0:
+            _fail("expert_width_factor", self.expert_width_factor, "a number > 0, e.g. 1.0")
         if self.target_params is not None and self.target_params < 1:
             _fail("target_params", self.target_params, "a positive parameter count")
         info = self.dataset_info
@@ -776,6 +800,8 @@ def keys_of(*roles: Role) -> frozenset[str]:
 # Keys read only by the collective, and only by baselines.
 COLLECTIVE_ONLY = frozenset(k for k, f in FIELDS.items() if f.metadata["group"] == "collective")
 BASELINE_ONLY = frozenset({"target_params"})
+# Keys read only by a collective sized to a budget (collective_budget set).
+BUDGET_ONLY = frozenset({"expert_width_factor"})
 PLATEAU = frozenset({"lr_plateau_patience", "lr_plateau_factor"})
 SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(sorted(COLLECTIVE_ONLY))
 # Keys that change nothing here, with the one-word reason a run records for each.

@@ -155,23 +155,133 @@ def _first_valid(cfg: Config, a: int, b: int) -> int:
     return b
 
 
+# ------------------------------------------------------- collective budget
+MAX_COLLECTIVE_MISMATCH = 0.01
+_WIDTH_KEYS = ("expert_hidden", "expert_output", "analyst_hidden", "analyst_output")
+
+
+def _scaled(cfg: Config, s: float) -> tuple:
+    """The collective's widths at scale `s` (each at least 1): the given widths times s,
+    the experts' also times expert_width_factor."""
+    f = cfg.expert_width_factor
+
+    def sc(w: int, k: float) -> int:
+        return max(1, min(_MAX_WIDTH, round(w * s * k)))
+
+    return (
+        tuple(sc(w, f) for w in cfg.expert_hidden),
+        sc(cfg.expert_output, f),
+        tuple(sc(w, 1.0) for w in cfg.analyst_hidden),
+        sc(cfg.analyst_output, 1.0),
+    )
+
+
+def _with_widths(cfg: Config, widths: tuple) -> Config:
+    return cfg.replace(**dict(zip(_WIDTH_KEYS, widths)), collective_budget=None)
+
+
+def _widths_count(cfg: Config, widths: tuple) -> int:
+    """The count of the collective with these widths (0 where the derivation rules refuse
+    them: an expert encoder of width 0)."""
+    try:
+        return count_params(_with_widths(cfg, widths))
+    except ConfigError:
+        return 0
+
+
+def size_collective(cfg: Config) -> Config:
+    """The collective sized to `cfg.collective_budget` (docs/design.md, "A collective sized
+    to a budget"): its widths, the config's times one scale, with the count closest to the
+    budget. The count rises with the scale, so a bisection on the scale brackets the budget
+    between two width sets; then single widths are raised one unit at a time from the one
+    below (the last layers' units cost least), for a count within 1% of the budget at any
+    n_total. Returned with collective_budget unset: the widths are the architecture."""
+    if cfg.collective_budget is None:
+        return cfg
+    return _size_collective(cfg.shape_key())
+
+
+@functools.lru_cache(maxsize=256)
+def _size_collective(cfg: Config) -> Config:
+    target = cfg.collective_budget
+    if not MIN_TARGET <= target <= MAX_TARGET:
+        raise ConfigError(f"invalid collective_budget={target}: expected 1 to {MAX_TARGET:,}")
+
+    def n(s: float) -> int:
+        return _widths_count(cfg, _scaled(cfg, s))
+
+    lo, hi = 0.0, 1.0
+    while n(hi) <= target:
+        lo, hi = hi, hi * 2
+        if max(_scaled(cfg, hi)[0]) >= _MAX_WIDTH:
+            raise ConfigError(f"invalid collective_budget={target:,}: no widths reach it")
+    for _ in range(40):  # counts are cached: halvings that change no width cost nothing
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if n(mid) <= target else (lo, mid)
+    below, above = list(_scaled(cfg, lo)), _scaled(cfg, hi)
+    best_above = _widths_count(cfg, above)
+    while True:  # raise the one width whose unit brings the count closest, staying <= budget
+        steps = []
+        for i, w in enumerate(below):
+            for j in range(len(w)) if isinstance(w, tuple) else [None]:
+                trial = list(below)
+                trial[i] = tuple(v + (k == j) for k, v in enumerate(w)) if j is not None else w + 1
+                c = _widths_count(cfg, tuple(trial))
+                if c > target:
+                    best_above = min(best_above, c)
+                    if c == best_above:
+                        above = tuple(trial)
+                elif c > _widths_count(cfg, tuple(below)):
+                    steps.append((c, trial))
+        if not steps:
+            break
+        below = max(steps, key=lambda t: t[0])[1]
+    below = tuple(below)
+    n_below = _widths_count(cfg, below)
+    widths, got = (
+        (below, n_below) if target - n_below <= best_above - target else (above, best_above)
+    )
+    if got == 0 or abs(got - target) > MAX_COLLECTIVE_MISMATCH * target:
+        raise ConfigError(
+            f"invalid collective_budget={target:,}: the closest collective of this profile has "
+            f"{got:,} parameters ({(got - target) / target:+.1%}); its smallest widths (all 1) "
+            "may already be above it: give a larger budget or fewer members"
+        )
+    return _with_widths(cfg, widths)
+
+
+def _size_widths_into(cfg: Config) -> Config:
+    """`cfg` with the sized collective's widths (its other keys as given)."""
+    sized = size_collective(cfg)
+    return cfg.replace(**{k: getattr(sized, k) for k in _WIDTH_KEYS})
+
+
 # ---------------------------------------------------------------- resolve
 @dataclass(frozen=True)
 class Resolved:
     """A config with its architecture fixed: what the training and the logs use."""
 
-    cfg: Config
+    cfg: Config  # a collective sized to a budget: with its sized widths
     hidden_dims: Optional[tuple[int, ...]]  # baselines only
-    target_params: Optional[int]  # baselines only
+    target_params: Optional[int]  # baselines, and a collective sized to a budget
     model_params: int
+    given: Optional[Config] = None  # the config as given, where sizing changed it
+
+    @property
+    def config(self) -> Config:
+        """The config as given: what a record keeps (a rerun sizes it again, the same)."""
+        return self.given or self.cfg
 
 
 def resolve(cfg: Config) -> Resolved:
     if cfg.model_type == "collective":
-        return Resolved(cfg, None, None, count_params(cfg))
+        if cfg.collective_budget is None:
+            return Resolved(cfg, None, None, count_params(cfg))
+        sized = _size_widths_into(cfg)
+        return Resolved(sized, None, cfg.collective_budget, count_params(sized), given=cfg)
     target = cfg.target_params
     if target is None:  # as the original: the size of the collective of this config
-        target = count_params(cfg.replace(model_type="collective"))
+        target = count_params(size_collective(cfg.replace(model_type="collective")))
     m = match_baseline(cfg, target)
     return Resolved(cfg, m.hidden_dims, target, m.model_params)
 
@@ -222,6 +332,12 @@ def describe_resolved(r: Resolved) -> dict[str, Any]:
             collective_input_dim=d.collective_input_dim,
             params_by_component=component_params(cfg),
         )
+        if r.given is not None:  # sized to a budget: the widths it got
+            out.update(
+                collective_budget=r.target_params,
+                params_off_target=round((r.model_params - r.target_params) / r.target_params, 6),
+                sized_widths={k: _plain(getattr(cfg, k)) for k in _WIDTH_KEYS},
+            )
     else:
         out.update(
             hidden_dims=list(r.hidden_dims),
@@ -229,3 +345,7 @@ def describe_resolved(r: Resolved) -> dict[str, Any]:
             params_off_target=round((r.model_params - r.target_params) / r.target_params, 6),
         )
     return out
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v

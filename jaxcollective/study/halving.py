@@ -11,7 +11,7 @@ from jaxcollective.config import ConfigError
 
 from .progress import run_py
 from .records import COPY, append, find, score
-from .schedules import SIZES, Schedule
+from .schedules import SEARCH, SEARCH_SEED, SIZES, Schedule
 from .tables import write_check_table, write_halving_table, write_stop_table
 
 
@@ -40,10 +40,13 @@ class Halving:
 
     @classmethod
     def plan(cls, opts: dict, epochs: int, sched: Schedule) -> "Halving":
-        lrs = [float(v) for v in opts.get("learning_rates", "0.0003,0.001,0.003").split(",")]
-        default = ",".join(str(w) for w in sched.weight_decays)
-        wds = [float(v) for v in opts.get("weight_decays", default).split(",")]
-        candidates = [{"learning_rate": lr, "weight_decay": wd} for lr in lrs for wd in wds]
+        if sched.candidates:
+            candidates = draw_candidates(int_option(opts, "candidates", sched.candidates, 1))
+        else:
+            lrs = [float(v) for v in opts.get("learning_rates", "0.0003,0.001,0.003").split(",")]
+            default = ",".join(str(w) for w in sched.weight_decays)
+            wds = [float(v) for v in opts.get("weight_decays", default).split(",")]
+            candidates = [{"learning_rate": lr, "weight_decay": wd} for lr in lrs for wd in wds]
         eta = 3
         if sched.patience:  # rungs at 4 and 12 epochs, then to the stop (at most `epochs`)
             stopping = {
@@ -65,6 +68,12 @@ class Halving:
                 f"{epochs} epochs; pass more, or 0 for no check"
             )
         return cls(rungs, eta, candidates, check)
+
+    def tag(self, c: dict) -> str:
+        """A candidate's checkpoint folder name."""
+        if set(c) == {"learning_rate", "weight_decay"}:
+            return f"lr{c['learning_rate']}-wd{c['weight_decay']}"
+        return f"c{self.candidates.index(c)}"
 
     def alive_counts(self) -> list[int]:
         n, out = len(self.candidates), []
@@ -91,10 +100,47 @@ class Halving:
         return self.alive_counts()[-1] * (self.rungs[-1] - start) + (seeds - 1) * self.rungs[-1]
 
 
-def long_study(names, types, seeds, fixed, plan: Halving, out, log, stop, progress) -> None:
+def draw_candidates(n: int, seed: int = SEARCH_SEED) -> list[dict]:
+    """`n` configurations drawn from SEARCH (schedules.py): the same `n` and seed draw the
+    same, and a larger `n` draws the same first ones. Values are rounded to 4 significant
+    digits, so that a record's config and the command that reruns it read alike."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        c: dict = {}
+        for key, spec in SEARCH.items():
+            kind = spec[0]
+            u = rng.random()  # one draw per key and candidate, used or not: a stable stream
+            if kind == "flag":
+                on = u < 0.5
+                c[key] = on
+                c.update({k: on for k in spec[1]})
+                continue
+            if len(spec) > 3 and not c.get(spec[3]):
+                continue  # its switch is off: the key keeps its default
+            lo, hi = spec[1], spec[2]
+            if kind == "int":
+                c[key] = lo + min(int(u * (hi - lo + 1)), hi - lo)
+            elif kind == "uniform":
+                c[key] = float(f"{lo + u * (hi - lo):.4g}")
+            elif kind == "log":
+                c[key] = float(f"{lo * (hi / lo) ** u:.4g}")
+            else:  # log0
+                c[key] = 0.0 if u < 0.5 else float(f"{lo * (hi / lo) ** (2 * u - 1):.4g}")
+        out.append(c)
+    return out
+
+
+def long_study(
+    names, types, seeds, fixed, plan: Halving, out, log, stop, progress, budgets=None
+) -> None:
     """The converged study: per size and model type, successive halving over learning
     rate and weight decay (seed 0), then the chosen candidate at seeds 1.. seeds-1; then
-    the convergence check (plan.check epochs, the first size's choices, seed 0)."""
+    the convergence check (plan.check epochs, the first size's choices, seed 0). With
+    `budgets` (size: parameters), each collective is sized to its size's budget
+    (the best shot: its candidates are drawn configurations)."""
     halving, results, check = out / "halving.jsonl", out / "results.jsonl", out / "check.jsonl"
     work = out / ".work"  # checkpoints and the tables the report adds
     base = {**fixed, "use_augmentation": "true", **plan.stopping}
@@ -102,12 +148,14 @@ def long_study(names, types, seeds, fixed, plan: Halving, out, log, stop, progre
     for name in names:
         for model_type in types:
             keys = {**base, **SIZES[name], "model_type": model_type}
+            if budgets:
+                keys["collective_budget"] = budgets[name]
             folder = work / "checkpoints" / name / model_type
             alive = list(plan.candidates)
             for i, rung in enumerate(plan.rungs):
                 for c in alive:
                     if find(halving, {**keys, **c, "epochs": rung, "seed": 0}) is None:
-                        tag = f"lr{c['learning_rate']}-wd{c['weight_decay']}"
+                        tag = plan.tag(c)
                         run_py(
                             {
                                 **keys,

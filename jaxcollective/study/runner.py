@@ -26,11 +26,14 @@ OPTIONS = {
     "or long (augmentation on, 36 epochs, learning rate x weight decay chosen by "
     "successive halving on validation at epochs 4, 12 and 36) or converged (as "
     "long, every run trained to early stopping, its rate cut on plateaus; "
-    "halving at epochs 4, 12 and the stop)",
+    "halving at epochs 4, 12 and the stop) or best_shot (as converged, for the collective "
+    "alone: 24 drawn architectures and training knobs at each size's budget)",
     "weight_decays": "long and converged: comma list (default 0,0.0001)",
-    "plateau": "converged only: epochs without a new best validation accuracy before the "
+    "candidates": "best_shot only: collectives drawn from the search space per size (default "
+    "24), each sized to the size's parameter count",
+    "plateau": "converged and best_shot: epochs without a new best validation accuracy before the "
     "learning rate is multiplied by 0.1 (default 8)",
-    "patience": "converged only: epochs without a new best validation accuracy that end a "
+    "patience": "converged and best_shot: epochs without a new best validation accuracy that end a "
     "run (default 16)",
     "check_epochs": "long only: the convergence check trains each type's choice at the first "
     "size (seed 0) this many epochs (default twice --epochs, 72; 0: no check)",
@@ -148,6 +151,8 @@ def study(argv: list[str], stop: StopFlag) -> int:
     results, start = out / "results.jsonl", time.time()
     cpu0 = _children_cpu()
     types = list(varied["model_type"].choices) if "model_type" in varied else [fixed["model_type"]]
+    if sched.model_types:
+        types = [t for t in types if t in sched.model_types]
     epochs = (
         int(fixed["epochs"])
         if schedule == "short"
@@ -200,6 +205,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
                 log,
                 stop,
                 progress,
+                budgets=params if sched.candidates else None,
             )
 
     progress.log = work / "log.txt"

@@ -70,6 +70,10 @@ class Schedule:
     plateau: int = 0  # the converged schedule's rules (epochs without a new best)
     patience: int = 0
     options: tuple[str, ...] = field(default=())  # the options only this schedule takes
+    model_types: tuple[str, ...] = ()  # (): the sweep file's seven
+    # > 0: the halving's candidates are this many draws from SEARCH (else learning rate x
+    # weight decay), each collective sized to the size's parameter count (collective_budget)
+    candidates: int = 0
 
 
 SHORT = Schedule(
@@ -111,4 +115,43 @@ epochs without a new best validation accuracy, the run ended after 16 (at most 3
 epochs); halving at epochs 4 and 12, the survivor and each seed to its stop. ~8 hours on
 2 CPU cores."""
 
-SCHEDULES = {s.name: s for s in (SHORT, LONG, CONVERGED)}
+BEST_SHOT = Schedule(
+    "best_shot",
+    "python -m jaxcollective.study --schedule=best_shot",
+    folder="docs/study_best_shot",
+    epochs=300,
+    halving=True,
+    plateau=8,
+    patience=16,
+    options=("plateau", "patience", "candidates"),
+    model_types=("collective",),
+    candidates=24,
+)
+"""The collective's best shot at the converged study's budgets: per size, 24 collectives
+drawn at random from SEARCH (architecture and training knobs), each sized to the size's
+parameter count (`collective_budget`: 567,044 and 2,969,887), cut by successive halving on
+validation at epochs 4 and 12 (24 -> 8 -> 2), the 2 survivors trained to their stop, the
+better one then at seeds 1 and 2 to theirs. The converged study's rules (augmentation,
+plateau 8, early stop 16, the same split); its baseline rows are the comparison
+(`python -m jaxcollective.report --compare`, docs/results.md). ~2 CPU hours on 2 cores."""
+
+# The best shot's search space, drawn from at random (a seeded stream: a rerun draws the
+# same candidates). (kind, low, high): "int" uniform on low..high, "uniform", "log"
+# (log-uniform), "log0" (0 with probability 1/2, else log-uniform); "flag" (true or false
+# with probability 1/2) with the keys it switches on, drawn only when it is on.
+SEARCH = {
+    "n_total": ("int", 4, 16),
+    "expert_ratio": ("uniform", 0.1, 0.5),
+    "expert_width_factor": ("log", 0.25, 4.0),  # how the width is shared (design.md)
+    "learning_rate": ("log", 3e-4, 1e-2),
+    "weight_decay": ("log0", 1e-6, 1e-3),
+    "use_expert_diversity": ("flag", ("use_analyst_diversity",)),
+    "diversity_lambda": ("log", 1e-3, 1e-1, "use_expert_diversity"),
+    "diversity_temperature": ("log", 0.5, 4.0, "use_expert_diversity"),
+    "use_drop_models": ("flag", ()),
+    "drop_models_expert_rate": ("uniform", 0.05, 0.3, "use_drop_models"),
+    "drop_models_analyst_rate": ("uniform", 0.05, 0.3, "use_drop_models"),
+}
+SEARCH_SEED = 42
+
+SCHEDULES = {s.name: s for s in (SHORT, LONG, CONVERGED, BEST_SHOT)}

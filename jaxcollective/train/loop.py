@@ -23,6 +23,7 @@ from jaxcollective.data.datasets import TRAIN_SIZES, load, train_split_size
 from jaxcollective.train.metrics import (
     EPOCH_TIME,
     LOSSES,
+    TEST_CURVES,
     VAL_CURVES,
     final_metrics,
     history_row,
@@ -47,7 +48,7 @@ def run_info(resolved, ds, unused: dict[str, str]) -> dict[str, Any]:
         num_seeds=cfg.num_seeds,
         seeds=cfg.seeds,
         unused_keys=unused,
-        config=cfg.to_dict(),
+        config=resolved.config.to_dict(),
     )
     return info
 
@@ -112,6 +113,7 @@ class RunLog:
             # the rate of the last epoch (mean over the replicas): the plateau's reductions
             record["last_lr"] = float(np.mean(schedule.learning_rates(self.cfg, self.history[:-1])))
             record[VAL_CURVES] = val_curves(self.history)
+            record[TEST_CURVES] = val_curves(self.history, "test")
         return record
 
     def finish(self, status: str) -> dict[str, Any]:

@@ -46,6 +46,9 @@ FINAL_PREFIX = "final/"
 TEST_ACCURACY = "final/test_accuracy"
 TEST_LOSS = "final/test_loss"
 BEST_VAL_ACCURACY = "final/best_val_accuracy"
+# per replica, the test accuracy after the epoch of its best validation accuracy (the
+# first such epoch): what an early-stopped run would report had it kept its best epoch
+TEST_AT_BEST_VAL = "final/test_accuracy_at_best_val"
 MODEL_PARAMS = "final/model_params"
 PARAM_EFFICIENCY = "final/param_efficiency"
 ACCURACY_PER_LOG10 = "final/accuracy_per_log10_params"
@@ -84,10 +87,15 @@ def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str
     acc_R = np.asarray(last["test/accuracy"], np.float64)
     loss_R = np.asarray(last["test/loss"], np.float64)
     val_by_epoch = np.stack([h["val/accuracy"] for h in history])  # epochs x replicas
+    test_by_epoch = np.stack([h["test/accuracy"] for h in history])
+    best_R = val_by_epoch.argmax(axis=0)  # per replica, its first best epoch (0-based)
     per = {
         TEST_ACCURACY: acc_R,
         TEST_LOSS: loss_R,
         BEST_VAL_ACCURACY: val_by_epoch.max(axis=0),
+        TEST_AT_BEST_VAL: np.asarray(
+            test_by_epoch[best_R, np.arange(test_by_epoch.shape[1])], np.float64
+        ),
         **efficiency_metrics(acc_R, params),
         **{
             f"final/test_{k.split('/')[1]}": np.asarray(last[k], np.float64)
@@ -118,25 +126,32 @@ def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str
 
 
 VAL_CURVES = "val_accuracy_curves"  # in a results record: per replica, val/accuracy per epoch
+TEST_CURVES = "test_accuracy_curves"  # and test/accuracy per epoch
 
 
-def val_curves(history: list[dict[str, np.ndarray]]) -> list[list[float]]:
-    """Per replica, the validation accuracy after each epoch (the report's curves and the
-    epoch of the best validation accuracy)."""
-    return np.round(np.stack([h["val/accuracy"] for h in history]).T.astype(np.float64), 4).tolist()
+def val_curves(history: list[dict[str, np.ndarray]], split: str = "val") -> list[list[float]]:
+    """Per replica, the validation (or test) accuracy after each epoch (the report's curves,
+    the epoch of the best validation accuracy and the test accuracy there)."""
+    return np.round(
+        np.stack([h[f"{split}/accuracy"] for h in history]).T.astype(np.float64), 4
+    ).tolist()
 
 
 def replica_finals(
     history: list[dict[str, np.ndarray]], seeds: list[int]
 ) -> list[dict[str, float]]:
     last = history[-1]
-    best_val = best_val_accuracy(history)
+    val = np.stack([h["val/accuracy"] for h in history])
+    test = np.stack([h["test/accuracy"] for h in history])
+    best = val.argmax(axis=0)
     return [
         {
             "seed": s,
             "test_accuracy": float(last["test/accuracy"][i]),
             "test_loss": float(last["test/loss"][i]),
-            "best_val_accuracy": float(best_val[i]),
+            "best_val_accuracy": float(val[best[i], i]),
+            "best_epoch": int(best[i]) + 1,
+            "test_accuracy_at_best_val": float(test[best[i], i]),
         }
         for i, s in enumerate(seeds)
     ]

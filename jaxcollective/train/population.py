@@ -79,7 +79,8 @@ class Population:
         if k < 1:
             raise ConfigError(f"--population={k}: expected 1 or more")
         cfg = resolved.cfg
-        self.program = cfg.replace(num_seeds=1).program_key()
+        # members are configs as given (a collective sized to a budget: before sizing)
+        self.program = resolved.config.replace(num_seeds=1).program_key()
         self.k, self.ds, self.resolved = k, ds, resolved
         # The program of K replicas; the seeds are placeholders until slots are assigned.
         self.trainer = Trainer(replace(resolved, cfg=cfg.replace(num_seeds=k)), ds)
