@@ -90,7 +90,7 @@ def run(cfg: Config, steps: int = 100, epochs: int = 1, torch_ref: bool = False)
 
     from jaxcollective.data.datasets import make_synthetic
     from jaxcollective.model.sizing import resolve
-    from jaxcollective.train.step import Trainer
+    from jaxcollective.train.trainer import Trainer
 
     cfg = cfg.replace(dataset="synthetic", synthetic_like=cfg.data_like)
     resolved = resolve(cfg)

@@ -325,7 +325,7 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(monkeypatch, tmp_path, 
 
     from jaxcollective.data.datasets import load
     from jaxcollective.model.sizing import resolve
-    from jaxcollective.train.step import Trainer
+    from jaxcollective.train.trainer import Trainer
 
     def rates(cfg, history):  # a rate schedule that jumps after two epochs
         lr = cfg.learning_rate if len(history) < 2 else 1e30

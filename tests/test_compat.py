@@ -214,7 +214,8 @@ def test_eval_batch_size_does_not_change_the_metrics():
 
     from jaxcollective.model.sizing import resolve
     from jaxcollective.train.metrics import SPLITS
-    from jaxcollective.train.step import Trainer, evaluate_splits, over_replicas
+    from jaxcollective.train.step import evaluate_splits
+    from jaxcollective.train.trainer import Trainer, over_replicas
 
     ds = load_digits()
     cfg = Config.from_dict(

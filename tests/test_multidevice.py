@@ -17,7 +17,7 @@ sys.path.insert(0, "tests")
 from presets import debug_config
 from jaxcollective.data.datasets import load_digits
 from jaxcollective.model.sizing import resolve
-from jaxcollective.train.step import Trainer
+from jaxcollective.train.trainer import Trainer
 assert len(jax.devices()) == 4, jax.devices()
 # SGD: parameters are linear in the gradients, so float-level differences stay float-level
 # (Adam divides by sqrt(v) and turns them into O(lr) steps where gradients are ~0).

@@ -146,7 +146,7 @@ parameters:
 def test_a_population_sweep_runs_every_trial_once_prunes_and_refills_without_compiling(tmp_path):
     import json
 
-    from jaxcollective.train import step as train
+    from jaxcollective.train import trainer as train
     from jaxcollective.config import Config
     from jaxcollective.sweep.runner import main
 

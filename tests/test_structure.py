@@ -153,7 +153,7 @@ def test_derived_lists():
 def test_value_keys_share_one_compiled_program_and_program_keys_compile_anew():
     from jaxcollective.data.datasets import load
     from jaxcollective.model.sizing import resolve
-    from jaxcollective.train.step import Trainer
+    from jaxcollective.train.trainer import Trainer
 
     base = Config.from_dict(
         {

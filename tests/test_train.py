@@ -16,17 +16,16 @@ from jaxcollective.train.loop import train_and_evaluate
 from jaxcollective.model.sizing import resolve
 from jaxcollective.train.step import (
     DeviceData,
-    Trainer,
     diversity_penalty,
     evaluate_splits,
     init_state,
     loss_fn,
     make_step,
-    over_replicas,
     prepare,
     stream_keys,
     train_step,
 )
+from jaxcollective.train.trainer import Trainer, over_replicas
 from jaxcollective.train.writers import Writer
 from spec_metrics import EPOCH_KEYS, FINAL_KEYS
 

@@ -66,7 +66,7 @@ def grow_population(cap: int, measure) -> int:
 def epoch_timer(sw, cfg):
     """`measure(k)` for auto_population: one timed epoch (after a compiling one) of a
     population of k members of `cfg` on its dataset. The program of the K chosen is
-    the one the sweep then runs (train._PROGRAMS), so its compile is not lost."""
+    the one the sweep then runs (trainer._PROGRAMS), so its compile is not lost."""
 
     def measure(k: int) -> float:
         from jaxcollective.train.population import Population

@@ -144,7 +144,7 @@ def train_and_evaluate(
 
     # JAX: imported once the config has been checked
     from jaxcollective.model.sizing import resolve  # JAX: imported once the config has been checked
-    from jaxcollective.train.step import Trainer
+    from jaxcollective.train.trainer import Trainer
 
     resolved = resolved if resolved is not None else resolve(cfg)
     ds = dataset if dataset is not None else load(cfg)

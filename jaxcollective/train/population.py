@@ -25,15 +25,8 @@ import numpy as np
 from jaxcollective.config import STEP_VALUES, Config, ConfigError
 from jaxcollective.data.datasets import split_indices
 from jaxcollective.model.sizing import Resolved
-from jaxcollective.train.step import (
-    STEP_STREAMS,
-    ReplicaData,
-    Trainer,
-    TrainState,
-    init_state,
-    pad_batches,
-    stream_keys,
-)
+from jaxcollective.train.step import STEP_STREAMS, ReplicaData, TrainState, init_state, stream_keys
+from jaxcollective.train.trainer import Trainer, pad_batches
 
 
 @partial(jax.jit, donate_argnums=(0,))
