@@ -1,0 +1,188 @@
+"""The collective's best shot (docs/results.md): a collective sized to a budget, the drawn
+candidates, the test accuracy at the best-validation epoch, and --from_record."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxcollective.config import Config, ConfigError
+from jaxcollective.main import main
+from jaxcollective.model.sizing import count_params, describe_resolved, resolve, size_collective
+from jaxcollective.study.halving import draw_candidates
+from jaxcollective.study.schedules import BEST_SHOT, SIZES
+from jaxcollective.train.metrics import SPLITS, TEST_AT_BEST_VAL, final_metrics, replica_finals
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = {"0.57M": 567_044, "2.97M": 2_969_887}
+
+
+def fashion(**kw) -> Config:
+    return Config.from_values({"model_type": "collective", "dataset": "fashion_mnist", **kw})
+
+
+@pytest.mark.parametrize("size", list(BUDGETS))
+@pytest.mark.parametrize(
+    "n_total, ratio, factor",
+    [(4, 0.1, 1.0), (6, 0.5, 0.25), (11, 0.33, 4.0), (16, 0.5, 1.0), (16, 0.1, 2.5)],
+)
+def test_a_budget_sized_collective_is_within_1_percent_at_any_architecture(
+    size, n_total, ratio, factor
+):
+    cfg = fashion(
+        **SIZES[size],
+        n_total=n_total,
+        expert_ratio=ratio,
+        expert_width_factor=factor,
+        collective_budget=BUDGETS[size],
+    )
+    r = resolve(cfg)
+    # the count is the eval_shape counter's, of the architecture the run builds
+    assert r.model_params == count_params(r.cfg.replace(collective_budget=None))
+    assert abs(r.model_params - BUDGETS[size]) <= 0.01 * BUDGETS[size]
+    d = describe_resolved(r)
+    assert d["collective_budget"] == BUDGETS[size] and abs(d["params_off_target"]) <= 0.01
+    # the widths follow the profile: the experts' share rises with the factor
+    w = d["sized_widths"]
+    share = w["expert_hidden"][0] / w["analyst_hidden"][0]
+    profile = SIZES[size]["expert_hidden"].strip("[]").split(",")[0]
+    base = int(profile) / int(SIZES[size]["analyst_hidden"].strip("[]").split(",")[0])
+    assert share == pytest.approx(base * factor, rel=0.1)
+    # the record keeps the config as given: sizing it again gives the same architecture
+    assert r.config == cfg and resolve(Config.from_dict(r.config.to_dict())).cfg == r.cfg
+
+
+def test_without_a_budget_the_collective_is_the_originals():
+    cfg = fashion(**SIZES["0.57M"])
+    assert size_collective(cfg) is cfg
+    r = resolve(cfg)
+    assert r.model_params == 567_044 and r.cfg == cfg and r.given is None
+    # phase1's own count, and its baselines still sized to it
+    p1 = Config.from_values({"config": "phase1"})
+    assert resolve(p1).model_params == 2_969_887
+    assert "expert_width_factor" in cfg.ignored_keys()  # read only with a budget
+    assert "expert_width_factor" not in cfg.replace(collective_budget=10**6).ignored_keys()
+
+
+def test_a_baseline_beside_a_budget_is_sized_to_the_budget():
+    cfg = fashion(**SIZES["0.57M"], collective_budget=1_000_000, n_total=12)
+    r = resolve(cfg.replace(model_type="shallow"))
+    assert r.target_params == resolve(cfg).model_params
+
+
+@pytest.mark.parametrize("budget", [10, 1])
+def test_a_budget_no_collective_reaches_is_one_line(budget):
+    cfg = fashion(**SIZES["0.57M"], n_total=16, collective_budget=budget)
+    with pytest.raises(ConfigError, match=f"collective_budget={budget}"):
+        resolve(cfg)
+
+
+def test_the_best_shot_candidates_are_drawn_once_and_span_the_space():
+    a = draw_candidates(BEST_SHOT.candidates)
+    assert a == draw_candidates(BEST_SHOT.candidates)  # a rerun draws the same
+    assert draw_candidates(30)[:24] == a  # a larger study extends it
+    assert len({c["n_total"] for c in a}) >= 4
+    assert all(4 <= c["n_total"] <= 16 and 0.1 <= c["expert_ratio"] <= 0.5 for c in a)
+    assert max(c["learning_rate"] for c in a) > 3e-3
+    assert {c["use_drop_models"] for c in a} == {True, False}
+    for c in a:  # a switched-off knob keeps its default (no value that changes nothing)
+        assert ("drop_models_expert_rate" in c) == c["use_drop_models"]
+        assert ("diversity_lambda" in c) == c["use_expert_diversity"] == c["use_analyst_diversity"]
+        Config.from_values({**{k: str(v) for k, v in c.items()}, "model_type": "collective"})
+
+
+def test_the_test_accuracy_at_each_replicas_best_validation_epoch():
+    val = [[80, 70], [85, 72], [84, 75], [85, 74]]  # epochs x replicas
+    test = [[79, 69], [83, 71], [86, 76], [84, 73]]
+    hist = [
+        {
+            **{f"{s}/{m}": np.zeros(2, np.float32) for s in SPLITS for m in ("loss", "accuracy")},
+            "val/accuracy": np.array(v, np.float32),
+            "test/accuracy": np.array(t, np.float32),
+        }
+        for v, t in zip(val, test)
+    ]
+    m = final_metrics(hist, 1000)
+    # replica 0: first best epoch 2 (85, not the tie at epoch 4); replica 1: epoch 3
+    assert m[TEST_AT_BEST_VAL] == pytest.approx((83 + 76) / 2)
+    assert m["final/test_accuracy"] == pytest.approx((84 + 73) / 2)
+    reps = replica_finals(hist, [0, 1])
+    assert [r["best_epoch"] for r in reps] == [2, 3]
+    assert [r["test_accuracy_at_best_val"] for r in reps] == [83, 76]
+
+
+def run_py(*args):
+    env = dict(os.environ, WANDB_MODE="disabled")
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+def test_from_record_reruns_a_record_exactly_and_flags_override(tmp_path, capsys):
+    first = tmp_path / "first.jsonl"
+    p = run_py(
+        "--model_type=collective",
+        "--dataset=digits",
+        "--expert_hidden=[64, 32]",
+        "--expert_output=16",
+        "--analyst_hidden=[32, 16]",
+        "--analyst_output=8",
+        "--n_total=5",
+        "--collective_budget=40000",
+        "--use_augmentation=true",
+        "--learning_rate=0.003",
+        "--seed=7",
+        "--epochs=2",
+        "--progress=false",
+        f"--results={first}",
+        f"--checkpoint_dir={tmp_path / 'ck'}",
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    rec = json.loads(first.read_text())
+    again = tmp_path / "again.jsonl"
+    # a rerun writes where this machine's flags say, never to the file it reads
+    args = [f"--from_record={first}:1", f"--results={again}", "--progress=false"]
+    assert main([*args, f"--checkpoint_dir={tmp_path / 'ck2'}"]) == 0
+    assert f"rerunning {first}:1: collective on digits, seed 7" in capsys.readouterr().err
+    assert len(first.read_text().splitlines()) == 1
+    rerun = json.loads(again.read_text())
+    assert rerun["final/test_accuracy"] == rec["final/test_accuracy"]
+    assert rerun["val_accuracy_curves"] == rec["val_accuracy_curves"]
+    assert rerun["sized_widths"] == rec["sized_widths"]
+    assert {k: v for k, v in rerun["config"].items() if k not in ("results", "checkpoint_dir")} == {
+        k: v for k, v in rec["config"].items() if k not in ("results", "checkpoint_dir")
+    }
+    # a flag beside it overrides the record's value
+    shorter = tmp_path / "shorter.jsonl"
+    more = [f"--checkpoint_dir={tmp_path / 'ck3'}", "--epochs=1", f"--results={shorter}"]
+    assert main([f"--from_record={first}:1", "--progress=false", *more]) == 0
+    assert json.loads(shorter.read_text())["epochs_completed"] == 1
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("nofile.jsonl:1", "no file nofile.jsonl"),
+        ("{f}", "expected FILE:LINE"),
+        ("{f}:0", "expected FILE:LINE"),
+        ("{f}:3", "has 2 lines"),
+        ("{f}:2", "is not a run record"),
+    ],
+)
+def test_a_bad_from_record_is_one_line_and_exit_2(tmp_path, capsys, spec, fragment):
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps({"config": {"model_type": "shallow"}}) + "\n{not json\n")
+    assert main([f"--from_record={spec.format(f=f)}", "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+
+
+def test_a_record_with_a_key_this_version_lacks_is_refused(tmp_path, capsys):
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps({"config": {"model_type": "shallow", "old_key": 1}}) + "\n")
+    assert main([f"--from_record={f}:1", "--dry_run"]) == 2
+    assert "'old_key'" in capsys.readouterr().err
