@@ -53,7 +53,7 @@ def test_report_files_and_table_equal_the_inputs_aggregates(results, tmp_path):
     assert [r["status"] for r in recs].count("diverged") == 1
     assert [r["status"] for r in recs].count("stopped") == 1
     rep = make_report(load_results(results), tmp_path, str(results))
-    for name in ("accuracy_vs_params.png", "efficiency_by_type.png", "scaling.png"):
+    for name in ("accuracy_vs_params.png", "collective_minus_baselines.png", "scaling.png"):
         data = (tmp_path / "digits" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
     text = (tmp_path / "summary.md").read_text()

@@ -7,11 +7,10 @@ import textwrap
 from pathlib import Path
 
 from jaxcollective.config import MODEL_TYPES
-from jaxcollective.train.metrics import ACCURACY_PER_LOG10, PARAM_EFFICIENCY
 
 from .load import Run
 from .select import Group, size_class_of, size_classes
-from .stats import linear_fit
+from .stats import linear_fit, matched_comparisons
 from .tables import fmt_params, mean_curve
 
 
@@ -153,59 +152,49 @@ def plot_accuracy_vs_params(groups: list[Group], types: list[str], out: Path, ti
     plt.close(fig)
 
 
-def plot_efficiency(groups: list[Group], types: list[str], out: Path, title: str) -> None:
-    """A bar per (type, size) with its runs on top; sizes are kept apart because
-    per-parameter efficiency falls ~10x per 10x size."""
+def plot_differences(groups: list[Group], out: Path, title: str) -> None:
+    """The answer as a forest plot: per size, the collective's mean test accuracy minus
+    each baseline's, with its 95% Welch interval (uncorrected; the summary's table gives
+    the Holm-corrected verdicts). Left of 0: the baseline is better."""
     import matplotlib.pyplot as plt
 
-    sizes = size_classes(g.params for g in groups)
-    shades = plt.get_cmap("Greys")(
-        [0.35 + 0.5 * k / max(1, len(sizes) - 1) for k in range(len(sizes))]
+    comps = matched_comparisons(groups)
+    if not comps:
+        return
+    sizes = size_classes(c["collective"].params for c in comps)
+    fig, axes = plt.subplots(
+        1, len(sizes), figsize=(5 * len(sizes), 0.5 * 7 + 1.5), sharex=True, squeeze=False
     )
-    width = 0.8 / len(sizes)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
-    legend = {}
-    for ax, key, label in (
-        (axes[0], PARAM_EFFICIENCY, "test accuracy (%) per 100K parameters"),
-        (axes[1], ACCURACY_PER_LOG10, "test accuracy (%) / log10(params + 1)"),
-    ):
-        for i, t in enumerate(types):
-            for g in (g for g in groups if g.model_type == t):
-                k = size_class_of(g.params, sizes)
-                x = i - 0.4 + width * (k + 0.5)
-                vals = g.values(key)
-                if not vals:  # records without this metric
-                    continue
-                bar = ax.bar(
-                    x,
-                    sum(vals) / len(vals),
-                    width * 0.9,
-                    color=shades[k],
-                    edgecolor="black",
-                    linewidth=0.5,
-                )
-                legend.setdefault(k, bar)
-                ax.scatter(
-                    [x] * len(vals), vals, color=COLORS[t], marker=MARKERS[t], s=22, zorder=3
-                )
-        ax.set_xticks(range(len(types)), types, rotation=30, ha="right")
-        ax.set_ylabel(label)
-        ax.set_title(key)
-        ax.set_ylim(bottom=0)  # bars are read by their length
-        ax.grid(True, axis="y", alpha=0.3)
-    # every size in the legend, whichever model types have it
-    handles = [legend[k] for k in sorted(legend)]
-    labels = [f"~{fmt_params(sizes[k])} params" for k in sorted(legend)]
-    fig.legend(
-        handles,
-        labels,
-        title="size (bars: mean, dots: runs)",
-        fontsize=8,
-        loc="outside lower center",
-        ncol=max(1, len(sizes)),
+    for k, ax in enumerate(axes[0]):
+        rows = [c for c in comps if size_class_of(c["collective"].params, sizes) == k]
+        rows.sort(key=lambda c: MODEL_TYPES.index(c["baseline"].model_type))
+        for y, c in enumerate(rows):
+            t = c["baseline"].model_type
+            if c["ci"] is not None:
+                ax.plot(c["ci"], [y, y], color=COLORS[t], lw=2)
+            ax.plot([c["diff"]], [y], marker=MARKERS[t], color=COLORS[t], ms=8)
+            ax.annotate(
+                c["verdict"] if c["p_holm"] is not None else "",
+                (c["diff"], y),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(rows)), [c["baseline"].model_type for c in rows])
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.invert_yaxis()
+        ax.set_title(f"~{fmt_params(sizes[k])} params")
+        ax.set_xlabel("collective minus baseline, test accuracy (points)")
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(
+        "The collective against each baseline of its size: difference of means, 95% "
+        "interval (uncorrected)" + title,
+        fontsize=10,
     )
-    fig.suptitle("Parameter efficiency by model type and size" + title)
-    fig.savefig(out / "efficiency_by_type.png", dpi=130)
+    fig.tight_layout()
+    fig.savefig(out / "collective_minus_baselines.png", dpi=130)
     plt.close(fig)
 
 
@@ -263,6 +252,6 @@ def plot_all(groups: list[Group], good: list[Run], out: Path, title: str = "") -
 
     types = [t for t in MODEL_TYPES if any(g.model_type == t for g in groups)]
     plot_accuracy_vs_params(groups, types, out, title)
-    plot_efficiency(groups, types, out, title)
+    plot_differences(groups, out, title)
     plot_scaling(good, types, out, title)
     plot_val_curves(groups, types, out, title)

@@ -14,6 +14,7 @@ from jaxcollective.train.metrics import (
     FINAL_PREFIX,
     MODEL_PARAMS,
     TEST_ACCURACY,
+    TEST_AT_BEST_VAL,
     TEST_LOSS,
     VAL_CURVES,
     efficiency_metrics,
@@ -35,6 +36,7 @@ class Run:
     val_curve: list = field(default_factory=list)  # val/accuracy after each epoch, if recorded
     stopped_early: bool = False  # ended by early stopping, before its `epochs`
     last_lr: Optional[float] = None  # learning rate of its last epoch (plateau reductions)
+    source: str = ""  # FILE:LINE of its record (run.py --from_record reruns it)
 
     @property
     def size_key(self) -> int:
@@ -43,9 +45,13 @@ class Run:
 
 
 # ------------------------------------------------------------------ loading
-def load_results(path: Path) -> list[Run]:
-    """Runs of a results file. A damaged line (a run killed mid-write, a line that is not
-    a run record) is skipped with a warning naming file and line."""
+def load_results(path: Path, named_by_path: bool = False) -> list[Run]:
+    """Runs of a results file, or of several (a comma list: one study's collectives beside
+    another's baselines). A damaged line (a run killed mid-write, a line that is not a run
+    record) is skipped with a warning naming file and line."""
+    parts = [p for p in str(path).split(",") if p.strip()]
+    if len(parts) > 1:  # runs named by their file's path: two files may share a name
+        return [r for p in parts for r in load_results(Path(p.strip()), named_by_path=True)]
     if path.is_dir():
         raise ConfigError(
             f"--results={path} is a folder; pass the results file (e.g. runs/results.jsonl)"
@@ -66,7 +72,11 @@ def load_results(path: Path) -> list[Run]:
         where = f"{path}:{i + 1}"
         try:
             rec = json.loads(line)
-            runs.extend(record_to_runs(rec, name=f"{path.name}:{i + 1}"))
+            runs.extend(
+                record_to_runs(
+                    rec, name=where if named_by_path else f"{path.name}:{i + 1}", source=where
+                )
+            )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             why = (
                 "not a complete JSON line"
@@ -77,7 +87,7 @@ def load_results(path: Path) -> list[Run]:
     return runs
 
 
-def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
+def record_to_runs(rec: dict[str, Any], name: str, source: str = "") -> list[Run]:
     """One results record as runs: a record of K seeds (`replicas`) is K runs."""
     status = rec.get("status", "finished")
     if rec.get("diverged"):
@@ -89,6 +99,7 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
         synthetic=bool(rec.get("synthetic")) or config.get("dataset") == "synthetic",
         stopped_early=bool(rec.get("stopped_early")),
         last_lr=rec.get("last_lr"),
+        source=source,
     )
     replicas = rec.get("replicas") or []
     curves = rec.get(VAL_CURVES) or []
@@ -100,6 +111,7 @@ def record_to_runs(rec: dict[str, Any], name: str) -> list[Run]:
                 TEST_ACCURACY: acc,
                 TEST_LOSS: r["test_loss"],
                 BEST_VAL_ACCURACY: r["best_val_accuracy"],
+                TEST_AT_BEST_VAL: r.get("test_accuracy_at_best_val"),
                 MODEL_PARAMS: params,
                 **efficiency_metrics(acc, params),
             }

@@ -14,7 +14,13 @@ from jaxcollective.config import (
     Role,
     keys_of,
 )
-from jaxcollective.train.metrics import ACCURACY_PER_LOG10, BEST_VAL_ACCURACY, PARAM_EFFICIENCY
+from jaxcollective.rerun import rerun_command
+from jaxcollective.train.metrics import (
+    ACCURACY_PER_LOG10,
+    BEST_VAL_ACCURACY,
+    PARAM_EFFICIENCY,
+    TEST_AT_BEST_VAL,
+)
 
 from .load import Run
 from .select import (
@@ -112,8 +118,9 @@ def write_summary(
         "",
         f"{len(good)} finished runs in the tables below; {len(excluded)} excluded "
         "(diverged, stopped early or failed), listed at the end." + dup + " Figures: "
-        f"`{dataset}/accuracy_vs_params.png`, `{dataset}/efficiency_by_type.png`, "
-        f"`{dataset}/scaling.png`"
+        f"`{dataset}/accuracy_vs_params.png`, "
+        + (f"`{dataset}/collective_minus_baselines.png`, " if matched_comparisons(groups) else "")
+        + f"`{dataset}/scaling.png`"
         + (f", `{dataset}/val_curves.png`" if any(r.val_curve for r in good) else "")
         + ".",
         "",
@@ -133,15 +140,20 @@ def write_summary(
     lines += [
         "### Test accuracy per model type and size",
         "",
-        "| model type | size | runs | test acc. mean (%) | std | params (mean) "
-        "| param_efficiency (acc./100K) | acc. per log10 params |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "Every table of this report uses the test accuracy after each run's last epoch "
+        "(`final/test_accuracy`: every record has it). Beside it, the test accuracy after "
+        "each run's best validation epoch (`final/test_accuracy_at_best_val`), where every "
+        "run of the row recorded it (records written before it was added: –).",
+        "",
+        "| model type | size | runs | test acc. mean (%) | std | at best val. epoch (%) | "
+        "params (mean) | param_efficiency (acc./100K) | acc. per log10 params |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for g in groups:
         lines.append(
             f"| {g.model_type} | {fmt_params(g.size)} | {len(g.runs)} | {g.mean():.2f} | "
-            f"{_std(g.std())} | {g.params:,.0f} | {g.mean(PARAM_EFFICIENCY):.3f} | "
-            f"{g.mean(ACCURACY_PER_LOG10):.3f} |"
+            f"{_std(g.std())} | {_at_best(g)} | {g.params:,.0f} | "
+            f"{g.mean(PARAM_EFFICIENCY):.3f} | {g.mean(ACCURACY_PER_LOG10):.3f} |"
         )
     lines += convergence_lines(groups)
     lines += [
@@ -171,24 +183,32 @@ def write_summary(
         "",
         f"Matched: baseline within {MATCH_TOLERANCE:.0%} of the collective's parameters. "
         "Difference = collective minus baseline, test accuracy in points, with a 95% "
-        "Welch interval where both sides have 2 or more runs.",
+        "Welch interval where both sides have 2 or more runs (**uncorrected**: each "
+        "interval alone). The verdict reads Welch's p-value after Holm's correction over "
+        "all the comparisons of this table, at 5%. Figure: "
+        f"`{dataset}/collective_minus_baselines.png`.",
         "",
     ]
     comps = matched_comparisons(groups)
     if comps:
         lines += [
-            "| collective size | baseline | baseline size | runs (c / b) | difference | 95% interval | verdict |",
-            "| --- | --- | --- | --- | ---: | --- | --- |",
+            "| collective size | baseline | baseline size | runs (c / b) | difference | "
+            "95% interval (uncorrected) | p (Welch) | p (Holm) | verdict |",
+            "| --- | --- | --- | --- | ---: | --- | ---: | ---: | --- |",
         ]
         for c in comps:
             ci = "–" if c["ci"] is None else f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]"
+            p = "–" if c["p"] is None else f"{c['p']:.3f}"
+            ph = "–" if c["p_holm"] is None else f"{c['p_holm']:.3f}"
             lines.append(
                 f"| {fmt_params(c['collective'].params)} | {c['baseline'].model_type} | "
                 f"{fmt_params(c['baseline'].params)} | {len(c['collective'].runs)} / "
-                f"{len(c['baseline'].runs)} | {c['diff']:+.2f} | {ci} | {c['verdict']} |"
+                f"{len(c['baseline'].runs)} | {c['diff']:+.2f} | {ci} | {p} | {ph} | "
+                f"{c['verdict']} |"
             )
     else:
         lines.append("No baseline run matches a collective run's size.")
+    lines += rerun_lines(groups)
     lines += ["", f"### Excluded runs ({len(excluded)})", ""]
     if excluded:
         counts = defaultdict(int)
@@ -200,6 +220,47 @@ def write_summary(
     else:
         lines.append("None.")
     return lines + [""]
+
+
+def _at_best(g: Group) -> str:
+    """Mean ± std of the test accuracy at the best validation epoch, if every run has it."""
+    v = g.values(TEST_AT_BEST_VAL)
+    if not v or len(v) < len(g.runs):
+        return "–"
+    m = sum(v) / len(v)
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None
+    return f"{m:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+
+def rerun_lines(groups: list[Group]) -> list[str]:
+    """Each table cell's runs and the command that trains each again (run.py
+    --from_record); a record of several seeds is one command for all of them."""
+    lines = [
+        "",
+        "### Rerun a cell",
+        "",
+        "Each (model type, size) above and the command that retrains each of its runs "
+        "exactly (its config, seed and data split; add `--results=...` to write elsewhere "
+        "than runs/results.jsonl). Paths are from the directory the report was run in.",
+        "",
+        "| model type | size | seeds | rerun |",
+        "| --- | --- | --- | --- |",
+    ]
+    for g in groups:
+        by_source: dict[str, list] = defaultdict(list)
+        for r in g.runs:
+            if r.source:
+                by_source[r.source].append(r.config.get("seed"))
+        cmds = "<br>".join(
+            f"`{rerun_command(src)}`"
+            + (f" (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
+            for src, seeds in by_source.items()
+        )
+        seeds = sorted(str(r.config.get("seed")) for r in g.runs)
+        lines.append(
+            f"| {g.model_type} | {fmt_params(g.size)} | {', '.join(seeds)} | {cmds or '–'} |"
+        )
+    return lines
 
 
 def best_epoch(curve: list[float]) -> int:
