@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from jaxcollective.config import FIELDS, ConfigError, Role, role
+from jaxcollective.train.metrics import TEST_ACCURACY
 
 FROM_RECORD = (Role.PROGRAM, Role.VALUE, Role.LENGTH)
-SPEC = "FILE:LINE (a results file and a line number from 1, e.g. runs/results.jsonl:3)"
+EXPECTED = "FILE:LINE (a results file and a line number from 1, e.g. runs/results.jsonl:3)"
 
 
 def read_record(spec: str) -> tuple[dict[str, Any], str]:
     """The record at FILE:LINE, and where it is (as given)."""
     path, sep, line = spec.rpartition(":")
     if not sep or not path or not line.strip().isdigit() or int(line) < 1:
-        raise ConfigError(f"--from_record={spec}: expected {SPEC}")
+        raise ConfigError(f"--from_record={spec}: expected {EXPECTED}")
     n = int(line)
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
@@ -63,7 +64,7 @@ def record_values(rec: dict[str, Any], where: str) -> dict[str, Any]:
 def rerun_line(rec: dict[str, Any], where: str) -> str:
     """What the rerun says first: which run, and what it measured."""
     cfg = rec["config"]
-    acc = rec.get("final/test_accuracy")
+    acc = rec.get(TEST_ACCURACY)
     measured = (
         f"; recorded: test accuracy {acc:.2f}% after {rec.get('epochs_completed')} epochs"
         if isinstance(acc, (int, float))

@@ -20,6 +20,7 @@ CORE = ("config", "api", "util", "model", "data", "train")
 OUTSIDE_CORE = (
     "cli",
     "main",
+    "rerun",
     "wandb_run",
     "bench",
     "sweep",
@@ -246,11 +247,10 @@ def test_the_package_has_no_import_cycle():
 
 
 def test_layers_are_folders_of_small_modules():
-    for folder in ("model", "data", "train", "sweep", "report", "study"):
+    for folder in ("config", "model", "data", "train", "sweep", "report", "study"):
         assert (PKG / folder / "__init__.py").is_file(), folder
     big = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
-    # config.py (every key's declaration) and train/step.py are the two still over
-    assert {n for n, lines in big.items() if lines > 450} <= {"config", "train.step"}, big
+    assert not {n: lines for n, lines in big.items() if lines > 400}, big
 
 
 METRIC_LITERAL = re.compile(r"[\"'](final|train|val|test|param_efficiency|time)/[a-z_0-9]")
