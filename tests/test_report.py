@@ -388,3 +388,14 @@ def test_the_report_reads_anything_the_runs_write(results, tmp_path, capsys, edg
         ), conv
     if "without" in edge:
         assert "### Convergence" not in text
+
+
+def test_holm_adjusts_the_k_th_smallest_p_by_m_minus_k_plus_1_and_keeps_the_order():
+    from jaxcollective.report.stats import holm, welch_p
+
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    a, b = [1.0, 2.0, 3.0], [0.0, 1.0, 2.0]
+    # Welch's t = 1 / sqrt(2/3) on 4 degrees of freedom
+    assert welch_p(a, b) == pytest.approx(0.2878, abs=1e-4)
+    assert welch_p([1.0], b) is None

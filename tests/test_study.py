@@ -226,11 +226,8 @@ def test_a_study_stopped_at_any_moment_resumes_to_the_same_study(whole, tmp_path
     # the report: the same runs counted, the same choices, the same tables (a run is
     # named by its line in the results file, where the stopped records stand too)
     def section(folder):
-        return re.sub(
-            r"results\.jsonl:\d+",
-            "LINE",
-            (folder / "summary.md").read_text().split("## Dataset")[1],
-        )
+        text = (folder / "summary.md").read_text().replace(str(folder), "FOLDER")
+        return re.sub(r"results\.jsonl:\d+", "LINE", text.split("## Dataset")[1])
 
     assert section(out) == section(whole_out)
 
@@ -595,6 +592,55 @@ def test_the_committed_converged_study_is_finished_the_command_trains_nothing(tm
     assert "[study]" not in p.stderr and "[run]" not in p.stderr, p.stderr[-3000:]
     assert {f: (folder / f).read_text() for f in before} == before
     committed = (ROOT / "docs" / "study_converged" / "summary.md").read_text()
-    assert (folder / "summary.md").read_text().split("\n", 3)[3] == committed.split("\n", 3)[3]
+    # the same report, its rerun commands naming the copy's records
+    made = (folder / "summary.md").read_text().replace(str(folder), "docs/study_converged")
+    assert made.split("\n", 3)[3] == committed.split("\n", 3)[3]
     # its records name no machine: every path in them is the repository's
     assert "/work/" not in "".join(before.values()) and '"/' not in before["results.jsonl"]
+
+
+@pytest.mark.slow
+def test_the_best_shot_halves_drawn_collectives_sized_to_the_budget_then_seeds(tmp_path):
+    """--schedule=best_shot: drawn collectives, each sized to the size's collective count,
+    halved on validation; the choice at more seeds; the report beside the converged
+    study's baselines."""
+    from jaxcollective.study.halving import draw_candidates
+
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxcollective.study",
+        "--schedule=best_shot",
+        "--dataset=digits",
+        "--candidates=3",
+        "--epochs=5",
+        "--patience=3",
+        "--sizes=0.57M",
+        "--seeds=2",
+        f"--folder={out}",
+    ]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr + (out / ".work" / "log.txt").read_text()
+    halving = records_of(out / "halving.jsonl")
+    drawn = draw_candidates(3)
+    budget = halving[0]["collective_budget"]
+    assert {r["model_type"] for r in halving} == {"collective"}
+    # every candidate sized to one budget: the size's collective on this dataset
+    assert all(r["config"]["collective_budget"] == budget for r in halving)
+    assert all(abs(r["model_params"] - budget) <= 0.01 * budget for r in halving)
+    assert [r["config"]["n_total"] for r in halving[:3]] == [c["n_total"] for c in drawn]
+    assert len({json.dumps(r["sized_widths"]) for r in halving[:3]}) == 3
+    # 3 candidates to epoch 4, the best to its stop (at most 5), then seed 1
+    assert [r["config"]["epochs"] for r in halving] == [4, 4, 4, 5]
+    best = max(range(3), key=lambda i: halving[i]["final/best_val_accuracy"])
+    assert halving[3]["config"]["learning_rate"] == drawn[best]["learning_rate"]
+    recs = records_of(out / "results.jsonl")
+    assert [r["config"]["seed"] for r in recs] == [0, 1]
+    assert all(r["config"]["learning_rate"] == drawn[best]["learning_rate"] for r in recs)
+    text = (out / "summary.md").read_text()
+    assert "3 configurations drawn at random" in text and "| expert width factor |" in text
+    # the converged study's records joined the report (its own dataset's section)
+    assert "docs/study_converged/results.jsonl" in text.split("\n")[2]
+    assert "## Dataset: fashion_mnist" in text and "## Dataset: digits" in text
+    assert f"--from_record={out}/results.jsonl:1" in text

@@ -220,7 +220,8 @@ def study(argv: list[str], stop: StopFlag) -> int:
             _record_time(out, time.time() - start, _children_cpu() - cpu0, names, seeds, schedule)
     try:
         if not stop.requested:
-            run_report(results, out, stop)
+            also = [str(Path(sched.compare_with) / "results.jsonl")] if sched.compare_with else []
+            run_report(",".join([str(results), *also]), out, stop)
     except Stopped:
         pass
     if stop.requested:
@@ -349,7 +350,7 @@ def _record_time(
     path.write_text(json.dumps(info, indent=1) + "\n")
 
 
-def run_report(results: Path, out: Path, stop: StopFlag) -> None:
+def run_report(results: str, out: Path, stop: StopFlag) -> None:
     """The report of the study's records, into its folder (summary.md, the figures)."""
     work = out / ".work"
     with open(work / "log.txt", "a") as log:

@@ -74,6 +74,9 @@ class Schedule:
     # > 0: the halving's candidates are this many draws from SEARCH (else learning rate x
     # weight decay), each collective sized to the size's parameter count (collective_budget)
     candidates: int = 0
+    # another study's folder whose records join this one's in the report (the best shot's
+    # collectives beside the converged study's baselines)
+    compare_with: str = ""
 
 
 SHORT = Schedule(
@@ -126,6 +129,7 @@ BEST_SHOT = Schedule(
     options=("plateau", "patience", "candidates"),
     model_types=("collective",),
     candidates=24,
+    compare_with="docs/study_converged",
 )
 """The collective's best shot at the converged study's budgets: per size, 24 collectives
 drawn at random from SEARCH (architecture and training knobs), each sized to the size's
@@ -133,7 +137,7 @@ parameter count (`collective_budget`: 567,044 and 2,969,887), cut by successive 
 validation at epochs 4 and 12 (24 -> 8 -> 2), the 2 survivors trained to their stop, the
 better one then at seeds 1 and 2 to theirs. The converged study's rules (augmentation,
 plateau 8, early stop 16, the same split); its baseline rows are the comparison
-(`python -m jaxcollective.report --compare`, docs/results.md). ~2 CPU hours on 2 cores."""
+(the report reads both folders' records; docs/results.md). ~2 CPU hours on 2 cores."""
 
 # The best shot's search space, drawn from at random (a seeded stream: a rerun draws the
 # same candidates). (kind, low, high): "int" uniform on low..high, "uniform", "log"

@@ -12,30 +12,41 @@ from jaxcollective.config import MODEL_TYPES
 from .records import COPY, read_records
 
 
+def candidate_of(cfg: dict, candidates: list[dict]) -> int:
+    """The index of the candidate a record's config is (its keys' values), or -1."""
+    for i, c in enumerate(candidates):
+        if all(cfg.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in c.items()):
+            return i
+    return -1
+
+
 def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
     """The candidates of every (model type, size), their best validation accuracy at each
     rung they reached, and the choice."""
     recs = [r for r in read_records(halving) if r.get("status") in ("finished", "diverged")]
-    chosen = {
-        (
+    cols = list(dict.fromkeys(k for c in plan.candidates for k in c))
+
+    def key(r: dict) -> tuple:  # (size: the budget, else the count), type, candidate
+        c = r["config"]
+        return (
+            c.get("collective_budget") or r["model_params"],
             r["model_type"],
-            r["model_params"],
-            r["config"]["learning_rate"],
-            r["config"]["weight_decay"],
+            candidate_of(c, plan.candidates),
         )
-        for r in read_records(results)
-        if COPY in r
-    }
+
+    chosen = {key(r) for r in read_records(results) if COPY in r}
     rows: dict[tuple, dict] = {}
+    params: dict[tuple, int] = {}
     for r in recs:
         c = r["config"]
-        key = (r["model_type"], r["model_params"], c["learning_rate"], c["weight_decay"])
+        k = key(r)
+        params[k] = r["model_params"]
         # a run to the stop under an earlier, lower cap is the last rung's (it stopped before
         # that cap, or was trained again to this one: the longer run counts, as the report's)
         rung = (
             c["epochs"] if not plan.stopping or c["epochs"] in plan.rungs[:-1] else plan.rungs[-1]
         )
-        cells = rows.setdefault(key, {})
+        cells = rows.setdefault(k, {})
         if cells.get(rung, (-1, ""))[0] < r.get("epochs_completed", 0):
             cells[rung] = (
                 r.get("epochs_completed", 0),
@@ -45,26 +56,53 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
         f"to the stop (at most {e})" if plan.stopping and e == plan.rungs[-1] else f"epoch {e}"
         for e in plan.rungs
     )
+    what = (
+        "learning rate x weight decay"
+        if cols == ["learning_rate", "weight_decay"]
+        else f"{len(plan.candidates)} configurations drawn at random"
+    )
     lines = [
         "## Successive halving: the candidates and the choice",
         "",
-        f"Per model type and size, every candidate (learning rate x weight decay, seed 0) "
+        f"Per model type and size, every candidate ({what}, seed 0) "
         f"trains to epoch {plan.rungs[0]}; the best third by best validation accuracy is "
         f"extended to the next rung ({', '.join(map(str, plan.rungs))}); the last rung's "
         "best is chosen and trained with more seeds. Best validation accuracy (%) at each "
-        "rung a candidate reached:",
+        "rung a candidate reached (a key a candidate does not set keeps its default: –):",
         "",
-        f"| model type | params | learning rate | weight decay | {head} | chosen |",
-        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in plan.rungs) + " | --- |",
+        f"| model type | params | {' | '.join(_COLUMN.get(k, k) for k in cols)} | {head} "
+        "| chosen |",
+        "| --- | ---: | " + " | ".join("---:" for _ in cols + list(plan.rungs)) + " | --- |",
     ]
     order = {t: i for i, t in enumerate(MODEL_TYPES)}
-    for key in sorted(rows, key=lambda k: (k[1] > 1e6, order.get(k[0], 9), k[2], k[3])):
-        t, params, lr, wd = key
-        cells = " | ".join(rows[key].get(e, (0, "–"))[1] for e in plan.rungs)
+    for k in sorted(rows, key=lambda k: (k[0] > 1e6, order.get(k[1], 9), k[0], k[2])):
+        cand = plan.candidates[k[2]] if k[2] >= 0 else {}
+        values = " | ".join(_cell(cand.get(c, "–")) for c in cols)
+        cells = " | ".join(rows[k].get(e, (0, "–"))[1] for e in plan.rungs)
         lines.append(
-            f"| {t} | {params:,} | {lr} | {wd} | {cells} | {'**yes**' if key in chosen else ''} |"
+            f"| {k[1]} | {params[k]:,} | {values} | {cells} | {'**yes**' if k in chosen else ''} |"
         )
     out.write_text("\n".join(lines) + "\n")
+
+
+# short headers for the drawn candidates' keys
+_COLUMN = {
+    "learning_rate": "learning rate",
+    "weight_decay": "weight decay",
+    "expert_ratio": "expert ratio",
+    "expert_width_factor": "expert width factor",
+    "use_expert_diversity": "diversity",
+    "use_analyst_diversity": "(analysts)",
+    "diversity_lambda": "div. weight",
+    "diversity_temperature": "div. temp.",
+    "use_drop_models": "member dropout",
+    "drop_models_expert_rate": "expert rate",
+    "drop_models_analyst_rate": "analyst rate",
+}
+
+
+def _cell(v) -> str:
+    return "yes" if v is True else "no" if v is False else str(v)
 
 
 def write_stop_table(results: Path, out: Path, plan) -> None:
