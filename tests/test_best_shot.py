@@ -186,3 +186,12 @@ def test_a_record_with_a_key_this_version_lacks_is_refused(tmp_path, capsys):
     f.write_text(json.dumps({"config": {"model_type": "shallow", "old_key": 1}}) + "\n")
     assert main([f"--from_record={f}:1", "--dry_run"]) == 2
     assert "'old_key'" in capsys.readouterr().err
+
+
+def test_a_width_the_varied_members_would_shrink_to_0_is_refused():
+    cfg = fashion(expert_hidden=[64, 1], vary_expert_architectures=False)
+    assert cfg.expert_hidden == (64, 1)  # without variants a width of 1 is a width
+    with pytest.raises(ConfigError, match=r"invalid expert_hidden=\[64, 1\].*0.8x variant"):
+        fashion(expert_hidden=[64, 1], vary_expert_architectures=True)
+    with pytest.raises(ConfigError, match="vary_analyst_architectures"):
+        fashion(analyst_hidden=[1, 8], vary_analyst_architectures=True)

@@ -92,7 +92,7 @@ def test_benchmark_times_whole_epochs():
     )
     # what the benchmark times is the real engine's whole epochs: the first compiles,
     # the next ones are timed, each to its metrics on the host
-    from jaxcollective.train import step as train
+    from jaxcollective.train import trainer as train
 
     epochs, real = [], train.Trainer.epoch
 

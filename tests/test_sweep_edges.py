@@ -445,3 +445,22 @@ def test_a_population_sweep_shrinks_and_its_members_train_on(tmp_path, monkeypat
             kept["final/best_val_accuracy"], abs=0.5
         )
         assert r["final_train_loss"] == pytest.approx(kept["final_train_loss"], rel=1e-3)
+
+
+def test_a_sweep_whose_every_trial_diverges_stops_after_10_in_a_row(tmp_path, capsys):
+    """Diverged trials do not count toward --trials: a space that only diverges would draw
+    trials for ever; the sweep stops after MAX_DIVERGED_IN_A_ROW, exit 1, saying why."""
+    from jaxcollective.sweep.claims import MAX_DIVERGED_IN_A_ROW
+
+    spec = yaml.safe_load(grid_file(tmp_path).read_text())
+    spec["method"] = "random"
+    spec["parameters"].update(
+        learning_rate={"distribution": "log_uniform_values", "min": 1e29, "max": 1e30},
+        optimizer={"value": "sgd"},
+        seed={"distribution": "int_uniform", "min": 0, "max": 10**6},
+    )
+    path = write(tmp_path, spec, "diverge.yaml")
+    assert sweep_main([str(path), "--trials=2", *args(tmp_path, "d")]) == 1
+    assert f"{MAX_DIVERGED_IN_A_ROW} trials in a row diverged" in capsys.readouterr().err
+    recs = lines(tmp_path / "r.jsonl")
+    assert [r["status"] for r in recs] == ["diverged"] * MAX_DIVERGED_IN_A_ROW

@@ -75,6 +75,9 @@ def validate(cfg) -> None:
             _fail(k, widths, "a list of 2 or more hidden widths, e.g. [512, 256]")
         if any(w < 1 for w in widths):
             _fail(k, widths, "positive widths")
+        vary = f"vary_{k.split('_')[0]}_architectures"
+        if getattr(cfg, vary) and any(w < 2 for w in widths):  # variant 3: int(w * 0.8)
+            _fail(k, widths, f"widths >= 2 with {vary} (its 0.8x variant would have width 0)")
     for k in ("drop_models_expert_rate", "drop_models_analyst_rate"):
         if not 0.0 <= getattr(cfg, k) < 1.0:
             _fail(k, getattr(cfg, k), "a probability in [0, 1)")

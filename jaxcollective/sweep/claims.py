@@ -56,6 +56,10 @@ def storage_of(url: str, heartbeat: int):
 ACTIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 ACTIVE_STATES = tuple(TrialState[name] for name in ACTIVE)
 MAX_FAILURES_IN_A_ROW = 3
+# diverged trials do not count toward --trials; a space where every trial diverges (a
+# learning rate range far too high) would draw new ones for ever: the sweep stops after
+# this many in a row (a space where half diverge reaches it once in 1,000 draws of 10)
+MAX_DIVERGED_IN_A_ROW = 10
 
 
 def reap_dead_workers(study) -> None:

@@ -27,6 +27,7 @@ from .store import is_server, masked, study_lock
 from .space import parse_sets
 from .samplers import pruner_of, sampler_of, sampler_seed
 from .claims import (
+    MAX_DIVERGED_IN_A_ROW,
     MAX_FAILURES_IN_A_ROW,
     check_choices,
     claim_or_wait,
@@ -126,7 +127,7 @@ def run_study(
         print(line, file=sys.stderr, flush=True)
     say = lambda: print(progress_line(study, trials), file=sys.stderr, flush=True)  # noqa: E731
     say()
-    failures = 0  # in a row: a space that only fails must not loop for ever
+    failures = diverged = 0  # in a row: a space that only fails must not loop for ever
     if population == 0:  # auto
         population = auto_population(preflight(sw.base_cfg), measure=epoch_timer(sw, sw.base_cfg))
         print(f"[sweep {name}] --population=auto: {population}", file=sys.stderr)
@@ -148,6 +149,13 @@ def run_study(
                     file=sys.stderr,
                 )
                 return 1
+            if diverged >= MAX_DIVERGED_IN_A_ROW:
+                print(
+                    f"[sweep {name}] {diverged} trials in a row diverged (a loss became NaN or "
+                    "infinite); stopping: lower the learning rate range of the sweep file",
+                    file=sys.stderr,
+                )
+                return 1
             trial = claim_or_wait(study, trials, storage, stop, heartbeat)
             if trial is None:
                 break
@@ -163,6 +171,7 @@ def run_study(
                     raise
             conclude(study, trial, status, value)
             failures = failures + 1 if status == "failed" else 0
+            diverged = diverged + 1 if status == "diverged" else 0
             say()
     if stop.requested:
         print(
