@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from jaxcollective.config import BASELINE_ONLY, COLLECTIVE_ONLY, NO_EFFECT, Config
+from jaxcollective.config import BASELINE_ONLY, BUDGET_ONLY, COLLECTIVE_ONLY, NO_EFFECT, Config
 from jaxcollective.model.sizing import describe_resolved, resolve
 
 
@@ -13,12 +13,11 @@ def unused_keys(cfg: Config, given: Optional[set[str]] = None) -> dict[str, str]
     seed's sweep sends collective keys to baselines and target_params to the collective,
     and the original's configs carry keys that have no effect here."""
     given = set(given or ())
-    ignored, why = (
-        (BASELINE_ONLY, "baseline-only")
-        if cfg.model_type == "collective"
-        else (COLLECTIVE_ONLY, "collective-only")
-    )
-    out = {k: why for k in ignored & given}
+    ignored = cfg.ignored_keys() & given
+    out = {k: "baseline-only" for k in ignored & BASELINE_ONLY}
+    out.update({k: "collective-only" for k in ignored & COLLECTIVE_ONLY})
+    if cfg.model_type == "collective":  # read only with a budget
+        out.update({k: "budget-off" for k in ignored & BUDGET_ONLY})
     if "lr_plateau_factor" in given and cfg.lr_plateau_patience == 0:
         out["lr_plateau_factor"] = "plateau-off"  # a constant learning rate
     out.update({k: NO_EFFECT[k] for k in given if k in NO_EFFECT})

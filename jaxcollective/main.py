@@ -22,8 +22,9 @@ EXTRA = {
     "CONFIG_DEBUG / CONFIG_PHASE1, training keys included)",
     "model": "the original's name of --model_type",
     "from_record": "FILE:LINE: train again exactly the run that line of a results file "
-    "records (its config, seed and data split; the data folder, outputs and device are "
-    "this machine's); other flags override the record's values",
+    "records (its config, seed and data split; the data folder and device are this "
+    "machine's, the outputs go to runs/reruns/ unless given); other flags override the "
+    "record's values",
     "dry_run": "print the resolved architecture as one JSON line and exit",
     "help": "show this message (also -h)",
 }
@@ -49,12 +50,11 @@ def _main(argv: list[str], stop: StopFlag) -> int:
 
     preset = opts.get("config")
     if "from_record" in opts:
-        from jaxcollective.rerun import read_record, record_values, rerun_line
+        from jaxcollective.rerun import rerun_line, rerun_values
 
         if preset is not None:
             raise ConfigError("--config and --from_record: the record holds the whole config")
-        rec, where = read_record(opts["from_record"])
-        values = {**record_values(rec, where), **values}
+        values, rec, where = rerun_values(opts["from_record"], values)
         print(rerun_line(rec, where), file=sys.stderr)
     cfg = Config.from_values(values, preset)  # bad flags fail before anything starts
     dry_run = bool_option(opts, "dry_run")

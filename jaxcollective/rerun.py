@@ -4,8 +4,8 @@ to train it again exactly (docs/training.md, "Rerun a record").
 A record keeps its resolved config (`config`). What decides the run comes from it: the
 keys whose role is what the program computes, the values it takes and the run's length
 (`Role.PROGRAM`, `VALUE`, `LENGTH`, declared on each key); where the data are read from,
-what is written where and which device runs it are this machine's (its defaults or the
-flags given), so a rerun never appends to the file it reads. Flags given beside it
+what is written where and which device runs it are this machine's: by default a rerun
+writes to runs/reruns/ (RERUN_OUTPUTS), and it never appends to the file it reads. Flags given beside it
 override the record's values.
 """
 
@@ -48,6 +48,31 @@ def read_record(spec: str) -> tuple[dict[str, Any], str]:
     return rec, f"{path}:{n}"
 
 
+# Where a rerun writes unless told: beside, never into, the files of the runs it repeats
+# (a record of runs/results.jsonl would otherwise be appended to its own file, and resume
+# the original's kept checkpoint instead of training).
+RERUN_OUTPUTS = {
+    "results": "runs/reruns/results.jsonl",
+    "checkpoint_dir": "runs/reruns/checkpoints",
+}
+
+
+def rerun_values(spec: str, given: dict[str, Any]) -> tuple[dict[str, Any], dict, str]:
+    """The values a rerun of the record at `spec` runs with (the record's, then this
+    machine's rerun outputs, then `given`), the record, and where it is."""
+    rec, where = read_record(spec)
+    values = record_values(rec, where)
+    if "use_mixed_precision" in given or "dtype" in given:
+        values.pop("dtype", None)  # the flag given decides the dtype
+    values = {**values, **RERUN_OUTPUTS, **given}
+    if Path(str(values["results"])).resolve() == Path(where.rpartition(":")[0]).resolve():
+        raise ConfigError(
+            f"--results={values['results']} is the file --from_record reads; a rerun writes "
+            "elsewhere: pass another --results"
+        )
+    return values, rec, where
+
+
 def record_values(rec: dict[str, Any], where: str) -> dict[str, Any]:
     """The config values of a record that decide its run (FROM_RECORD roles)."""
     cfg = rec["config"]
@@ -70,9 +95,11 @@ def rerun_line(rec: dict[str, Any], where: str) -> str:
         if isinstance(acc, (int, float))
         else ""
     )
+    params = rec.get("model_params")
+    size = f"{params:,}" if isinstance(params, int) else "?"
     return (
         f"rerunning {where}: {cfg.get('model_type')} on {cfg.get('dataset')}, "
-        f"seed {cfg.get('seed')}, {rec.get('model_params', '?'):,} params{measured}"
+        f"seed {cfg.get('seed')}, {size} params{measured}"
     )
 
 

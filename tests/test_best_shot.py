@@ -54,6 +54,7 @@ def test_a_budget_sized_collective_is_within_1_percent_at_any_architecture(
     assert share == pytest.approx(base * factor, rel=0.1)
     # the record keeps the config as given: sizing it again gives the same architecture
     assert r.config == cfg and resolve(Config.from_dict(r.config.to_dict())).cfg == r.cfg
+    assert resolve(r.cfg).cfg == r.cfg  # the sized architecture is itself, resolved again
 
 
 def test_without_a_budget_the_collective_is_the_originals():
@@ -122,7 +123,7 @@ def run_py(*args):
     )
 
 
-def test_from_record_reruns_a_record_exactly_and_flags_override(tmp_path, capsys):
+def test_from_record_reruns_a_record_exactly_and_flags_override(tmp_path, capsys, monkeypatch):
     first = tmp_path / "first.jsonl"
     p = run_py(
         "--model_type=collective",
@@ -139,23 +140,32 @@ def test_from_record_reruns_a_record_exactly_and_flags_override(tmp_path, capsys
         "--epochs=2",
         "--progress=false",
         f"--results={first}",
-        f"--checkpoint_dir={tmp_path / 'ck'}",
+        f"--checkpoint_dir={tmp_path / 'runs' / 'checkpoints'}",  # the default's place
+        "--keep_checkpoint=true",
     )
     assert p.returncode == 0, p.stderr[-2000:]
     rec = json.loads(first.read_text())
-    again = tmp_path / "again.jsonl"
-    # a rerun writes where this machine's flags say, never to the file it reads
-    args = [f"--from_record={first}:1", f"--results={again}", "--progress=false"]
-    assert main([*args, f"--checkpoint_dir={tmp_path / 'ck2'}"]) == 0
+    kept = list((tmp_path / "runs" / "checkpoints").iterdir())
+    # a rerun writes to runs/reruns/ unless told, never to the file it reads, and trains
+    # from scratch: the original's kept checkpoint is not resumed (nor removed)
+    monkeypatch.chdir(tmp_path)
+    assert main([f"--from_record={first}:1", "--progress=false"]) == 0
     assert f"rerunning {first}:1: collective on digits, seed 7" in capsys.readouterr().err
     assert len(first.read_text().splitlines()) == 1
-    rerun = json.loads(again.read_text())
+    assert list((tmp_path / "runs" / "checkpoints").iterdir()) == kept
+    rerun = json.loads((tmp_path / "runs" / "reruns" / "results.jsonl").read_text())
+    assert rerun["resumed_from_epoch"] == 0 and rerun["epochs_completed"] == 2
     assert rerun["final/test_accuracy"] == rec["final/test_accuracy"]
     assert rerun["val_accuracy_curves"] == rec["val_accuracy_curves"]
     assert rerun["sized_widths"] == rec["sized_widths"]
-    assert {k: v for k, v in rerun["config"].items() if k not in ("results", "checkpoint_dir")} == {
-        k: v for k, v in rec["config"].items() if k not in ("results", "checkpoint_dir")
+    outputs = ("results", "checkpoint_dir", "keep_checkpoint")
+    assert {k: v for k, v in rerun["config"].items() if k not in outputs} == {
+        k: v for k, v in rec["config"].items() if k not in outputs
     }
+    # the file it reads is never its output; a dtype flag overrides the record's
+    assert main([f"--from_record={first}:1", f"--results={first}"]) == 2
+    assert "is the file --from_record reads" in capsys.readouterr().err
+    assert main([f"--from_record={first}:1", "--use_mixed_precision=true", "--dry_run"]) == 0
     # a flag beside it overrides the record's value
     shorter = tmp_path / "shorter.jsonl"
     more = [f"--checkpoint_dir={tmp_path / 'ck3'}", "--epochs=1", f"--results={shorter}"]
@@ -181,6 +191,13 @@ def test_a_bad_from_record_is_one_line_and_exit_2(tmp_path, capsys, spec, fragme
     assert len(err) == 1 and fragment in err[0], err
 
 
+def test_a_record_without_its_size_is_rerun_all_the_same(tmp_path, capsys):
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps({"config": {"model_type": "shallow", "dataset": "digits"}}) + "\n")
+    assert main([f"--from_record={f}:1", "--dry_run"]) == 0
+    assert "shallow on digits, seed None, ? params" in capsys.readouterr().err
+
+
 def test_a_record_with_a_key_this_version_lacks_is_refused(tmp_path, capsys):
     f = tmp_path / "r.jsonl"
     f.write_text(json.dumps({"config": {"model_type": "shallow", "old_key": 1}}) + "\n")
@@ -195,3 +212,28 @@ def test_a_width_the_varied_members_would_shrink_to_0_is_refused():
         fashion(expert_hidden=[64, 1], vary_expert_architectures=True)
     with pytest.raises(ConfigError, match="vary_analyst_architectures"):
         fashion(analyst_hidden=[1, 8], vary_analyst_architectures=True)
+
+
+def test_baselines_sized_from_different_collectives_are_different_runs():
+    """A baseline without target_params takes the count of the collective of its config:
+    the keys that size that collective are read (checkpoint fingerprint, program key,
+    population), the others are not."""
+    from jaxcollective.api import unused_keys
+    from jaxcollective.train.checkpoint import fingerprint
+
+    a = Config.from_values({"model_type": "deep", "collective_budget": 100_000})
+    b = a.replace(collective_budget=300_000)
+    assert resolve(a).hidden_dims != resolve(b).hidden_dims
+    assert fingerprint(a) != fingerprint(b) and a.program_key() != b.program_key()
+    assert fingerprint(a) == fingerprint(a.replace(diversity_lambda=0.5))  # not a size key
+    assert unused_keys(a, {"collective_budget", "diversity_lambda"}) == {
+        "diversity_lambda": "collective-only"
+    }
+    # with its own target the collective's keys are not read at all
+    c = a.replace(target_params=200_000)
+    assert fingerprint(c) == fingerprint(c.replace(collective_budget=300_000))
+    assert unused_keys(c, {"collective_budget"}) == {"collective_budget": "collective-only"}
+    # expert_width_factor is read only with a budget
+    d = Config.from_values({"model_type": "collective"})
+    assert unused_keys(d, {"expert_width_factor"}) == {"expert_width_factor": "budget-off"}
+    assert fingerprint(d) == fingerprint(d.replace(expert_width_factor=2.0))

@@ -399,3 +399,4 @@ def test_holm_adjusts_the_k_th_smallest_p_by_m_minus_k_plus_1_and_keeps_the_orde
     # Welch's t = 1 / sqrt(2/3) on 4 degrees of freedom
     assert welch_p(a, b) == pytest.approx(0.2878, abs=1e-4)
     assert welch_p([1.0], b) is None
+    assert welch_p([90.0, 90.0], [80.0, 80.0]) is None  # no spread: no test, not p = 0

@@ -414,6 +414,8 @@ def test_the_halving_table_puts_a_run_to_the_stop_under_a_lower_cap_in_the_last_
         (["--schedule=long", "--patience=5"], "--patience belongs to --schedule=converged"),
         (["--plateau=5"], "--plateau belongs to --schedule=converged"),
         (["--schedule=slow"], "expected short, long, converged"),
+        (["--schedule=best_shot", "--model_types=deep"], "trains collective only"),
+        (["--schedule=best_shot", "--learning_rates=0.1"], "pass --candidates=N instead"),
     ],
 )
 def test_an_option_of_another_schedule_is_refused_in_one_line(argv, says, tmp_path):

@@ -17,7 +17,7 @@ from .keys_model import ModelKeys
 from .keys_runtime import RuntimeKeys
 from .keys_training import TrainingKeys
 from .presets import PRESETS
-from .roles import Role
+from .roles import _ARCH, Role
 from .values import _NONE, ConfigError, _check_choice, _fail, to_bool, to_float, to_int, to_widths
 
 
@@ -83,10 +83,17 @@ class Config(RuntimeKeys, TrainingKeys, ModelKeys):
         return Config(**{k: getattr(self, k) for k in SHAPE_FIELDS})
 
     def ignored_keys(self) -> frozenset[str]:
-        """Keys this run does not read: collective keys for a baseline, target_params for
-        the collective, and the plateau's keys when it is off (a constant learning rate:
+        """Keys this run does not read: collective keys for a baseline (but for those that
+        size the collective whose count a baseline without target_params takes),
+        target_params for the collective, expert_width_factor without collective_budget,
+        and the plateau's keys when it is off (a constant learning rate:
         the run is the one that never had them, with the same checkpoint fingerprint)."""
-        model = BASELINE_ONLY if self.model_type == "collective" else COLLECTIVE_ONLY
+        if self.model_type == "collective":
+            model = BASELINE_ONLY
+        elif self.target_params is None:  # sized to the collective's count: its shape keys
+            model = COLLECTIVE_ONLY - COLLECTIVE_SIZE
+        else:
+            model = COLLECTIVE_ONLY
         if self.collective_budget is None:
             model = model | BUDGET_ONLY
         return model | PLATEAU if self.lr_plateau_patience == 0 else model
@@ -182,6 +189,9 @@ COLLECTIVE_ONLY = frozenset(k for k, f in FIELDS.items() if f.metadata["group"] 
 BASELINE_ONLY = frozenset({"target_params"})
 # Keys read only by a collective sized to a budget (collective_budget set).
 BUDGET_ONLY = frozenset({"expert_width_factor"})
+# The collective's keys that decide its parameter count (its architecture keys): what a
+# baseline without target_params reads, since it takes that count.
+COLLECTIVE_SIZE = frozenset(k for k in COLLECTIVE_ONLY if FIELDS[k].metadata["why"] == _ARCH)
 PLATEAU = frozenset({"lr_plateau_patience", "lr_plateau_factor"})
 SHAPE_FIELDS = ("model_type", "dataset", "synthetic_like") + tuple(sorted(COLLECTIVE_ONLY))
 # Keys that change nothing here, with the one-word reason a run records for each.

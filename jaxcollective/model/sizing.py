@@ -180,12 +180,16 @@ def _with_widths(cfg: Config, widths: tuple) -> Config:
     return cfg.replace(**dict(zip(_WIDTH_KEYS, widths)), collective_budget=None)
 
 
+_REFUSED: dict[Config, str] = {}  # per sized config, why some widths were refused
+
+
 def _widths_count(cfg: Config, widths: tuple) -> int:
     """The count of the collective with these widths (0 where the derivation rules refuse
-    them: an expert encoder of width 0)."""
+    them, e.g. an expert encoder of width 0: the reason is kept for the error)."""
     try:
         return count_params(_with_widths(cfg, widths))
-    except ConfigError:
+    except ConfigError as err:
+        _REFUSED[cfg] = str(err)
         return 0
 
 
@@ -242,18 +246,24 @@ def _size_collective(cfg: Config) -> Config:
         (below, n_below) if target - n_below <= best_above - target else (above, best_above)
     )
     if got == 0 or abs(got - target) > MAX_COLLECTIVE_MISMATCH * target:
+        why = (
+            f"the widths below it are refused ({_REFUSED[cfg]})"
+            if cfg in _REFUSED
+            else "its smallest widths may already be above it"
+        )
+        found = f"{got:,} parameters ({(got - target) / target:+.1%})" if got else "none"
         raise ConfigError(
-            f"invalid collective_budget={target:,}: the closest collective of this profile has "
-            f"{got:,} parameters ({(got - target) / target:+.1%}); its smallest widths (all 1) "
-            "may already be above it: give a larger budget or fewer members"
+            f"invalid collective_budget={target:,}: the closest collective of this profile "
+            f"has {found}; {why}: give a larger budget, fewer members or another profile"
         )
     return _with_widths(cfg, widths)
 
 
 def _size_widths_into(cfg: Config) -> Config:
-    """`cfg` with the sized collective's widths (its other keys as given)."""
+    """`cfg` with the sized collective's widths (its other keys as given) and no budget:
+    the architecture itself, which resolving again leaves as it is."""
     sized = size_collective(cfg)
-    return cfg.replace(**{k: getattr(sized, k) for k in _WIDTH_KEYS})
+    return cfg.replace(**{k: getattr(sized, k) for k in _WIDTH_KEYS}, collective_budget=None)
 
 
 # ---------------------------------------------------------------- resolve

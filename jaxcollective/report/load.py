@@ -49,7 +49,9 @@ def load_results(path: Path, named_by_path: bool = False) -> list[Run]:
     """Runs of a results file, or of several (a comma list: one study's collectives beside
     another's baselines). A damaged line (a run killed mid-write, a line that is not a run
     record) is skipped with a warning naming file and line."""
-    parts = [p for p in str(path).split(",") if p.strip()]
+    parts = [p.strip() for p in str(path).split(",") if p.strip()]
+    if len(parts) == 1:
+        path = Path(parts[0])
     if len(parts) > 1:  # runs named by their file's path: two files may share a name
         return [r for p in parts for r in load_results(Path(p.strip()), named_by_path=True)]
     if path.is_dir():

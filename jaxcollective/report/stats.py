@@ -38,13 +38,11 @@ def welch_interval(a: list[float], b: list[float]) -> Optional[tuple[float, floa
 
 def welch_p(a: list[float], b: list[float]) -> Optional[float]:
     """Two-sided p-value of Welch's t-test of mean(a) = mean(b); None with fewer than 2 runs
-    a side."""
-    if len(a) < 2 or len(b) < 2:
+    a side, or no spread on either side (the test is undefined: not a certainty)."""
+    if len(a) < 2 or len(b) < 2 or (max(a) == min(a) and max(b) == min(b)):
         return None
     from scipy.stats import ttest_ind  # scipy comes with jax
 
-    if max(a) == min(a) and max(b) == min(b):  # no spread on either side: t is undefined
-        return 1.0 if a[0] == b[0] else 0.0
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
@@ -86,7 +84,9 @@ def matched_comparisons(groups: list[Group]) -> list[dict[str, Any]]:
     for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
         row["p_holm"] = adjusted
         if adjusted is None:
-            row["verdict"] = "too few runs for an interval"
+            row["verdict"] = (
+                "too few runs for an interval" if row["ci"] is None else "no spread: not tested"
+            )
         elif adjusted >= ALPHA:
             row["verdict"] = "no clear difference"
         else:

@@ -41,6 +41,11 @@ class Halving:
     @classmethod
     def plan(cls, opts: dict, epochs: int, sched: Schedule) -> "Halving":
         if sched.candidates:
+            if "learning_rates" in opts:
+                raise ConfigError(
+                    f"--learning_rates: --schedule={sched.name} draws the learning rate with "
+                    "the other knobs; pass --candidates=N instead"
+                )
             candidates = draw_candidates(int_option(opts, "candidates", sched.candidates, 1))
         else:
             lrs = [float(v) for v in opts.get("learning_rates", "0.0003,0.001,0.003").split(",")]

@@ -153,6 +153,10 @@ def study(argv: list[str], stop: StopFlag) -> int:
     types = list(varied["model_type"].choices) if "model_type" in varied else [fixed["model_type"]]
     if sched.model_types:
         types = [t for t in types if t in sched.model_types]
+        if not types:
+            raise ConfigError(
+                f"--model_types: --schedule={schedule} trains {', '.join(sched.model_types)} only"
+            )
     epochs = (
         int(fixed["epochs"])
         if schedule == "short"

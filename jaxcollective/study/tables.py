@@ -3,6 +3,7 @@ candidates at each rung, where each run stopped, what the convergence check chan
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from jaxcollective.train.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
@@ -12,26 +13,24 @@ from jaxcollective.config import MODEL_TYPES
 from .records import COPY, read_records
 
 
-def candidate_of(cfg: dict, candidates: list[dict]) -> int:
-    """The index of the candidate a record's config is (its keys' values), or -1."""
-    for i, c in enumerate(candidates):
-        if all(cfg.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in c.items()):
-            return i
-    return -1
-
-
 def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
     """The candidates of every (model type, size), their best validation accuracy at each
     rung they reached, and the choice."""
     recs = [r for r in read_records(halving) if r.get("status") in ("finished", "diverged")]
     cols = list(dict.fromkeys(k for c in plan.candidates for k in c))
 
-    def key(r: dict) -> tuple:  # (size: the budget, else the count), type, candidate
+    drawn = cols != ["learning_rate", "weight_decay"]
+
+    def key(r: dict) -> tuple:  # size (the budget, else the count), type, the columns' values
         c = r["config"]
+        # a drawn candidate's switched-off knobs keep their defaults: shown as not set
+        shown = {k: c.get(k) for k in cols}
+        if drawn:
+            shown = {k: v for k, v in shown.items() if _switched_on(k, c)}
         return (
             c.get("collective_budget") or r["model_params"],
             r["model_type"],
-            candidate_of(c, plan.candidates),
+            json.dumps(shown, sort_keys=True),
         )
 
     chosen = {key(r) for r in read_records(results) if COPY in r}
@@ -57,9 +56,9 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
         for e in plan.rungs
     )
     what = (
-        "learning rate x weight decay"
-        if cols == ["learning_rate", "weight_decay"]
-        else f"{len(plan.candidates)} configurations drawn at random"
+        f"{len(plan.candidates)} configurations drawn at random"
+        if drawn
+        else "learning rate x weight decay"
     )
     lines = [
         "## Successive halving: the candidates and the choice",
@@ -75,9 +74,12 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
         "| --- | ---: | " + " | ".join("---:" for _ in cols + list(plan.rungs)) + " | --- |",
     ]
     order = {t: i for i, t in enumerate(MODEL_TYPES)}
-    for k in sorted(rows, key=lambda k: (k[0] > 1e6, order.get(k[1], 9), k[0], k[2])):
-        cand = plan.candidates[k[2]] if k[2] >= 0 else {}
-        values = " | ".join(_cell(cand.get(c, "–")) for c in cols)
+    first = {}  # each row's first record: the table keeps the records' order within a size
+    for i, r in enumerate(recs):
+        first.setdefault(key(r), i)
+    for k in sorted(rows, key=lambda k: (k[0] > 1e6, order.get(k[1], 9), k[0], first[k])):
+        shown = json.loads(k[2])
+        values = " | ".join(_cell(shown.get(c, "–")) for c in cols)
         cells = " | ".join(rows[k].get(e, (0, "–"))[1] for e in plan.rungs)
         lines.append(
             f"| {k[1]} | {params[k]:,} | {values} | {cells} | {'**yes**' if k in chosen else ''} |"
@@ -99,6 +101,14 @@ _COLUMN = {
     "drop_models_expert_rate": "expert rate",
     "drop_models_analyst_rate": "analyst rate",
 }
+
+
+def _switched_on(key: str, cfg: dict) -> bool:
+    """Whether a drawn key is in use: a key SEARCH draws only under a switch needs it on."""
+    from .schedules import SEARCH
+
+    spec = SEARCH.get(key, ())
+    return not (len(spec) > 3 and not cfg.get(spec[3]))
 
 
 def _cell(v) -> str:

@@ -20,7 +20,15 @@ from jaxcollective.train.signals import StopFlag
 from jaxcollective.train.writers import MultiWriter, ResultsWriter, WandbWriter, Writer
 
 from .samplers import GridSampler
-from .claims import ACTIVE, claim, claim_or_wait, conclude, progress_line, started
+from .claims import (
+    ACTIVE,
+    MAX_DIVERGED_IN_A_ROW,
+    claim,
+    claim_or_wait,
+    conclude,
+    progress_line,
+    started,
+)
 from .trials import Sweep, trial_info, trial_outcome
 
 
@@ -185,7 +193,7 @@ def check_population(sw: Sweep) -> None:
 
 def run_populations(
     sw: Sweep, study, trials: int, url: Optional[str], k: int, stop: StopFlag, heartbeat: float = 30
-) -> None:
+) -> int:
     """The study's trials as populations of K (docs/design.md, "Population trials").
     A population's first trial fixes its program; the other K-1 slots start with trials
     whose program-shaping parameters Optuna is asked to keep (enqueue_trial with them
@@ -193,7 +201,9 @@ def run_populations(
     to Optuna and ends when finished, pruned or diverged; its slot then takes the next
     trial the sampler proposes if that trial shares the program, else that trial waits
     (at most K of them) and starts the next population once this one has drained. So
-    the sampler, not the population, decides how often each program is tried."""
+    the sampler, not the population, decides how often each program is tried. Returns
+    the number of trials that diverged in a row when that reached MAX_DIVERGED_IN_A_ROW
+    (the sweep then stops, as the sequential one), else 0."""
     from jaxcollective.config import MEMBER_KEYS
     from jaxcollective.train.population import Population
 
@@ -234,8 +244,9 @@ def run_populations(
         pending.append(t)
         return next_trial(pop, first, initial) if initial else None
 
+    diverged = [0]  # trials in a row, across populations
     try:
-        while not stop.requested:
+        while not stop.requested and diverged[0] < MAX_DIVERGED_IN_A_ROW:
             first = (
                 pending.pop(0)
                 if pending
@@ -259,6 +270,8 @@ def run_populations(
                     pop.set_learning_rate(slot, schedule.learning_rates(c, mem.log.history)[0])
 
             def end(slot, status):
+                if status in ("finished", "pruned", "diverged"):
+                    diverged[0] = diverged[0] + 1 if status == "diverged" else 0
                 mem = members[slot]
                 mem.end(status)
                 beats.pop(mem.trial._trial_id).close()
@@ -277,7 +290,7 @@ def run_populations(
             start(0, first)
             fill(initial=True)
             times: list[float] = []  # this population's epochs (the first compiles)
-            while any(members) and not stop.requested:
+            while any(members) and not stop.requested and diverged[0] < MAX_DIVERGED_IN_A_ROW:
                 te = time.perf_counter()
                 metrics = pop.epoch()
                 dt = time.perf_counter() - te
@@ -302,7 +315,7 @@ def run_populations(
                                 slot, schedule.learning_rates(mem.cfg, mem.log.history)[0]
                             )
                 print(progress_line(study, trials), file=sys.stderr, flush=True)
-                if stop.requested or fill(initial=False):
+                if stop.requested or diverged[0] >= MAX_DIVERGED_IN_A_ROW or fill(initial=False):
                     continue
                 live = [i for i, mem in enumerate(members) if mem is not None]
                 if (
@@ -323,6 +336,7 @@ def run_populations(
             for slot, mem in enumerate(members):  # a signal: each is retried first next time
                 if mem is not None:
                     end(slot, "stopped")
+        return diverged[0] if diverged[0] >= MAX_DIVERGED_IN_A_ROW else 0
     finally:
         for t in list(pending):  # claimed but never started: queued again
             done(t, "stopped")

@@ -133,7 +133,10 @@ def run_study(
         print(f"[sweep {name}] --population=auto: {population}", file=sys.stderr)
     if population > 1:
         with StopFlag() as stop:
-            run_populations(sw, study, trials, storage, population, stop, heartbeat)
+            diverged = run_populations(sw, study, trials, storage, population, stop, heartbeat)
+        if diverged:
+            print(diverged_line(name, diverged), file=sys.stderr)
+            return 1
         if stop.requested:
             print(
                 f"[sweep {name}] stopped; run the same command again to resume the study",
@@ -150,11 +153,7 @@ def run_study(
                 )
                 return 1
             if diverged >= MAX_DIVERGED_IN_A_ROW:
-                print(
-                    f"[sweep {name}] {diverged} trials in a row diverged (a loss became NaN or "
-                    "infinite); stopping: lower the learning rate range of the sweep file",
-                    file=sys.stderr,
-                )
+                print(diverged_line(name, diverged), file=sys.stderr)
                 return 1
             trial = claim_or_wait(study, trials, storage, stop, heartbeat)
             if trial is None:
@@ -179,6 +178,13 @@ def run_study(
             file=sys.stderr,
         )
     return 0
+
+
+def diverged_line(name: str, n: int) -> str:
+    return (
+        f"[sweep {name}] {n} trials in a row diverged (a loss became NaN or infinite); "
+        "stopping: lower the learning rate range of the sweep file"
+    )
 
 
 def main(argv: list[str]) -> int:
