@@ -186,7 +186,9 @@ def keys_of(*roles: Role) -> frozenset[str]:
 # Everything below derives from the fields' declarations.
 # Keys read only by the collective, and only by baselines.
 COLLECTIVE_ONLY = frozenset(k for k, f in FIELDS.items() if f.metadata["group"] == "collective")
-BASELINE_ONLY = frozenset({"target_params"})
+BASELINE_ONLY = frozenset(
+    {"target_params"} | {k for k, f in FIELDS.items() if f.metadata["group"] == "baseline"}
+)
 # Keys read only by a collective sized to a budget (collective_budget set).
 BUDGET_ONLY = frozenset({"expert_width_factor"})
 # The collective's keys that decide its parameter count (its architecture keys): what a

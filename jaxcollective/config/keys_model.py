@@ -40,6 +40,14 @@ class ModelKeys:
         P,
         "a baseline's widths are sized from it",
     )
+    # --- baselines
+    baseline_dropout: float = _key(
+        0.1,
+        "baselines: dropout after each hidden layer (the original's 0.1), in [0, 1)",
+        "baseline",
+        P,
+        "a constant of the baseline's program",
+    )
     # --- collective
     n_total: int = _key(8, "experts + analysts", "collective", P, _ARCH)
     expert_ratio: float = _key(

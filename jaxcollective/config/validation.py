@@ -78,7 +78,7 @@ def validate(cfg) -> None:
         vary = f"vary_{k.split('_')[0]}_architectures"
         if getattr(cfg, vary) and any(w < 2 for w in widths):  # variant 3: int(w * 0.8)
             _fail(k, widths, f"widths >= 2 with {vary} (its 0.8x variant would have width 0)")
-    for k in ("drop_models_expert_rate", "drop_models_analyst_rate"):
+    for k in ("drop_models_expert_rate", "drop_models_analyst_rate", "baseline_dropout"):
         if not 0.0 <= getattr(cfg, k) < 1.0:
             _fail(k, getattr(cfg, k), "a probability in [0, 1)")
     for k in ("weight_decay", "diversity_lambda"):

@@ -332,4 +332,6 @@ def build_model(
     _, residual = BASELINE_FAMILIES[cfg.model_type]
     info = cfg.dataset_info
     cls = ResidualMLP if residual else MLP
-    return cls(info.input_dim, list(hidden_dims), info.num_classes, rngs=rngs)
+    return cls(
+        info.input_dim, list(hidden_dims), info.num_classes, rngs=rngs, rate=cfg.baseline_dropout
+    )

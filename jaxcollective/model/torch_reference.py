@@ -57,7 +57,7 @@ def build_torch_model(cfg: Config, hidden_dims=None):
                     nn.Linear(a, b) if residual and a != b else nn.Identity()
                     for a, b in zip(dims, dims[1:])
                 )
-                self.drop = nn.Dropout(0.1)
+                self.drop = nn.Dropout(cfg.baseline_dropout)
                 self.out = nn.Linear(dims[-1], info.num_classes)
 
             def forward(self, x):

@@ -89,8 +89,26 @@ def make_report(
     }
 
 
+def joined(runs: list[Run], source: str, path: str) -> tuple[list[Run], str]:
+    """`runs` and the runs of another results file whose model types `runs` lacks: the
+    best shot's collectives against the converged study's baselines. Runs are named by
+    their file's path, so two files' lines never fold into one."""
+    have = {r.model_type for r in runs}
+    theirs = [r for r in load_results(Path(path), named_by_path=True) if r.model_type not in have]
+    if not theirs:
+        raise ConfigError(
+            f"--join={path} has no model type that --results lacks ({', '.join(sorted(have))})"
+        )
+    for r in runs:
+        r.name = r.source or r.name
+    kinds = ", ".join(sorted({r.model_type for r in theirs}))
+    return runs + theirs, f"{source}; from {path}: {kinds}"
+
+
 OPTIONS = {
     "results": "results file written by run.py or the sweep (default runs/results.jsonl)",
+    "join": "another results file whose model types --results lacks join its runs (a "
+    "searched collective against another study's baselines, or the reverse)",
     "wandb": "ENTITY/PROJECT[/SWEEP_ID]: read runs through wandb's public API instead "
     "(needs `wandb login`)",
     "out": "output folder (default report/): summary.md, DIR/<dataset>/*.png",
@@ -114,7 +132,8 @@ def main(argv: list[str]) -> int:
                     SUMMARY,
                     OPTIONS,
                     config_keys=False,
-                    args="[--results=PATH | --wandb=ENTITY/PROJECT[/SWEEP_ID]] [--option=value ...]",
+                    args="[--results=PATH | --wandb=ENTITY/PROJECT[/SWEEP_ID]] [--join=PATH] "
+                    "[--option=value ...]",
                 )
             )
             return 0
@@ -130,6 +149,8 @@ def main(argv: list[str]) -> int:
         else:
             path = Path(opts.get("results", "runs/results.jsonl"))
             runs, source = load_results(path), str(path)
+        if "join" in opts:
+            runs, source = joined(runs, source, opts["join"])
         synth = bool_option(opts, "include_synthetic")
         select = opts.get("select", "none")
         if select not in ("none", "validation"):

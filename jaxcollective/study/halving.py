@@ -46,7 +46,8 @@ class Halving:
                     f"--learning_rates: --schedule={sched.name} draws the learning rate with "
                     "the other knobs; pass --candidates=N instead"
                 )
-            candidates = draw_candidates(int_option(opts, "candidates", sched.candidates, 1))
+            n = int_option(opts, "candidates", sched.candidates, 1)
+            candidates = draw_candidates(n, search=sched.search or SEARCH)
         else:
             lrs = [float(v) for v in opts.get("learning_rates", "0.0003,0.001,0.003").split(",")]
             default = ",".join(str(w) for w in sched.weight_decays)
@@ -105,8 +106,8 @@ class Halving:
         return self.alive_counts()[-1] * (self.rungs[-1] - start) + (seeds - 1) * self.rungs[-1]
 
 
-def draw_candidates(n: int, seed: int = SEARCH_SEED) -> list[dict]:
-    """`n` configurations drawn from SEARCH (schedules.py): the same `n` and seed draw the
+def draw_candidates(n: int, seed: int = SEARCH_SEED, search: Optional[dict] = None) -> list[dict]:
+    """`n` configurations drawn from `search` (default SEARCH, schedules.py): the same `n` and seed draw the
     same, and a larger `n` draws the same first ones. Values are rounded to 4 significant
     digits, so that a record's config and the command that reruns it read alike."""
     import numpy as np
@@ -115,7 +116,7 @@ def draw_candidates(n: int, seed: int = SEARCH_SEED) -> list[dict]:
     out = []
     for _ in range(n):
         c: dict = {}
-        for key, spec in SEARCH.items():
+        for key, spec in (search or SEARCH).items():
             kind = spec[0]
             u = rng.random()  # one draw per key and candidate, used or not: a stable stream
             if kind == "flag":
@@ -153,7 +154,7 @@ def long_study(
     for name in names:
         for model_type in types:
             keys = {**base, **SIZES[name], "model_type": model_type}
-            if budgets:
+            if budgets and model_type == "collective":
                 keys["collective_budget"] = budgets[name]
             folder = work / "checkpoints" / name / model_type
             alive = list(plan.candidates)

@@ -27,13 +27,15 @@ OPTIONS = {
     "successive halving on validation at epochs 4, 12 and 36) or converged (as "
     "long, every run trained to early stopping, its rate cut on plateaus; "
     "halving at epochs 4, 12 and the stop) or best_shot (as converged, for the collective "
-    "alone: 24 drawn architectures and training knobs at each size's budget)",
+    "alone: 24 drawn architectures and training knobs at each size's budget) or baseline_shot "
+    "(as best_shot, for deep_resnet and very_deep_resnet: 24 draws of learning rate, weight "
+    "decay and dropout)",
     "weight_decays": "long and converged: comma list (default 0,0.0001)",
-    "candidates": "best_shot only: collectives drawn from the search space per size (default "
-    "24), each sized to the size's parameter count",
-    "plateau": "converged and best_shot: epochs without a new best validation accuracy before the "
+    "candidates": "best_shot and baseline_shot: configurations drawn from the search space "
+    "per size (default 24), a collective sized to the size's parameter count",
+    "plateau": "converged, best_shot and baseline_shot: epochs without a new best validation accuracy before the "
     "learning rate is multiplied by 0.1 (default 8)",
-    "patience": "converged and best_shot: epochs without a new best validation accuracy that end a "
+    "patience": "converged, best_shot and baseline_shot: epochs without a new best validation accuracy that end a "
     "run (default 16)",
     "check_epochs": "long only: the convergence check trains each type's choice at the first "
     "size (seed 0) this many epochs (default twice --epochs, 72; 0: no check)",
@@ -224,8 +226,8 @@ def study(argv: list[str], stop: StopFlag) -> int:
             _record_time(out, time.time() - start, _children_cpu() - cpu0, names, seeds, schedule)
     try:
         if not stop.requested:
-            also = [str(Path(sched.compare_with) / "results.jsonl")] if sched.compare_with else []
-            run_report(",".join([str(results), *also]), out, stop)
+            also = str(Path(sched.compare_with) / "results.jsonl") if sched.compare_with else ""
+            run_report(str(results), out, stop, join=also)
     except Stopped:
         pass
     if stop.requested:
@@ -354,8 +356,9 @@ def _record_time(
     path.write_text(json.dumps(info, indent=1) + "\n")
 
 
-def run_report(results: str, out: Path, stop: StopFlag) -> None:
-    """The report of the study's records, into its folder (summary.md, the figures)."""
+def run_report(results: str, out: Path, stop: StopFlag, join: str = "") -> None:
+    """The report of the study's records, into its folder (summary.md, the figures);
+    `join`: another study's records, whose model types these lack join them."""
     work = out / ".work"
     with open(work / "log.txt", "a") as log:
         run(
@@ -366,6 +369,7 @@ def run_report(results: str, out: Path, stop: StopFlag) -> None:
                 f"--results={results}",
                 f"--out={work / 'report'}",
                 "--select=validation",
+                *([f"--join={join}"] if join else []),
             ],
             log,
             stop,

@@ -5,6 +5,7 @@ them from here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 from pathlib import Path
 
 # the 6-epoch study's grid (also a W&B sweep file: sweeps/study_fashion.yaml links here)
@@ -55,6 +56,36 @@ SIZES = {
 SIZE_SETS = {"cpu": ["0.57M", "2.97M"], "full": ["1.8M", "2.97M", "4.0M", "4.9M", "6.1M", "7.1M"]}
 
 
+# The best shot's search space, drawn from at random (a seeded stream: a rerun draws the
+# same candidates). (kind, low, high): "int" uniform on low..high, "uniform", "log"
+# (log-uniform), "log0" (0 with probability 1/2, else log-uniform); "flag" (true or false
+# with probability 1/2) with the keys it switches on, drawn only when it is on.
+SEARCH = {
+    "n_total": ("int", 4, 16),
+    "expert_ratio": ("uniform", 0.1, 0.5),
+    "expert_width_factor": ("log", 0.25, 4.0),  # how the width is shared (design.md)
+    "learning_rate": ("log", 3e-4, 1e-2),
+    "weight_decay": ("log0", 1e-6, 1e-3),
+    "use_expert_diversity": ("flag", ("use_analyst_diversity",)),
+    "diversity_lambda": ("log", 1e-3, 1e-1, "use_expert_diversity"),
+    "diversity_temperature": ("log", 0.5, 4.0, "use_expert_diversity"),
+    "use_drop_models": ("flag", ()),
+    "drop_models_expert_rate": ("uniform", 0.05, 0.3, "use_drop_models"),
+    "drop_models_analyst_rate": ("uniform", 0.05, 0.3, "use_drop_models"),
+}
+SEARCH_SEED = 42
+
+# The baselines' own knobs, for the baseline the best collective beat clearly (fairness:
+# an equal budget before the claim stands). Their widths follow from the type and the
+# budget (deep_resnet: 8 equal widths), so what is free is training: the learning rate,
+# weight decay and the dropout after each hidden layer.
+BASELINE_SEARCH = {
+    "learning_rate": ("log", 3e-4, 1e-2),
+    "weight_decay": ("log0", 1e-6, 1e-3),
+    "baseline_dropout": ("uniform", 0.0, 0.5),
+}
+
+
 @dataclass(frozen=True)
 class Schedule:
     """One study: `folder` holds its records (committed) and its report; its running
@@ -71,11 +102,12 @@ class Schedule:
     patience: int = 0
     options: tuple[str, ...] = field(default=())  # the options only this schedule takes
     model_types: tuple[str, ...] = ()  # (): the sweep file's seven
-    # > 0: the halving's candidates are this many draws from SEARCH (else learning rate x
+    # > 0: the halving's candidates are this many draws from `search` (else learning rate x
     # weight decay), each collective sized to the size's parameter count (collective_budget)
     candidates: int = 0
-    # another study's folder whose records join this one's in the report (the best shot's
-    # collectives beside the converged study's baselines)
+    search: Optional[dict] = field(default=None, compare=False)
+    # another study's folder whose model types this one lacks join its records in the
+    # report (the best shot's collectives against the converged study's baselines)
     compare_with: str = ""
 
 
@@ -129,6 +161,7 @@ BEST_SHOT = Schedule(
     options=("plateau", "patience", "candidates"),
     model_types=("collective",),
     candidates=24,
+    search=SEARCH,
     compare_with="docs/study_converged",
 )
 """The collective's best shot at the converged study's budgets: per size, 24 collectives
@@ -139,23 +172,27 @@ better one then at seeds 1 and 2 to theirs. The converged study's rules (augment
 plateau 8, early stop 16, the same split); its baseline rows are the comparison
 (the report reads both folders' records; docs/results.md). ~2 CPU hours on 2 cores."""
 
-# The best shot's search space, drawn from at random (a seeded stream: a rerun draws the
-# same candidates). (kind, low, high): "int" uniform on low..high, "uniform", "log"
-# (log-uniform), "log0" (0 with probability 1/2, else log-uniform); "flag" (true or false
-# with probability 1/2) with the keys it switches on, drawn only when it is on.
-SEARCH = {
-    "n_total": ("int", 4, 16),
-    "expert_ratio": ("uniform", 0.1, 0.5),
-    "expert_width_factor": ("log", 0.25, 4.0),  # how the width is shared (design.md)
-    "learning_rate": ("log", 3e-4, 1e-2),
-    "weight_decay": ("log0", 1e-6, 1e-3),
-    "use_expert_diversity": ("flag", ("use_analyst_diversity",)),
-    "diversity_lambda": ("log", 1e-3, 1e-1, "use_expert_diversity"),
-    "diversity_temperature": ("log", 0.5, 4.0, "use_expert_diversity"),
-    "use_drop_models": ("flag", ()),
-    "drop_models_expert_rate": ("uniform", 0.05, 0.3, "use_drop_models"),
-    "drop_models_analyst_rate": ("uniform", 0.05, 0.3, "use_drop_models"),
-}
-SEARCH_SEED = 42
 
-SCHEDULES = {s.name: s for s in (SHORT, LONG, CONVERGED, BEST_SHOT)}
+BASELINE_SHOT = Schedule(
+    "baseline_shot",
+    "python -m jaxcollective.study --schedule=baseline_shot",
+    folder="docs/study_baseline_shot",
+    epochs=300,
+    halving=True,
+    plateau=8,
+    patience=16,
+    options=("plateau", "patience", "candidates"),
+    model_types=("deep_resnet", "very_deep_resnet"),
+    candidates=24,
+    search=BASELINE_SEARCH,
+    compare_with="docs/study_converged",
+)
+"""Fairness: the baselines the collective beat clearly in the converged and best-shot
+studies get the best shot's budget over their own knobs (BASELINE_SEARCH: learning rate,
+weight decay, dropout): per size, 24 draws at the converged study's widths, halved on
+validation at epochs 4 and 12, the 2 survivors to their stop, the better one at seeds 1
+and 2; the converged study's rules. The report puts them beside the converged study's
+collective and other baselines (docs/results.md). `--model_types=deep_resnet` runs one.
+~1.5 CPU hours per model type on 2 cores."""
+
+SCHEDULES = {s.name: s for s in (SHORT, LONG, CONVERGED, BEST_SHOT, BASELINE_SHOT)}

@@ -11,6 +11,7 @@ from jaxcollective.train.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
 from jaxcollective.config import MODEL_TYPES
 
 from .records import COPY, read_records
+from .schedules import SEARCH_SEED
 
 
 def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
@@ -56,7 +57,7 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
         for e in plan.rungs
     )
     what = (
-        f"{len(plan.candidates)} configurations drawn at random"
+        f"{len(plan.candidates)} configurations drawn at random, stream {SEARCH_SEED}; training"
         if drawn
         else "learning rate x weight decay"
     )
@@ -100,6 +101,7 @@ _COLUMN = {
     "use_drop_models": "member dropout",
     "drop_models_expert_rate": "expert rate",
     "drop_models_analyst_rate": "analyst rate",
+    "baseline_dropout": "dropout",
 }
 
 
