@@ -237,3 +237,51 @@ def test_baselines_sized_from_different_collectives_are_different_runs():
     d = Config.from_values({"model_type": "collective"})
     assert unused_keys(d, {"expert_width_factor"}) == {"expert_width_factor": "budget-off"}
     assert fingerprint(d) == fingerprint(d.replace(expert_width_factor=2.0))
+
+
+# ------------------------------------------------- fairness: the baselines' own search
+
+
+def test_baseline_dropout_is_the_baselines_rate_and_the_collective_ignores_it():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxcollective.model.networks import build_model
+
+    x = jnp.ones((4, 64))
+
+    def outputs(rate):
+        cfg = Config.from_values(
+            {"model_type": "deep_resnet", "dataset": "digits", "baseline_dropout": rate}
+        )
+        model = build_model(cfg, [16] * 8, rngs=nnx.Rngs(0))
+        return [model(x, train=True, key=jax.random.key(s))[0] for s in (1, 2)]
+
+    a, b = outputs(0.0)
+    assert np.allclose(a, b)  # no dropout: the key changes nothing
+    a, b = outputs(0.5)
+    assert not np.allclose(a, b)
+    base = Config.from_values({"model_type": "deep_resnet", "dataset": "digits"})
+    assert base.baseline_dropout == 0.1  # the original's
+    assert base.program_key() != base.replace(baseline_dropout=0.3).program_key()
+    coll = fashion()
+    assert "baseline_dropout" in coll.ignored_keys()
+    assert coll.program_key() == coll.replace(baseline_dropout=0.3).program_key()
+    with pytest.raises(ConfigError, match="baseline_dropout"):
+        base.replace(baseline_dropout=1.0).validate()
+
+
+def test_the_baseline_shot_draws_its_own_knobs_at_the_converged_widths():
+    from jaxcollective.study.schedules import BASELINE_SEARCH, BASELINE_SHOT
+
+    a = draw_candidates(BASELINE_SHOT.candidates, search=BASELINE_SHOT.search)
+    assert a == draw_candidates(24, search=BASELINE_SEARCH) and len(a) == 24
+    assert all(set(c) == set(BASELINE_SEARCH) for c in a)
+    assert all(0.0 <= c["baseline_dropout"] <= 0.5 for c in a)
+    assert max(c["learning_rate"] for c in a) > 3e-3
+    for c in a:  # each sized as the converged study's run of its type: the same widths
+        cfg = Config.from_values(
+            {**SIZES["0.57M"], "model_type": "deep_resnet", "dataset": "fashion_mnist", **c}
+        )
+        assert resolve(cfg).hidden_dims == resolve(cfg.replace(learning_rate=0.003)).hidden_dims

@@ -400,3 +400,25 @@ def test_holm_adjusts_the_k_th_smallest_p_by_m_minus_k_plus_1_and_keeps_the_orde
     assert welch_p(a, b) == pytest.approx(0.2878, abs=1e-4)
     assert welch_p([1.0], b) is None
     assert welch_p([90.0, 90.0], [80.0, 80.0]) is None  # no spread: no test, not p = 0
+
+
+def test_join_adds_the_model_types_results_lacks_from_another_file(tmp_path, capsys):
+    """--join: a searched collective's records against another study's baselines; that
+    study's own collectives stay out, and a file with nothing to add is one line."""
+    mine = write_lines(
+        tmp_path / "mine.jsonl", [rec("collective", 80.0, 81.0, seed=s) for s in (0, 1)]
+    )
+    theirs = [rec("collective", 99.0, 99.0, seed=s) for s in (0, 1)]
+    theirs += [rec("shallow", 70.0 + s, 71.0, seed=s) for s in (0, 1)]
+    other = write_lines(tmp_path / "other.jsonl", theirs)
+    out = tmp_path / "out"
+    assert main([f"--results={mine}", f"--join={other}", f"--out={out}"]) == 0
+    text = (out / "summary.md").read_text()
+    rows = {r[0]: r for r in table_rows(text, "### Test accuracy")}
+    assert set(rows) == {"collective", "shallow"}
+    assert rows["collective"][3] == "80.00" and rows["shallow"][3] == "70.50"
+    assert f"{other}: shallow" in text.split("\n")[2]
+    capsys.readouterr()
+    assert main([f"--results={other}", f"--join={mine}", f"--out={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--join" in err and "no model type that --results lacks" in err and "\n" not in err

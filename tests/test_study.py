@@ -416,6 +416,10 @@ def test_the_halving_table_puts_a_run_to_the_stop_under_a_lower_cap_in_the_last_
         (["--schedule=slow"], "expected short, long, converged"),
         (["--schedule=best_shot", "--model_types=deep"], "trains collective only"),
         (["--schedule=best_shot", "--learning_rates=0.1"], "pass --candidates=N instead"),
+        (
+            ["--schedule=baseline_shot", "--model_types=collective"],
+            "trains deep_resnet, very_deep_resnet only",
+        ),
     ],
 )
 def test_an_option_of_another_schedule_is_refused_in_one_line(argv, says, tmp_path):
@@ -642,7 +646,10 @@ def test_the_best_shot_halves_drawn_collectives_sized_to_the_budget_then_seeds(t
     assert all(r["config"]["learning_rate"] == drawn[best]["learning_rate"] for r in recs)
     text = (out / "summary.md").read_text()
     assert "3 configurations drawn at random" in text and "| expert width factor |" in text
-    # the converged study's records joined the report (its own dataset's section)
-    assert "docs/study_converged/results.jsonl" in text.split("\n")[2]
+    # the converged study's baselines joined the report (its own dataset's section), not
+    # its collectives
+    assert "from docs/study_converged/results.jsonl: balanced, deep," in text.split("\n")[2]
+    assert "--from_record=docs/study_converged/results.jsonl:1`" not in text  # a collective
+    assert "--from_record=docs/study_converged/results.jsonl:4`" in text  # shallow
     assert "## Dataset: fashion_mnist" in text and "## Dataset: digits" in text
     assert f"--from_record={out}/results.jsonl:1" in text

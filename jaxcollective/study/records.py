@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 
 from jaxcollective.train.metrics import BEST_VAL_ACCURACY
@@ -76,3 +78,50 @@ def append(path: Path, rec: dict) -> None:
     from jaxcollective.train.writers import ResultsWriter
 
     ResultsWriter(str(path)).finish(rec)
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def record_time(
+    out: Path, seconds: float, cpu: float, names: list[str], seeds: int, schedule: str
+) -> None:
+    """Wall and CPU time of each invocation that trained (a resumed study has several)
+    and the machine."""
+    path = out / "study.json"
+    info = json.loads(path.read_text()) if path.exists() else {"invocations_s": []}
+    info["invocations_s"].append(round(seconds, 1))
+    info.setdefault("invocations_cpu_s", []).append(round(cpu, 1))
+    info["cpu_s"] = round(sum(info["invocations_cpu_s"]), 1)
+    info["schedule"] = schedule
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in open("/proc/cpuinfo")
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    info.update(
+        wall_s=round(sum(info["invocations_s"]), 1),
+        sizes=names,
+        seeds=seeds,
+        machine=f"{cpu}, {os.cpu_count()} cores",
+        python=platform.python_version(),
+    )
+    try:
+        import jax
+
+        info.update(jax=jax.__version__, backend=jax.default_backend())
+    except ImportError:
+        pass
+    path.write_text(json.dumps(info, indent=1) + "\n")

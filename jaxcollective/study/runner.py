@@ -4,9 +4,7 @@ then its report."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -18,7 +16,7 @@ from jaxcollective.train.signals import StopFlag
 
 from .halving import Halving, long_study
 from .progress import Progress, Stopped, run
-from .records import read_records
+from .records import children_cpu, read_records, record_time
 from .schedules import SCHEDULES, SIZE_SETS, SIZES, SWEEP
 
 OPTIONS = {
@@ -151,7 +149,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
     sweep, fixed, varied, grid = study_sweep(opts, work)
     os.environ.setdefault("WANDB_MODE", "disabled")  # the local study needs no W&B
     results, start = out / "results.jsonl", time.time()
-    cpu0 = _children_cpu()
+    cpu0 = children_cpu()
     types = list(varied["model_type"].choices) if "model_type" in varied else [fixed["model_type"]]
     if sched.model_types:
         types = [t for t in types if t in sched.model_types]
@@ -223,7 +221,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
         pass
     finally:  # the time of the invocations that trained (a rerun of a done study adds none)
         if progress.work_done > progress.work_before or stop.requested:
-            _record_time(out, time.time() - start, _children_cpu() - cpu0, names, seeds, schedule)
+            record_time(out, time.time() - start, children_cpu() - cpu0, names, seeds, schedule)
     try:
         if not stop.requested:
             also = str(Path(sched.compare_with) / "results.jsonl") if sched.compare_with else ""
@@ -307,53 +305,6 @@ def collective_params(size: str, fixed: dict[str, str]) -> int:
     from jaxcollective.api import describe
 
     return describe({**fixed, "model_type": "collective", **SIZES[size]})["model_params"]
-
-
-def _children_cpu() -> float:
-    """CPU seconds (user + system) of this process's finished children."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def _record_time(
-    out: Path, seconds: float, cpu: float, names: list[str], seeds: int, schedule: str
-) -> None:
-    """Wall and CPU time of each invocation that trained (a resumed study has several)
-    and the machine."""
-    path = out / "study.json"
-    info = json.loads(path.read_text()) if path.exists() else {"invocations_s": []}
-    info["invocations_s"].append(round(seconds, 1))
-    info.setdefault("invocations_cpu_s", []).append(round(cpu, 1))
-    info["cpu_s"] = round(sum(info["invocations_cpu_s"]), 1)
-    info["schedule"] = schedule
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in open("/proc/cpuinfo")
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
-    info.update(
-        wall_s=round(sum(info["invocations_s"]), 1),
-        sizes=names,
-        seeds=seeds,
-        machine=f"{cpu}, {os.cpu_count()} cores",
-        python=platform.python_version(),
-    )
-    try:
-        import jax
-
-        info.update(jax=jax.__version__, backend=jax.default_backend())
-    except ImportError:
-        pass
-    path.write_text(json.dumps(info, indent=1) + "\n")
 
 
 def run_report(results: str, out: Path, stop: StopFlag, join: str = "") -> None:

@@ -4,7 +4,7 @@ them from here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 from pathlib import Path
 
@@ -173,19 +173,13 @@ plateau 8, early stop 16, the same split); its baseline rows are the comparison
 (the report reads both folders' records; docs/results.md). ~2 CPU hours on 2 cores."""
 
 
-BASELINE_SHOT = Schedule(
-    "baseline_shot",
-    "python -m jaxcollective.study --schedule=baseline_shot",
+BASELINE_SHOT = replace(  # the best shot's rules and budget, for the baselines
+    BEST_SHOT,
+    name="baseline_shot",
+    command="python -m jaxcollective.study --schedule=baseline_shot",
     folder="docs/study_baseline_shot",
-    epochs=300,
-    halving=True,
-    plateau=8,
-    patience=16,
-    options=("plateau", "patience", "candidates"),
     model_types=("deep_resnet", "very_deep_resnet"),
-    candidates=24,
     search=BASELINE_SEARCH,
-    compare_with="docs/study_converged",
 )
 """Fairness: the baselines the collective beat clearly in the converged and best-shot
 studies get the best shot's budget over their own knobs (BASELINE_SEARCH: learning rate,
