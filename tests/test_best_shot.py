@@ -285,3 +285,29 @@ def test_the_baseline_shot_draws_its_own_knobs_at_the_converged_widths():
             {**SIZES["0.57M"], "model_type": "deep_resnet", "dataset": "fashion_mnist", **c}
         )
         assert resolve(cfg).hidden_dims == resolve(cfg.replace(learning_rate=0.003)).hidden_dims
+
+
+@pytest.mark.parametrize(
+    "model_type, key, value",
+    [
+        ("deep_resnet", "baseline_dropout", 0.3),
+        ("collective", "collective_budget", 600_000),
+        ("shallow", "baseline_dropout", 0.0),
+    ],
+)
+def test_a_key_added_later_leaves_older_runs_fingerprints_at_its_default(model_type, key, value):
+    """Keys the best shot added (declared with `since`) stay out of a run's trajectory at
+    their default: checkpoints and records from before them keep their fingerprint."""
+    from jaxcollective.config.core import FIELDS
+    from jaxcollective.train.checkpoint import fingerprint
+
+    cfg = Config.from_values({"model_type": model_type, "target_params": 500_000})
+    if model_type == "collective":
+        cfg = cfg.replace(target_params=None)
+    assert FIELDS[key].metadata["since"]
+    assert key not in cfg.trajectory()
+    changed = cfg.replace(**{key: value})
+    assert changed.trajectory()[key] == value
+    assert fingerprint(changed) != fingerprint(cfg)
+    # the fingerprint is that of the same trajectory without the key
+    assert {k: v for k, v in changed.trajectory().items() if k != key} == cfg.trajectory()

@@ -110,6 +110,12 @@ def test_final_efficiency_formulas_are_the_documented_ones():
     assert f["final/loss_efficiency_per_log10_params_std"] == pytest.approx(
         np.std([0.55 / log_p, 0.41 / log_p], ddof=1)
     )
+    # and beside the original's names too
+    assert f["final_test_accuracy_std"] == pytest.approx(np.std([84.0, 86.0], ddof=1))
+    assert f["best_val_accuracy_std"] == pytest.approx(np.std([86.0, 84.5], ddof=1))
+    assert f["final_val_loss_std"] == pytest.approx(np.std([0.52, 0.44], ddof=1))
+    single = final_metrics(history_of([[80.0]], [[79.0]], [[0.7]], [[0.72]]), P)
+    assert not any(k.endswith("_std") for k in single)  # one replica: no spread
 
 
 def test_per_epoch_efficiency_formulas_are_the_documented_ones():

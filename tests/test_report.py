@@ -421,4 +421,9 @@ def test_join_adds_the_model_types_results_lacks_from_another_file(tmp_path, cap
     capsys.readouterr()
     assert main([f"--results={other}", f"--join={mine}", f"--out={out}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--join" in err and "no model type that --results lacks" in err and "\n" not in err
+    assert "--join" in err and "that --results lacks" in err and "\n" not in err
+    # by cell: a model type --results has at another size joins
+    big = write_lines(tmp_path / "big.jsonl", [rec("collective", 85.0, 86.0, params=3_000_000)])
+    assert main([f"--results={mine}", f"--join={big}", f"--out={tmp_path / 'o4'}"]) == 0
+    rows = table_rows((tmp_path / "o4" / "summary.md").read_text(), "### Test accuracy")
+    assert [(r[0], r[3]) for r in rows] == [("collective", "80.00"), ("collective", "85.00")]

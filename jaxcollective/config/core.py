@@ -113,10 +113,13 @@ class Config(RuntimeKeys, TrainingKeys, ModelKeys):
     def trajectory(self) -> dict[str, Any]:
         """The keys that decide what this run computes, epoch by epoch: two runs with the
         same trajectory are the same experiment (checkpoint fingerprint, report folding)."""
+        ignored = self.ignored_keys()
         return {
             k: v
             for k, v in self.to_dict().items()
-            if k in TRAJECTORY_KEYS and k not in self.ignored_keys()
+            if k in TRAJECTORY_KEYS
+            and k not in ignored
+            and not (FIELDS[k].metadata["since"] and v == FIELDS[k].default)
         }
 
     # ------------------------------------------------------------- validation

@@ -47,6 +47,7 @@ class ModelKeys:
         "baseline",
         P,
         "a constant of the baseline's program",
+        since="best shot",
     )
     # --- collective
     n_total: int = _key(8, "experts + analysts", "collective", P, _ARCH)
@@ -73,6 +74,7 @@ class ModelKeys:
         "collective",
         P,
         _ARCH,
+        since="best shot",
     )
     expert_width_factor: float = _key(
         1.0,
@@ -81,6 +83,7 @@ class ModelKeys:
         "collective",
         P,
         _ARCH,
+        since="best shot",
     )
     c_expert: float = _key(0.25, "expert encoder compression", "collective", P, _ARCH)
     c_collective: float = _key(1.0, "collective input compression", "collective", P, _ARCH)

@@ -35,6 +35,7 @@ def _key(
     program_part=None,
     setting: bool = False,
     step_value: bool = False,
+    since: str = "",
 ):
     """A config field and its declaration: `help` for --help, `group` for its section,
     `role` and `why` (the role's reason; for NO_EFFECT the one word a run records).
@@ -42,7 +43,9 @@ def _key(
     `program_part(value)`: the part of a VALUE key that shapes the program.
     `setting=True`: a training setting that runs compared in one report section share.
     `step_value=True`: a VALUE key the train step reads from its replica's row of
-    train.ReplicaData (a number of the loss or the model), not a constant it compiles in."""
+    train.ReplicaData (a number of the loss or the model), not a constant it compiles in.
+    `since`: the version that added the key; at its default it stays out of the run's
+    trajectory, so runs and checkpoints from before it keep their fingerprint."""
     assert not step_value or role is Role.VALUE
     meta = {
         "help": help,
@@ -53,6 +56,7 @@ def _key(
         "program_part": program_part,
         "setting": setting,
         "step_value": step_value,
+        "since": since,
     }
     return field(default=tuple(default) if isinstance(default, list) else default, metadata=meta)
 

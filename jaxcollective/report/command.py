@@ -90,25 +90,30 @@ def make_report(
 
 
 def joined(runs: list[Run], source: str, path: str) -> tuple[list[Run], str]:
-    """`runs` and the runs of another results file whose model types `runs` lacks: the
-    best shot's collectives against the converged study's baselines. Runs are named by
-    their file's path, so two files' lines never fold into one."""
-    have = {r.model_type for r in runs}
-    theirs = [r for r in load_results(Path(path), named_by_path=True) if r.model_type not in have]
+    """`runs` and the runs of another results file in the cells (dataset, model type,
+    size) that `runs` lacks: the best shot's collectives against the converged study's
+    baselines, or a baseline's search against the converged study's collective and its
+    other cells. Both files' runs are named by their file's path (`load_results`)."""
+
+    def cell(r: Run) -> tuple:
+        return r.dataset, r.model_type, r.size_key
+
+    have = {cell(r) for r in runs}
+    theirs = [r for r in load_results(Path(path), named_by_path=True) if cell(r) not in have]
     if not theirs:
         raise ConfigError(
-            f"--join={path} has no model type that --results lacks ({', '.join(sorted(have))})"
+            f"--join={path} has no (dataset, model type, size) that --results lacks; "
+            "pass a file with other model types or sizes"
         )
-    for r in runs:
-        r.name = r.source or r.name
     kinds = ", ".join(sorted({r.model_type for r in theirs}))
     return runs + theirs, f"{source}; from {path}: {kinds}"
 
 
 OPTIONS = {
     "results": "results file written by run.py or the sweep (default runs/results.jsonl)",
-    "join": "another results file whose model types --results lacks join its runs (a "
-    "searched collective against another study's baselines, or the reverse)",
+    "join": "another results file whose runs join --results' in the cells (dataset, model "
+    "type, size) --results lacks (a searched collective against another study's baselines, "
+    "or the reverse)",
     "wandb": "ENTITY/PROJECT[/SWEEP_ID]: read runs through wandb's public API instead "
     "(needs `wandb login`)",
     "out": "output folder (default report/): summary.md, DIR/<dataset>/*.png",
@@ -148,7 +153,7 @@ def main(argv: list[str]) -> int:
             runs, source = load_wandb(opts["wandb"]), f"wandb:{opts['wandb']}"
         else:
             path = Path(opts.get("results", "runs/results.jsonl"))
-            runs, source = load_results(path), str(path)
+            runs, source = load_results(path, named_by_path="join" in opts), str(path)
         if "join" in opts:
             runs, source = joined(runs, source, opts["join"])
         synth = bool_option(opts, "include_synthetic")

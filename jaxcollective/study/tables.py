@@ -57,7 +57,8 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
         for e in plan.rungs
     )
     what = (
-        f"{len(plan.candidates)} configurations drawn at random, stream {SEARCH_SEED}; training"
+        f"{len(plan.candidates)} configurations drawn at random from the schedule's search "
+        f"space, stream seed {SEARCH_SEED}"
         if drawn
         else "learning rate x weight decay"
     )

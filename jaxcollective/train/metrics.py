@@ -112,16 +112,18 @@ def final_metrics(history: list[dict[str, np.ndarray]], params: int) -> dict[str
         for k, v in per.items():
             out[f"{k}_std"] = float(v.std(ddof=1))
     # the original's run summary: best epoch (1-based) of the mean validation accuracy
-    out.update(
-        best_val_accuracy=out[BEST_VAL_ACCURACY],
-        best_epoch=int(np.argmax(val_by_epoch.mean(axis=1))) + 1,
+    original = {
+        "best_val_accuracy": per[BEST_VAL_ACCURACY],
         **{
-            f"final_{split}_{m}": float(np.mean(last[f"{split}/{m}"]))
+            f"final_{split}_{m}": np.asarray(last[f"{split}/{m}"], np.float64)
             for split in ("train", "val", "test")
             for m in ("accuracy", "loss")
         },
-        model_params=params,
-    )
+    }
+    out.update({k: float(v.mean()) for k, v in original.items()})
+    out.update(best_epoch=int(np.argmax(val_by_epoch.mean(axis=1))) + 1, model_params=params)
+    if len(acc_R) > 1:  # every mean, under either name, with its spread beside it
+        out.update({f"{k}_std": float(v.std(ddof=1)) for k, v in original.items()})
     return out
 
 
