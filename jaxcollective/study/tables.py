@@ -58,7 +58,7 @@ def write_halving_table(halving: Path, results: Path, out: Path, plan) -> None:
     )
     what = (
         f"{len(plan.candidates)} configurations drawn at random from the schedule's search "
-        f"space, stream seed {SEARCH_SEED}"
+        f"space (stream seed {SEARCH_SEED})"
         if drawn
         else "learning rate x weight decay"
     )
