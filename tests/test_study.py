@@ -646,10 +646,10 @@ def test_the_best_shot_halves_drawn_collectives_sized_to_the_budget_then_seeds(t
     assert all(r["config"]["learning_rate"] == drawn[best]["learning_rate"] for r in recs)
     text = (out / "summary.md").read_text()
     assert "3 configurations drawn at random" in text and "| expert width factor |" in text
-    # the converged study's baselines joined the report (its own dataset's section), not
-    # its collectives
-    assert "from docs/study_converged/results.jsonl: balanced, deep," in text.split("\n")[2]
-    assert "--from_record=docs/study_converged/results.jsonl:1`" not in text  # a collective
+    # the converged study's runs joined the report in the cells (dataset, model type,
+    # size) the study lacks: all of them here, its own dataset's section
+    assert "from docs/study_converged/results.jsonl: balanced, collective," in text.split("\n")[2]
+    assert "--from_record=docs/study_converged/results.jsonl:1`" in text  # a collective
     assert "--from_record=docs/study_converged/results.jsonl:4`" in text  # shallow
     assert "## Dataset: fashion_mnist" in text and "## Dataset: digits" in text
     assert f"--from_record={out}/results.jsonl:1" in text
