@@ -136,6 +136,51 @@ def test_wandb_runs_are_read_like_results():
     assert wandb_to_run(SimpleNamespace(name="c", state="finished", config={}, summary={})) is None
 
 
+def test_report_reads_a_sweep_or_a_project_through_wandbs_api(tmp_path, monkeypatch, capsys):
+    """--wandb=E/P/S reads the sweep's runs, --wandb=E/P the project's, with wandb's
+    public API (a stand-in here: no network); an API error is one line and exit 2."""
+    wandb = pytest.importorskip("wandb")
+
+    def wrun(name, model_type, acc):
+        return SimpleNamespace(
+            name=name,
+            state="finished",
+            config={"model_type": model_type, "dataset": "mnist", "seed": 0},
+            summary={"final/test_accuracy": acc, "final/model_params": 1000, "status": "finished"},
+        )
+
+    asked = []
+
+    class Api:
+        def __init__(self, timeout=None):
+            pass
+
+        def sweep(self, path):
+            asked.append(("sweep", path))
+            return SimpleNamespace(runs=[wrun("a", "collective", 91.0), wrun("b", "deep", 89.0)])
+
+        def runs(self, path):
+            asked.append(("runs", path))
+            if path == "e/gone":
+                raise ValueError("project e/gone not found")
+            return [wrun("c", "shallow", 88.0)]
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    assert main(["--wandb=e/p/s1", f"--out={tmp_path / 'a'}"]) == 0
+    text = (tmp_path / "a" / "summary.md").read_text()
+    assert "wandb:e/p/s1" in text
+    assert sorted(r[0] for r in table_rows(text, "### Test accuracy")) == ["collective", "deep"]
+    assert main(["--wandb=e/p", f"--out={tmp_path / 'b'}"]) == 0
+    assert [
+        r[0] for r in table_rows((tmp_path / "b" / "summary.md").read_text(), "### Test accuracy")
+    ] == ["shallow"]
+    assert asked == [("sweep", "e/p/s1"), ("runs", "e/p")]
+    capsys.readouterr()
+    assert main(["--wandb=e/gone", f"--out={tmp_path / 'c'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read 'e/gone' from W&B" in err[0], err
+
+
 def rec(model_type, acc, val, params=1_000_000, dataset="mnist", **cfg):
     return {
         "model_type": model_type,
@@ -179,6 +224,15 @@ def test_datasets_are_reported_apart_and_synthetic_left_out(tmp_path, capsys):
     assert "synthetic[fashion_mnist]" in rep["datasets"]
     assert main([f"--results={path}", f"--out={tmp_path / 'o3'}", "--dataset=cifar10"]) == 2
     assert "no runs on dataset 'cifar10'" in capsys.readouterr().err
+    # the same two choices from the command line
+    out = tmp_path / "o4"
+    assert main([f"--results={path}", f"--out={out}", "--dataset=mnist"]) == 0
+    text = (out / "summary.md").read_text()
+    assert "## Dataset: mnist" in text and "## Dataset: fashion_mnist" not in text
+    assert not (out / "fashion_mnist").exists()
+    out = tmp_path / "o5"
+    assert main([f"--results={path}", f"--out={out}", "--include_synthetic=true"]) == 0
+    assert "## Dataset: synthetic[fashion_mnist]" in (out / "summary.md").read_text()
 
 
 def test_best_configuration_is_chosen_on_validation_not_test(tmp_path):

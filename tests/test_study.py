@@ -329,6 +329,39 @@ def test_the_time_left_counts_runs_to_the_stop_as_the_stopped_ones_trained(tmp_p
     assert Progress([results], 10, 1000.0).count() == (5, 4 + 40 + 60 + 20 + 50)
 
 
+def test_the_count_of_runs_leaves_out_other_invocations_types_and_sizes(tmp_path):
+    """Two invocations share a study's files (baseline_shot with --model_types=deep_resnet
+    and with very_deep_resnet): each counts its own runs only, not 106 of 72."""
+    from jaxcollective.study.progress import Progress, of_cells
+
+    def rec(model_type, params):
+        return {
+            "model_type": model_type,
+            "status": "finished",
+            "epochs_completed": 2,
+            "model_params": params,
+        }
+
+    results = tmp_path / "results.jsonl"
+    results.write_text(
+        "".join(
+            json.dumps(rec(t, n)) + "\n"
+            for t, n in (
+                ("deep_resnet", 565_834),  # 567,044's baseline
+                ("deep_resnet", 2_971_314),
+                ("very_deep_resnet", 566_500),
+                ("deep_resnet", 1_800_000),  # another size
+            )
+        )
+    )
+    mine = of_cells(["deep_resnet"], [567_044, 2_969_887])
+    assert Progress([results], 4, 1.0, mine=mine).count() == (2, 2 * (565_834 + 2_971_314))
+    assert Progress([results], 4, 1.0).count()[0] == 4
+    assert of_cells(["collective"], [567_044])(
+        {"model_type": "collective", "model_params": 566_997}
+    )
+
+
 def test_a_run_that_stopped_early_answers_any_cap_at_or_above_its_stop(tmp_path):
     from jaxcollective.study.records import answers, find
 

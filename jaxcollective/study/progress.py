@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from jaxcollective.train.metrics import BEST_VAL_ACCURACY, TEST_ACCURACY
 from jaxcollective.train.signals import StopFlag
@@ -63,6 +63,20 @@ def _force(proc, signum) -> None:
 EPOCH_LINE = re.compile(r"\bepoch\s+\d+/\d+")  # run.py's and a sweep trial's epoch lines
 
 
+def of_cells(types: list[str], sizes) -> Callable[[dict], bool]:
+    """Whether a record is of these model types and sizes (parameter counts): a baseline
+    is within 0.4% of its size's collective, a collective sized to a budget within 0.04%.
+    The study's files also hold the runs of another invocation's --model_types or --sizes,
+    which this one's count of runs leaves out."""
+    sizes = list(sizes)
+
+    def mine(rec: dict) -> bool:
+        n = rec.get("model_params", 0)
+        return rec.get("model_type") in types and any(abs(n - p) <= 0.01 * p for p in sizes)
+
+    return mine
+
+
 class Progress:
     """A console line per run ended (read from the study's results files as they grow),
     with the study's count of runs and the time left at this invocation's pace of work
@@ -76,8 +90,12 @@ class Progress:
         work: float,
         to_stop: float = 0.0,
         rungs: tuple[int, ...] = (),
+        mine: Callable[[dict], bool] = lambda rec: True,
     ):
         self.files, self.total, self.total_work, self.start = files, runs, work, time.time()
+        # the records this invocation counts: the files also hold other model types' and
+        # sizes' runs (another invocation's, with other --model_types or --sizes)
+        self.mine = mine
         self.log: Optional[Path] = None  # the steps' log, whose epoch lines show_epochs shows
         self.log_at = 0
         # of `work`, what runs to early stopping train, counted at the cap (the last of the
@@ -94,7 +112,10 @@ class Progress:
         """(runs ended: a record of K seeds is K runs, a stopped one is continued later;
         parameter-epochs trained, K per epoch of K seeds, a stopped record's too)."""
         recs = [
-            r for rs in self.seen.values() for r in rs if COPY not in r and not self.superseded(r)
+            r
+            for rs in self.seen.values()
+            for r in rs
+            if COPY not in r and self.mine(r) and not self.superseded(r)
         ]
         runs = sum(len(r.get("replicas") or [0]) for r in recs if r.get("status") != "stopped")
         work = sum(

@@ -15,7 +15,7 @@ from jaxcollective.config import ConfigError
 from jaxcollective.train.signals import StopFlag
 
 from .halving import Halving, long_study
-from .progress import Progress, Stopped, run
+from .progress import Progress, Stopped, of_cells, run
 from .records import children_cpu, read_records, record_time
 from .schedules import SCHEDULES, SIZE_SETS, SIZES, SWEEP
 
@@ -163,11 +163,14 @@ def study(argv: list[str], stop: StopFlag) -> int:
         else int_option(opts, "epochs", sched.epochs, minimum=1)
     )
     params = {n: collective_params(n, fixed) for n in names}  # the baselines' within 0.4%
+
+    mine = of_cells(types, params.values())
     if schedule == "short":
         progress = Progress(
             [results],
             len(names) * (grid + len(types) * (seeds - 1)),
             sum(params.values()) * epochs * (grid + len(types) * (seeds - 1)),
+            mine=mine,
         )
 
         def steps(log):
@@ -196,6 +199,7 @@ def study(argv: list[str], stop: StopFlag) -> int:
             ),
             to_stop=len(types) * sum(params.values()) * plan.to_stop(seeds),
             rungs=plan.rungs if plan.stopping else (),
+            mine=mine,
         )
 
         def steps(log):
