@@ -20,7 +20,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # time, and XLA:CPU's fusion emitters take 2 to 3 times as long to compile a training
 # step as its older loop emitters (measured: the debug collective's step 4.8 s -> 1.8 s,
 # running as fast). Every comparison in the tests is between programs compiled the same way.
-# And one thread per program: the tests run 3 workers and their subprocesses on 2 cores,
+# And one thread per program: the tests run 4 workers and their subprocesses on 2 cores,
 # where Eigen's thread pool costs more than it gains on these small programs (measured:
 # 6 of the longest tests in 3 workers, 130 s -> 118 s).
 for flag, value in (

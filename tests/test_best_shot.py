@@ -123,6 +123,7 @@ def run_py(*args):
     )
 
 
+@pytest.mark.slow
 def test_from_record_reruns_a_record_exactly_and_flags_override(tmp_path, capsys, monkeypatch):
     first = tmp_path / "first.jsonl"
     p = run_py(

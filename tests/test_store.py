@@ -175,6 +175,7 @@ def saved(folder, epoch):
     return [d for d in folder.glob("*") if max(committed_steps(d), default=0) >= epoch]
 
 
+@pytest.mark.longest
 def test_a_host_dying_at_the_end_of_a_study_leaves_it_complete(net, tmp_path):
     """Host A, a population of 2, hangs mid-trial (SIGSTOP: no work, no heartbeats);
     host B runs the study's last trial, then has nothing to claim while A's two are

@@ -466,6 +466,7 @@ def test_an_option_of_another_schedule_is_refused_in_one_line(argv, says, tmp_pa
     assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.longest
 @pytest.mark.slow
 def test_the_converged_study_trains_every_run_to_its_stop_and_each_seed_alone(tmp_path):
     out = tmp_path / "out"
@@ -612,6 +613,7 @@ def records_of(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_the_committed_converged_study_is_finished_the_command_trains_nothing(tmp_path):
     """The committed records are the study: its command, on a copy of its folder, finds
     every run done, trains nothing, and writes the same report."""
@@ -638,6 +640,7 @@ def test_the_committed_converged_study_is_finished_the_command_trains_nothing(tm
     assert "/work/" not in "".join(before.values()) and '"/' not in before["results.jsonl"]
 
 
+@pytest.mark.longest
 @pytest.mark.slow
 def test_the_best_shot_halves_drawn_collectives_sized_to_the_budget_then_seeds(tmp_path):
     """--schedule=best_shot: drawn collectives, each sized to the size's collective count,
