@@ -689,3 +689,23 @@ def test_the_best_shot_halves_drawn_collectives_sized_to_the_budget_then_seeds(t
     assert "--from_record=docs/study_converged/results.jsonl:4`" in text  # shallow
     assert "## Dataset: fashion_mnist" in text and "## Dataset: digits" in text
     assert f"--from_record={out}/results.jsonl:1" in text
+
+
+@pytest.mark.slow
+def test_the_committed_answer_is_the_report_of_the_committed_records(tmp_path, monkeypatch):
+    """docs/answer (README's tables and forest plot) is what its command in results.md
+    makes from the three studies' committed records: a new record, or a change to the
+    report, without regenerating it fails here."""
+    from jaxcollective.report.command import main
+
+    monkeypatch.chdir(ROOT)  # the command's paths, as results.md gives them
+    command = (ROOT / "docs" / "results.md").read_text()
+    args = [
+        "--results=docs/study_best_shot/results.jsonl,docs/study_baseline_shot/results.jsonl",
+        "--join=docs/study_converged/results.jsonl",
+        "--select=validation",
+    ]
+    assert all(a in command for a in args)
+    assert main([*args, f"--out={tmp_path}"]) == 0
+    made = (tmp_path / "summary.md").read_text()
+    assert made == (ROOT / "docs" / "answer" / "summary.md").read_text()
