@@ -64,10 +64,10 @@ EPOCH_LINE = re.compile(r"\bepoch\s+\d+/\d+")  # run.py's and a sweep trial's ep
 
 
 def of_cells(types: list[str], sizes) -> Callable[[dict], bool]:
-    """Whether a record is of these model types and sizes (parameter counts): a baseline
-    is within 0.4% of its size's collective, a collective sized to a budget within 0.04%.
-    The study's files also hold the runs of another invocation's --model_types or --sizes,
-    which this one's count of runs leaves out."""
+    """Whether a record is of these model types and sizes (parameter counts): within 1%
+    of a size's count (the sizing's bound for a collective sized to a budget; a baseline
+    is matched within 0.4%). The study's files also hold the runs of another invocation's
+    --model_types or --sizes, which this one's count of runs leaves out."""
     sizes = list(sizes)
 
     def mine(rec: dict) -> bool:
@@ -93,9 +93,7 @@ class Progress:
         mine: Callable[[dict], bool] = lambda rec: True,
     ):
         self.files, self.total, self.total_work, self.start = files, runs, work, time.time()
-        # the records this invocation counts: the files also hold other model types' and
-        # sizes' runs (another invocation's, with other --model_types or --sizes)
-        self.mine = mine
+        self.mine = mine  # the records this invocation counts (of_cells)
         self.log: Optional[Path] = None  # the steps' log, whose epoch lines show_epochs shows
         self.log_at = 0
         # of `work`, what runs to early stopping train, counted at the cap (the last of the

@@ -163,7 +163,6 @@ def study(argv: list[str], stop: StopFlag) -> int:
         else int_option(opts, "epochs", sched.epochs, minimum=1)
     )
     params = {n: collective_params(n, fixed) for n in names}  # the baselines' within 0.4%
-
     mine = of_cells(types, params.values())
     if schedule == "short":
         progress = Progress(
